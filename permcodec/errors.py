@@ -1,0 +1,33 @@
+"""The one exception hierarchy of permcodec.
+
+Every error that bad input can cause is a ``PermcodecError``; anything else
+escaping permcodec is a bug.
+"""
+
+
+class PermcodecError(Exception):
+    """Base class of every error permcodec raises on bad input."""
+
+
+class SpecError(PermcodecError, ValueError):
+    """Bad arguments or a bad init spec (unknown distribution, density out of range, ...)."""
+
+
+class FormatError(PermcodecError, ValueError):
+    """Bytes that are not a valid permcodec file."""
+
+
+class UnsupportedVersionError(FormatError):
+    """A file written in a format version this decoder does not implement."""
+
+
+class LimitError(FormatError):
+    """A file that exceeds a decoder limit (header size, tensor count, element count, ...)."""
+
+
+class IntegrityError(PermcodecError):
+    """A checksum or content hash that does not match."""
+
+
+class NotAPermutationError(PermcodecError):
+    """A tensor that is not a per-row permutation of its initial pool."""
