@@ -1,0 +1,276 @@
+"""Value distributions: Philox words -> canonical float32, bit-exact on every device.
+
+Element i of a tensor (flat, row-major) draws from substream 0:
+- uniform family: words 2h, 2h+1 of block i >> 1, h = i & 1 (a 53-bit uniform);
+- normal family: block i >> 1 gives one Box-Muller pair; even i takes r*cos, odd i r*sin.
+Sparse and shared pools also draw a keep-mask from substream 1: word i & 3 of block i >> 2.
+
+Float work follows the rules of specs/rng.md: float64 basic operations one at a
+time, no library transcendental, one rounding to float32 at the end, then +0.0
+so that -0.0 never appears. Every parameter a decoder needs (a bound, a std, a
+mask threshold) is stored in the record; nothing is recomputed at decode time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import exactmath
+from .errors import SpecError
+from .rng import SUBSTREAM_MASK, SUBSTREAM_VALUES, philox_blocks
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+TWO_POW_32 = 1 << 32
+TWO_POW_MINUS_52 = 2.0**-52
+TWO_POW_MINUS_53 = 2.0**-53
+# |z| of a Box-Muller draw is at most sqrt(-2 ln 2^-53) < 8.6; mean + 16 std must stay finite.
+NORMAL_SPAN = 16.0
+# Elements sampled per pass, so float64 temporaries stay bounded for huge tensors.
+CHUNK_ELEMENTS = 1 << 20
+
+DENSE = ("uniform", "normal", "he_uniform", "glorot_uniform", "he_normal", "glorot_normal")
+MASKED = ("sparse", "shared")
+DISTRIBUTIONS = DENSE + MASKED
+
+
+# ---------------------------------------------------------------- parameters
+
+def to_float32(x: float) -> float:
+    """The float32 nearest to x (round half to even), as a Python float."""
+    return float(np.float32(x))
+
+
+def fans(shape) -> tuple[int, int]:
+    """torch's fan_in/fan_out for dim >= 2; fan_in = fan_out = length for 1-D tensors (the Keras rule)."""
+    shape = tuple(shape)
+    if len(shape) == 0:
+        raise SpecError("a 0-D tensor has no fan; fan-based distributions need a tensor of dim >= 1")
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def keep_below(density: float) -> int:
+    """Mask threshold: an element is kept iff its mask word < round(density * 2^32)."""
+    return round(density * TWO_POW_32)
+
+
+def _number(params: dict, key: str, where: str) -> float:
+    value = params.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{where}: parameter {key!r} must be a number, found {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SpecError(f"{where}: parameter {key!r} must be finite, found {value}")
+    if to_float32(value) != value:
+        raise SpecError(f"{where}: parameter {key!r} must be a float32 value, found {value!r}")
+    return value
+
+
+def _exact_keys(params: dict, expected: set, where: str) -> None:
+    if not isinstance(params, dict):
+        raise SpecError(f"{where}: params must be a map, found {type(params).__name__}")
+    if set(params) != expected:
+        raise SpecError(f"{where}: params must have keys {sorted(expected)}, found {sorted(map(str, params))}")
+
+
+def _check_density(density: float, where: str) -> None:
+    if not 0.0 < density <= 1.0:
+        raise SpecError(f"{where}: density must be in (0, 1], found {density}")
+    if keep_below(density) < 1:
+        raise SpecError(f"{where}: density {density} is too small (keeps no 32-bit mask word)")
+
+
+def _check_positive(value: float, key: str, where: str) -> None:
+    if not value > 0.0:
+        raise SpecError(f"{where}: {key} must be > 0, found {value}")
+
+
+def validate(dist: str, params: dict, where: str = "init") -> dict:
+    """Check a stored (dist, params) pair strictly; returns the params. Raises SpecError."""
+    if dist not in DISTRIBUTIONS:
+        raise SpecError(f"{where}: unknown distribution {dist!r}; known: {', '.join(DISTRIBUTIONS)}")
+    if dist == "uniform":
+        _exact_keys(params, {"low", "high"}, where)
+        low, high = _number(params, "low", where), _number(params, "high", where)
+        if not low < high:
+            raise SpecError(f"{where}: uniform needs low < high, found low={low} high={high}")
+    elif dist in ("he_uniform", "glorot_uniform"):
+        _exact_keys(params, {"bound"}, where)
+        _check_positive(_number(params, "bound", where), "bound", where)
+    elif dist in ("normal", "he_normal", "glorot_normal"):
+        keys = {"mean", "std"} if dist == "normal" else {"std"}
+        _exact_keys(params, keys, where)
+        std = _number(params, "std", where)
+        mean = _number(params, "mean", where) if dist == "normal" else 0.0
+        _check_positive(std, "std", where)
+        if abs(mean) + NORMAL_SPAN * std > FLOAT32_MAX:
+            raise SpecError(f"{where}: |mean| + {NORMAL_SPAN} * std must stay below the float32 maximum")
+    elif dist == "sparse":
+        _exact_keys(params, {"density", "keep_below", "base"}, where)
+        _validate_mask(params, where)
+        base = params["base"]
+        if not isinstance(base, dict) or set(base) != {"dist", "params"}:
+            raise SpecError(f"{where}: sparse base must be a map with keys ['dist', 'params']")
+        if base["dist"] not in DENSE:
+            raise SpecError(f"{where}: sparse base must be one of {', '.join(DENSE)}, found {base['dist']!r}")
+        validate(base["dist"], base["params"], f"{where} (sparse base)")
+    else:  # shared
+        _exact_keys(params, {"value", "density", "keep_below"}, where)
+        _validate_mask(params, where)
+        if _number(params, "value", where) == 0.0:
+            raise SpecError(f"{where}: shared value must be non-zero")
+    return params
+
+
+def _validate_mask(params: dict, where: str) -> None:
+    density = _number(params, "density", where)
+    _check_density(density, where)
+    threshold = params["keep_below"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold != keep_below(density):
+        raise SpecError(f"{where}: keep_below must be round(density * 2^32) = {keep_below(density)}, "
+                        f"found {threshold!r}")
+
+
+def make_params(dist: str, shape, **user) -> dict:
+    """Derive the stored float32 params of ``dist`` for a tensor of ``shape`` from user arguments."""
+    where = f"dist={dist!r}"
+    if dist not in DISTRIBUTIONS:
+        raise SpecError(f"unknown distribution {dist!r} (argument dist); known: {', '.join(DISTRIBUTIONS)}")
+    if dist == "uniform":
+        params = {"low": to_float32(user.pop("low", 0.0)), "high": to_float32(user.pop("high", 1.0))}
+    elif dist == "normal":
+        params = {"mean": to_float32(user.pop("mean", 0.0)), "std": to_float32(user.pop("std", 1.0))}
+    elif dist in ("he_uniform", "glorot_uniform", "he_normal", "glorot_normal"):
+        params = _fan_params(dist, shape)
+    elif dist == "sparse":
+        density = _density_argument(user, where)
+        base = user.pop("base", "he_uniform")
+        if base not in DENSE:
+            raise SpecError(f"{where}: base must be one of {', '.join(DENSE)}, found {base!r}")
+        base_params = make_params(base, shape, **user)
+        user.clear()
+        params = {"density": density, "keep_below": keep_below(density),
+                  "base": {"dist": base, "params": base_params}}
+    else:
+        density = _density_argument(user, where)
+        if "value" not in user:
+            raise SpecError(f"{where}: argument 'value' is required")
+        params = {"value": to_float32(_user_float(user.pop("value"), "value", where)),
+                  "density": density, "keep_below": keep_below(density)}
+    if user:
+        raise SpecError(f"{where}: unexpected argument(s) {', '.join(sorted(user))}")
+    return validate(dist, params, where)
+
+
+def _user_float(value, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise SpecError(f"{where}: argument {name!r} must be a number, found {value!r}")
+    return float(value)
+
+
+def _density_argument(user: dict, where: str) -> float:
+    if "density" not in user:
+        raise SpecError(f"{where}: argument 'density' is required")
+    raw = _user_float(user.pop("density"), "density", where)
+    if not 0.0 < raw <= 1.0:
+        raise SpecError(f"{where}: density must be in (0, 1], found {raw}")
+    return to_float32(raw)
+
+
+def _fan_params(dist: str, shape) -> dict:
+    fan_in, fan_out = fans(shape)
+    if fan_in == 0 or fan_out == 0:
+        raise SpecError(f"dist={dist!r}: tensor of shape {tuple(shape)} has a zero fan")
+    if dist == "he_uniform":
+        return {"bound": to_float32(math.sqrt(6.0 / fan_in))}
+    if dist == "glorot_uniform":
+        return {"bound": to_float32(math.sqrt(6.0 / (fan_in + fan_out)))}
+    if dist == "he_normal":
+        return {"std": to_float32(math.sqrt(2.0 / fan_in))}
+    return {"std": to_float32(math.sqrt(2.0 / (fan_in + fan_out)))}
+
+
+# ---------------------------------------------------------------- sampling
+
+def _blocks_for(seed, stream, substream, start, count, per_block, device):
+    """Words of the blocks that hold elements [start, start+count), and the offset of `start` in them."""
+    first = start // per_block
+    last = (start + count - 1) // per_block
+    words = philox_blocks(seed, stream, substream, first, last - first + 1, device)
+    return words, start - first * per_block
+
+
+def unit_uniform(high_word: torch.Tensor, low_word: torch.Tensor) -> torch.Tensor:
+    """k * 2^-53 in [0, 1), k = (high_word >> 5) * 2^26 + (low_word >> 6)."""
+    k = ((high_word >> 5) << 26) | (low_word >> 6)
+    return k.to(torch.float64) * TWO_POW_MINUS_53
+
+
+def _uniform_f64(seed, stream, start, count, low, high, device):
+    words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, device)
+    pairs = words.reshape(-1, 2)[offset:offset + count]
+    u = unit_uniform(pairs[:, 0], pairs[:, 1])
+    return u * (high - low) + low
+
+
+def box_muller(words: torch.Tensor) -> torch.Tensor:
+    """Standard normal pairs from blocks [n, 4] -> float64 [n, 2] (r*cos, r*sin)."""
+    k = ((words[:, 0] >> 5) << 26) | (words[:, 1] >> 6)
+    u = (k + 1).to(torch.float64) * TWO_POW_MINUS_53  # in (0, 1]
+    radius = torch.sqrt(exactmath.log_positive(u) * -2.0)
+    quadrant = words[:, 2] >> 30
+    fraction = (((words[:, 2] & 0x3FFFFFFF) << 22) | (words[:, 3] >> 10)).to(torch.float64) * TWO_POW_MINUS_52
+    sin, cos = exactmath.sincos_turn(quadrant, fraction * exactmath.HALF_PI)
+    return torch.stack([radius * cos, radius * sin], dim=1)
+
+
+def _normal_f64(seed, stream, start, count, mean, std, device):
+    words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, device)
+    z = box_muller(words).reshape(-1)[offset:offset + count]
+    return z * std + mean
+
+
+def keep_mask(seed, stream, start, count, threshold, device) -> torch.Tensor:
+    """Bool mask: element i kept iff word (i & 3) of substream-1 block (i >> 2) < threshold."""
+    words, offset = _blocks_for(seed, stream, SUBSTREAM_MASK, start, count, 4, device)
+    return words.reshape(-1)[offset:offset + count] < threshold
+
+
+def _dense_f64(dist, params, seed, stream, start, count, device):
+    if dist == "uniform":
+        return _uniform_f64(seed, stream, start, count, params["low"], params["high"], device)
+    if dist in ("he_uniform", "glorot_uniform"):
+        return _uniform_f64(seed, stream, start, count, -params["bound"], params["bound"], device)
+    return _normal_f64(seed, stream, start, count, params.get("mean", 0.0), params["std"], device)
+
+
+def canonical_float32(x64: torch.Tensor) -> torch.Tensor:
+    """Round once to float32, then add +0.0 so that -0.0 becomes +0.0."""
+    return x64.to(torch.float32) + 0.0
+
+
+def _sample_chunk(dist, params, seed, stream, start, count, device):
+    if dist in DENSE:
+        return canonical_float32(_dense_f64(dist, params, seed, stream, start, count, device))
+    keep = keep_mask(seed, stream, start, count, params["keep_below"], device)
+    if dist == "sparse":
+        base = params["base"]
+        values = canonical_float32(_dense_f64(base["dist"], base["params"], seed, stream, start, count, device))
+    else:
+        values = torch.full((count,), params["value"], dtype=torch.float32, device=device)
+    return torch.where(keep, values, torch.zeros_like(values))
+
+
+def sample(dist: str, params: dict, seed: int, stream: int, start: int, count: int,
+           device="cpu") -> torch.Tensor:
+    """Elements [start, start+count) of the flat tensor drawn from (dist, params, seed, stream): float32 [count]."""
+    out = torch.empty(count, dtype=torch.float32, device=device)
+    for first in range(0, count, CHUNK_ELEMENTS):
+        n = min(CHUNK_ELEMENTS, count - first)
+        out[first:first + n] = _sample_chunk(dist, params, seed, stream, start + first, n, device)
+    return out

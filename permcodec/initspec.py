@@ -1,0 +1,177 @@
+"""Init specs: how each tensor's initial values were drawn, and ``init_`` that draws them.
+
+An ``InitSpec`` holds one ``TensorInit`` record per tensor: name, shape, seed,
+stream id, distribution and its float32 parameters. From a record alone,
+``sample`` regenerates the tensor bit for bit on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import distributions
+from .errors import SpecError
+from .rng import RNG_NAME, check_seed, check_stream
+
+SPEC_FORMAT = "permcodec-init"
+SPEC_VERSION = 1
+INIT_ATTRIBUTE = "_permcodec_init"
+WEIGHTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class TensorInit:
+    """How one tensor's initial values were drawn."""
+
+    name: str
+    shape: tuple[int, ...]
+    seed: int
+    stream: int
+    dist: str
+    params: dict = field(hash=False)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "seed": self.seed, "stream": self.stream,
+                "dist": self.dist, "params": self.params}
+
+    @classmethod
+    def from_dict(cls, d) -> "TensorInit":
+        if not isinstance(d, dict):
+            raise SpecError(f"init record must be a map, found {type(d).__name__}")
+        expected = {"name", "shape", "seed", "stream", "dist", "params"}
+        if set(d) != expected:
+            raise SpecError(f"init record must have keys {sorted(expected)}, found {sorted(map(str, d))}")
+        name = d["name"]
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"init record name must be a non-empty string, found {name!r}")
+        shape = d["shape"]
+        if not isinstance(shape, (list, tuple)) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise SpecError(f"tensor {name!r}: shape must be a list of non-negative integers, found {shape!r}")
+        dist = d["dist"]
+        if not isinstance(dist, str):
+            raise SpecError(f"tensor {name!r}: dist must be a string, found {dist!r}")
+        params = distributions.validate(dist, d["params"], f"tensor {name!r}")
+        return cls(name, tuple(shape), check_seed(d["seed"]), check_stream(d["stream"]), dist, params)
+
+    def sample(self, start: int = 0, count: int | None = None, device="cpu") -> torch.Tensor:
+        """Flat elements [start, start+count) of the initial tensor, float32."""
+        count = self.numel - start if count is None else count
+        if not (0 <= start and 0 <= count and start + count <= self.numel):
+            raise SpecError(f"tensor {self.name!r}: range [{start}, {start + count}) outside [0, {self.numel})")
+        return distributions.sample(self.dist, self.params, self.seed, self.stream, start, count, device)
+
+    def regenerate(self, device="cpu") -> torch.Tensor:
+        return self.sample(device=device).reshape(self.shape)
+
+
+class InitSpec:
+    """The init records of a model, keyed by tensor name (state_dict names)."""
+
+    def __init__(self, records=()):
+        self.records: dict[str, TensorInit] = {}
+        streams: dict[tuple[int, int], str] = {}
+        for record in records:
+            if record.name in self.records:
+                raise SpecError(f"init spec names tensor {record.name!r} twice")
+            other = streams.setdefault((record.seed, record.stream), record.name)
+            if other != record.name:
+                raise SpecError(f"tensors {other!r} and {record.name!r} share seed {record.seed} "
+                                f"and stream {record.stream}; each tensor needs its own stream")
+            self.records[record.name] = record
+
+    def __contains__(self, name) -> bool:
+        return name in self.records
+
+    def __getitem__(self, name) -> TensorInit:
+        try:
+            return self.records[name]
+        except KeyError:
+            raise SpecError(f"init spec has no tensor {name!r}") from None
+
+    def __iter__(self):
+        return iter(self.records.values())
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, InitSpec) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"InitSpec({len(self)} tensors: {', '.join(self.records)})"
+
+    def names(self) -> list[str]:
+        return list(self.records)
+
+    def regenerate(self, name: str, device="cpu") -> torch.Tensor:
+        """The initial values of tensor ``name``; the same arguments always give identical bits."""
+        return self[name].regenerate(device)
+
+    def to_dict(self) -> dict:
+        """A msgpack- and JSON-safe dict (only dicts, lists, str, int, float)."""
+        return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "rng": RNG_NAME,
+                "tensors": [r.to_dict() for r in self]}
+
+    @classmethod
+    def from_dict(cls, d) -> "InitSpec":
+        if not isinstance(d, dict) or d.get("format") != SPEC_FORMAT:
+            raise SpecError(f"not a permcodec init spec: expected a map with format={SPEC_FORMAT!r}")
+        if d.get("version") != SPEC_VERSION:
+            raise SpecError(f"init spec version {d.get('version')!r} is not supported (expected {SPEC_VERSION})")
+        if d.get("rng") != RNG_NAME:
+            raise SpecError(f"init spec rng {d.get('rng')!r} is not supported (expected {RNG_NAME!r})")
+        tensors = d.get("tensors")
+        if not isinstance(tensors, list):
+            raise SpecError("init spec 'tensors' must be a list")
+        return cls(TensorInit.from_dict(t) for t in tensors)
+
+
+def init_targets(module: nn.Module, bias: bool) -> list[tuple[str, torch.Tensor]]:
+    """The (name, parameter) pairs ``init_`` draws: Conv/Linear weights, and their biases if asked."""
+    targets = []
+    for prefix, layer in module.named_modules():
+        if not isinstance(layer, WEIGHTED_LAYERS):
+            continue
+        dot = f"{prefix}." if prefix else ""
+        targets.append((f"{dot}weight", layer.weight))
+        if bias and layer.bias is not None:
+            targets.append((f"{dot}bias", layer.bias))
+    return targets
+
+
+def init_(module: nn.Module, seed: int, dist: str = "he_uniform", *, bias: bool = False,
+          **params) -> InitSpec:
+    """Draw every Conv/Linear weight of ``module`` (and bias, if ``bias``) from ``dist``; returns the spec.
+
+    Streams are numbered 0, 1, 2, ... in module order. The spec is attached to
+    the module, where ``LaPerm`` and ``save`` find it. torch's RNG is not used.
+    """
+    seed = check_seed(seed)
+    records = []
+    for stream, (name, tensor) in enumerate(init_targets(module, bias)):
+        if tensor.dtype != torch.float32:
+            raise SpecError(f"tensor {name!r} has dtype {tensor.dtype}; permcodec pools are float32")
+        record_params = distributions.make_params(dist, tensor.shape, **params)
+        records.append(TensorInit(name, tuple(tensor.shape), seed, stream, dist, record_params))
+    if not records:
+        raise SpecError(f"module {type(module).__name__} has no Conv/Linear layer to initialize")
+    spec = InitSpec(records)
+    with torch.no_grad():
+        for (_, tensor), record in zip(init_targets(module, bias), records):
+            tensor.copy_(record.regenerate(device=tensor.device))
+    setattr(module, INIT_ATTRIBUTE, spec)
+    return spec
+
+
+def attached_spec(module: nn.Module) -> InitSpec | None:
+    """The spec ``init_`` attached to ``module``, or None."""
+    return getattr(module, INIT_ATTRIBUTE, None)

@@ -1,0 +1,71 @@
+"""Rows, ranks and the LaPerm sync: the one place that defines what a row of a tensor is.
+
+A row is one output unit's weight vector:
+- 1-D tensor [n]            -> one row of n
+- Linear [out, in]          -> out rows of in
+- Conv [out, in, *kernel]   -> out rows of in * prod(kernel), in row-major order
+
+Ranks use a canonical tie rule: equal values are ranked by position (a stable
+sort), so the rank vector of a row is unique on every device. Everything is
+vectorized over rows and runs on the tensor's device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import SpecError
+
+
+def row_shape(shape) -> tuple[int, int]:
+    """(rows, row length) of a tensor of this shape."""
+    shape = tuple(shape)
+    if len(shape) == 0:
+        raise SpecError("a 0-D tensor has no row definition; rows need a tensor of dim >= 1")
+    if len(shape) == 1:
+        return 1, shape[0]
+    length = 1
+    for size in shape[1:]:
+        length *= size
+    return shape[0], length
+
+
+def as_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """A [rows, length] view (or copy, if not contiguous) of ``tensor``."""
+    return tensor.reshape(row_shape(tensor.shape))
+
+
+def row_ranks(rows: torch.Tensor) -> torch.Tensor:
+    """rank[r, j] = position of rows[r, j] in its row sorted ascending, ties broken by position (int64)."""
+    order = torch.argsort(rows, dim=1, stable=True)
+    return inverse_permutation(order)
+
+
+def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    """inverse[r, order[r, j]] = j for each row of an int64 permutation matrix."""
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
+def sorted_pool(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's values sorted ascending."""
+    return torch.sort(rows, dim=1).values
+
+
+def place(pool_sorted: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """out[r, j] = pool_sorted[r, ranks[r, j]]: a sorted pool laid out in a given rank order."""
+    return torch.gather(pool_sorted, 1, ranks)
+
+
+def sync(trained: torch.Tensor, pool_sorted: torch.Tensor) -> torch.Tensor:
+    """The LaPerm sync: each row becomes its sorted initial values in the rank order of the trained row."""
+    rows = as_rows(trained)
+    if tuple(pool_sorted.shape) != tuple(rows.shape):
+        raise SpecError(f"sorted pool has shape {tuple(pool_sorted.shape)}, rows are {tuple(rows.shape)}")
+    return place(pool_sorted.to(rows.dtype), row_ranks(rows)).reshape(trained.shape)
+
+
+def is_row_permutation(candidate: torch.Tensor, pool_sorted: torch.Tensor) -> torch.Tensor:
+    """Bool [rows]: whether each row of ``candidate`` holds exactly the bits of the sorted pool's row."""
+    candidate_sorted = sorted_pool(as_rows(candidate))
+    return (candidate_sorted.view(torch.int32) == pool_sorted.view(torch.int32)).all(dim=1)
