@@ -3,11 +3,12 @@
 from .errors import (FormatError, IntegrityError, LimitError, NotAPermutationError, PermcodecError,
                      SpecError, UnsupportedVersionError)
 from .initspec import InitSpec, TensorInit, init_
+from .laperm import LaPerm
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PermcodecError", "SpecError", "FormatError", "UnsupportedVersionError", "LimitError",
     "IntegrityError", "NotAPermutationError",
-    "InitSpec", "TensorInit", "init_",
+    "InitSpec", "TensorInit", "init_", "LaPerm",
 ]

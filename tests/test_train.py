@@ -1,0 +1,140 @@
+"""The trainer end to end (smoke runs of a few steps), the checkpoint format, CLI errors, and DDP."""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from permcodec import InitSpec, perm
+from permcodec.cli import main
+from permcodec.train import TrainConfig, checkpoint, save_checkpoint, train
+
+
+def assert_rows_are_permutations_of_init(ckpt):
+    spec = InitSpec.from_dict(ckpt["init"])
+    for name in spec.names():
+        pool = perm.sorted_pool(perm.as_rows(spec.regenerate(name)))
+        assert bool(perm.is_row_permutation(ckpt["state_dict"][name], pool).all()), name
+
+
+@pytest.fixture(scope="module")
+def conv7_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "model.pt"
+    assert main(["train", "--model", "conv7", "--steps", "7", "--k", "3", "--batch-size", "32", "-q",
+                 "-o", str(path)]) == 0
+    return path
+
+
+def test_saved_model_is_a_permutation_of_its_init(conv7_checkpoint):
+    ckpt = torch.load(conv7_checkpoint, weights_only=True)
+    assert set(ckpt) == {"state_dict", "init", "config", "metrics"}
+    assert "layers.0.bias" in InitSpec.from_dict(ckpt["init"])  # conv7 permutes its biases
+    assert_rows_are_permutations_of_init(ckpt)
+    assert ckpt["metrics"][-1]["final"] and ckpt["metrics"][-1]["steps"] == 7
+
+
+def test_training_ends_on_a_sync_even_between_k_steps(conv7_checkpoint):
+    ckpt = torch.load(conv7_checkpoint, weights_only=True)
+    assert ckpt["metrics"][-1]["syncs"] == 3  # steps 3 and 6, then the final sync after step 7
+
+
+def test_best_checkpoint_is_synced(tmp_path):
+    config = TrainConfig(model="mlp", epochs=2, steps=12, batch_size=400, k=5, keep="best", augment=False)
+    state = train(config, progress=False, log=lambda record: None)
+    assert_rows_are_permutations_of_init(checkpoint(state))
+
+
+def test_baseline_is_not_permuted():
+    config = TrainConfig(model="mlp", steps=3, batch_size=64, baseline=True)
+    state = train(config, progress=False, log=lambda record: None)
+    spec = state.spec
+    pool = perm.sorted_pool(perm.as_rows(spec.regenerate("layers.1.weight")))
+    assert not bool(perm.is_row_permutation(state.saved_state["layers.1.weight"], pool).all())
+
+
+def test_checkpoint_holds_only_plain_types(tmp_path):
+    state = train(TrainConfig(model="mlp", steps=2, batch_size=64), progress=False, log=lambda r: None)
+    save_checkpoint(state, tmp_path / "m.pt")
+    assert os.listdir(tmp_path) == ["m.pt"]  # no temp file left behind
+    plain = (torch.Tensor, dict, list, str, int, float, bool, type(None))
+
+    def walk(x):
+        assert isinstance(x, plain), type(x)
+        for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ()):
+            walk(v)
+
+    walk(torch.load(tmp_path / "m.pt", weights_only=True))
+
+
+def test_metrics_are_json_lines(capsys, tmp_path):
+    assert main(["train", "--model", "mlp", "--steps", "2", "-q", "-o", str(tmp_path / "m.pt")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["epoch"] == 1 and "test_acc" in lines[0] and lines[-1]["final"]
+
+
+def write_idx(path, magic, dims, payload, gz=False):
+    data = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + payload
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "resnet9000"], "unknown model 'resnet9000'; known models: mlp, conv2, conv4, conv7, conv13, resnet50"),
+    (["--k", "0"], "k must be a positive integer, found 0"),
+    (["--model", "conv13"], "model 'conv13' expects input shape (3, 32, 32) (C, H, W), got (1, 28, 28)"),
+    (["--data", "mnist"], "dataset 'mnist' is read from files: pass --data-dir DIR"),
+    (["--data", "imagenet"], "unknown dataset 'imagenet'"),
+])
+def test_bad_input_is_one_line(capsys, tmp_path, args, message):
+    assert main(["train", "--steps", "1", "-q", "-o", str(tmp_path / "m.pt"), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("permcodec train: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_missing_data_dir(capsys, tmp_path):
+    assert main(["train", "--data", "mnist", "--data-dir", str(tmp_path / "nope"), "-q", "-o",
+                 str(tmp_path / "m.pt")]) == 1
+    assert "does not exist or is not a directory" in capsys.readouterr().err
+
+
+def test_wrong_format_directory(capsys, tmp_path):
+    (tmp_path / "readme.txt").write_text("hello")
+    assert main(["train", "--data", "cifar10", "--data-dir", str(tmp_path), "-q", "-o", str(tmp_path / "m.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cifar-10" in err.lower()
+
+
+def test_corrupt_data_file(capsys, tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", 0x803, (2, 28, 28), bytes(100))  # truncated
+    write_idx(tmp_path / "train-labels-idx1-ubyte", 0x801, (2,), bytes(2))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", 0x803, (1, 28, 28), bytes(784))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", 0x801, (1,), bytes(1))
+    assert main(["train", "--data", "mnist", "--data-dir", str(tmp_path), "-q", "-o", str(tmp_path / "m.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in err and err.count("\n") == 1
+
+
+def test_cli_subprocess_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "permcodec", "train", "--k", "-3", "-o", str(tmp_path / "m.pt")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr == "permcodec train: error: k must be a positive integer, found -3\n"
+
+
+def test_ddp_two_processes_stay_bit_identical(tmp_path):
+    out = tmp_path / "ddp.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "permcodec",
+         "train", "--model", "mlp", "--steps", "6", "--k", "4", "--batch-size", "64", "--device", "cpu", "-q",
+         "-o", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["ranks"] == 2 and final["ranks_identical"] is True and final["syncs"] == 2
+    assert_rows_are_permutations_of_init(torch.load(out, weights_only=True))
