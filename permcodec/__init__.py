@@ -4,6 +4,7 @@ from .errors import (FormatError, IntegrityError, LimitError, NotAPermutationErr
                      SpecError, UnsupportedVersionError)
 from .initspec import InitSpec, TensorInit, init_
 from .laperm import LaPerm
+from .codec import PCFile, decode, encode, load, load_into, safe_open, save
 
 __version__ = "0.1.0"
 
@@ -11,4 +12,5 @@ __all__ = [
     "PermcodecError", "SpecError", "FormatError", "UnsupportedVersionError", "LimitError",
     "IntegrityError", "NotAPermutationError",
     "InitSpec", "TensorInit", "init_", "LaPerm",
+    "encode", "decode", "save", "load", "load_into", "safe_open", "PCFile",
 ]

@@ -70,12 +70,149 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def add_encode(sub) -> None:
+    from .indexcode import DEFAULT_ZSTD_LEVEL
+
+    p = sub.add_parser(
+        "encode", help="store a trained model as a .pc file", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Encode a model whose permuted tensors are per-row permutations of their init: each is "
+                    "stored as its RNG record plus compressed permutation indices; every other tensor "
+                    "(biases, BatchNorm, buffers) is stored losslessly.",
+        epilog="input: a model.pt from 'permcodec train' (read with torch.load(weights_only=True)), or a "
+               ".safetensors file whose metadata key 'permcodec.init' holds the init spec as JSON.\n"
+               "examples:\n  permcodec encode model.pt\n  permcodec encode model.pt -o small.pc --raw-fallback")
+    p.add_argument("input", help="model.pt or model.safetensors")
+    p.add_argument("-o", "--output", help="output .pc path (default: the input's name with .pc)")
+    p.add_argument("--raw-fallback", action="store_true",
+                   help="store a tensor that is not a permutation of its init losslessly instead of failing")
+    p.add_argument("--level", type=int, default=DEFAULT_ZSTD_LEVEL,
+                   help=f"zstd level 1..22: higher is smaller and slower to encode; decode speed is the same "
+                        f"(default {DEFAULT_ZSTD_LEVEL})")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_encode)
+
+
+def run_encode(args) -> None:
+    from pathlib import Path
+
+    from . import codec
+    from .errors import SpecError
+    from .modelfile import read_model
+
+    if not 1 <= args.level <= 22:
+        raise SpecError(f"--level must be in 1..22, found {args.level}")
+    state, spec, metadata = read_model(args.input)
+    output = Path(args.output) if args.output else Path(args.input).with_suffix(".pc")
+    fallbacks = []
+    codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, metadata=metadata,
+               progress=not args.quiet, fallbacks=fallbacks)
+    for f in fallbacks:
+        print(f"stored {f.name!r} losslessly (raw): row {f.row} is not a permutation ({f.reason})", file=sys.stderr)
+    print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
+
+
+def add_decode(sub) -> None:
+    p = sub.add_parser(
+        "decode", help="rebuild every tensor of a .pc file bit-exactly",
+        description="Decode a .pc file: regenerate each permuted tensor's initial values from its RNG record, "
+                    "apply the stored permutations, check every checksum and (unless --no-verify) the SHA-256 "
+                    "of each rebuilt tensor, and write a .safetensors or .pt file.")
+    p.add_argument("input", help="a .pc file")
+    p.add_argument("-o", "--output", help="output path ending in .safetensors or .pt "
+                                          "(default: the input's name with .safetensors)")
+    p.add_argument("--device", default="cpu", help="device to rebuild on: cpu or cuda (default cpu)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the SHA-256 check of each rebuilt tensor (checksums are still checked)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_decode)
+
+
+def run_decode(args) -> None:
+    from pathlib import Path
+
+    from . import codec
+    from .modelfile import check_output_path, write_tensors
+
+    output = check_output_path(args.output or Path(args.input).with_suffix(".safetensors"))
+    device = _device(args.device)
+    tensors = codec.load(args.input, device=device, verify=args.verify, progress=not args.quiet)
+    write_tensors(output, tensors)
+    print(f"wrote {output} ({len(tensors)} tensors)", file=sys.stderr)
+
+
+def _device(name: str):
+    import torch
+
+    from .errors import SpecError
+
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise SpecError(f"--device must be cpu or cuda, found {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError(f"--device {name} was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def add_info(sub) -> None:
+    p = sub.add_parser("info", help="show what a .pc file holds: sizes, schemes, bits/weight, bounds",
+                       description="Per tensor: shape, scheme, bytes, bits per weight, the information bound "
+                                   "log2(n!/prod m_v!) summed over rows, and the ratio to fp32; then totals.")
+    p.add_argument("input", help="a .pc file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=run_info)
+
+
+def run_info(args) -> None:
+    import json
+
+    from .fileinfo import describe
+
+    info = describe(args.input)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return
+    print(f"{'tensor':<28} {'shape':<18} {'scheme':<13} {'bytes':>10} {'bits/w':>7} {'bound':>7} {'x fp32':>7}")
+    for t in info["tensors"]:
+        bound = f"{t['bound_bits_per_weight']:.2f}" if t["bound_bits_per_weight"] is not None else "-"
+        print(f"{t['name']:<28} {str(tuple(t['shape'])):<18} {t['scheme']:<13} {t['bytes']:>10,} "
+              f"{t['bits_per_weight']:>7.2f} {bound:>7} {t['ratio_to_fp32']:>7.3f}")
+    tot = info["totals"]
+    print(f"{tot['tensors']} tensors, {tot['elements']:,} elements, file {info['file_bytes']:,} bytes "
+          f"({tot['ratio_to_fp32']:.3f} x fp32)")
+    if tot["permuted_weights"]:
+        print(f"permuted: {tot['permuted_tensors']} tensors, {tot['permuted_weights']:,} weights, "
+              f"{tot['permuted_bits_per_weight']:.3f} bits/weight, bound {tot['bound_bits_per_weight']:.3f} "
+              f"({tot['ratio_to_bound']:.3f} x bound)")
+
+
+def add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="check that a .pc file decodes exactly (optionally against a model file)",
+                       description="Decode every tensor, checking the header and section checksums and the "
+                                   "SHA-256 of each rebuilt tensor; with --against, also compare every tensor's "
+                                   "bits to a model.pt or .safetensors file.")
+    p.add_argument("input", help="a .pc file")
+    p.add_argument("--against", help="model.pt or .safetensors to compare with, bit for bit")
+    p.add_argument("--device", default="cpu", help="device to decode on (default cpu)")
+    p.set_defaults(run=run_verify)
+
+
+def run_verify(args) -> None:
+    from .fileinfo import verify
+
+    report = verify(args.input, against=args.against, device=_device(args.device))
+    against = f", bit-identical to {report['against']}" if "against" in report else ""
+    print(f"{args.input}: OK, {report['tensors']} tensors, checksums and hashes match{against}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="permcodec",
         description="Train LaPerm models and store them as an RNG spec plus one permutation per weight row.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train(sub)
+    add_encode(sub)
+    add_decode(sub)
+    add_info(sub)
+    add_verify(sub)
     return p
 
 

@@ -12,6 +12,8 @@ vectorized over rows and runs on the tensor's device.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import SpecError
@@ -69,3 +71,21 @@ def is_row_permutation(candidate: torch.Tensor, pool_sorted: torch.Tensor) -> to
     """Bool [rows]: whether each row of ``candidate`` holds exactly the bits of the sorted pool's row."""
     candidate_sorted = sorted_pool(as_rows(candidate))
     return (candidate_sorted.view(torch.int32) == pool_sorted.view(torch.int32)).all(dim=1)
+
+
+def permutation_bound_bits(pool_sorted: torch.Tensor) -> float:
+    """Information bound of the row permutations: sum over rows of log2(n! / prod_v m_v!).
+
+    m_v are the multiplicities of the distinct values of each row (ties make
+    fewer arrangements distinguishable). Not on the bit-exact path.
+    """
+    rows, n = pool_sorted.shape
+    if rows == 0 or n == 0:
+        return 0.0
+    bits = pool_sorted.contiguous().view(torch.int32)
+    starts = torch.ones_like(bits, dtype=torch.bool)
+    starts[:, 1:] = bits[:, 1:] != bits[:, :-1]
+    run_ids = torch.cumsum(starts.reshape(-1).to(torch.int64), 0) - 1
+    lengths = torch.bincount(run_ids).to(torch.float64)
+    nats = rows * math.lgamma(n + 1) - torch.lgamma(lengths + 1).sum().item()
+    return nats / math.log(2)

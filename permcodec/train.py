@@ -25,6 +25,7 @@ from torch import nn
 
 from . import data as datasets
 from .errors import SpecError
+from .fileio import atomic_write
 from .initspec import InitSpec, init_
 from .laperm import LaPerm
 from .models import MODELS, build_model
@@ -294,11 +295,4 @@ def checkpoint(state: RunState) -> dict:
 
 def save_checkpoint(state: RunState, path) -> None:
     """Write model.pt atomically: a temp file beside the target, then rename."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(checkpoint(state), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda temp: torch.save(checkpoint(state), temp))

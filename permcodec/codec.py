@@ -1,0 +1,381 @@
+"""Encode LaPerm models to .pc files and decode them bit-exactly on any device.
+
+    data = permcodec.encode(model)                 # module initialized by permcodec.init_
+    permcodec.save(state_dict, "m.pc", init=spec)
+    tensors = permcodec.load("m.pc", device="cuda")
+    with permcodec.safe_open("m.pc") as f:
+        w = f.get_tensor("layers.0.weight")       # reads only that tensor's bytes
+
+A permuted tensor is stored as its init record plus, per row, the zigzag-coded
+difference between the ranks of the trained row and of the initial row, in
+byte planes, zstd-compressed (scheme "delta"). Every other tensor is stored
+losslessly, byte-shuffled and zstd-compressed ("raw"). See specs/format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import container, indexcode, perm
+from .container import DEFAULT_LIMITS, Limits
+from .errors import FormatError, IntegrityError, NotAPermutationError, SpecError
+from .fileio import atomic_write_bytes
+from .initspec import InitSpec, TensorInit, attached_spec
+from .rng import RNG_NAME
+
+SCHEME_DELTA = "delta"
+SCHEMES = (SCHEME_DELTA,)
+RAW_CODEC = "shuffle-zstd"
+PERMUTED_KEYS = container.COMMON_RECORD_KEYS | {"init", "scheme", "scheme_params"}
+RAW_KEYS = container.COMMON_RECORD_KEYS | {"codec"}
+INIT_KEYS = {"rng", "seed", "stream", "dist", "params"}
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
+                "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
+DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The tensor's elements in C order as little-endian bytes."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def sha256_of(tensor: torch.Tensor) -> bytes:
+    return hashlib.sha256(tensor_bytes(tensor)).digest()
+
+
+def dtype_name(tensor: torch.Tensor, name: str) -> str:
+    if tensor.dtype not in DTYPE_NAMES:
+        raise SpecError(f"tensor {name!r} has dtype {tensor.dtype}, which permcodec does not store; "
+                        f"supported: {', '.join(TORCH_DTYPES)}")
+    return DTYPE_NAMES[tensor.dtype]
+
+
+def index_width(row_length: int) -> int:
+    """Bytes per zigzag code of a row of this length: codes lie in [0, 2 (n - 1)]."""
+    return indexcode.byte_width(2 * max(row_length - 1, 0))
+
+
+# ---------------------------------------------------------------- encoding
+
+def resolve(obj, init) -> tuple[dict[str, torch.Tensor], InitSpec]:
+    """The state_dict and init spec behind a module, a checkpoint dict or a state_dict."""
+    if isinstance(obj, nn.Module):
+        state, spec = obj.state_dict(), init or attached_spec(obj)
+    elif isinstance(obj, Mapping) and "state_dict" in obj and not isinstance(obj["state_dict"], torch.Tensor):
+        state = obj["state_dict"]
+        spec = init or (InitSpec.from_dict(obj["init"]) if obj.get("init") is not None else None)
+    elif isinstance(obj, Mapping):
+        state, spec = obj, init
+    else:
+        raise SpecError(f"can only encode a module, a state_dict or a checkpoint dict, not {type(obj).__name__}")
+    if spec is None:
+        raise SpecError("no init spec: pass init=..., or encode a module initialized by permcodec.init_, "
+                        "or a checkpoint with an 'init' record")
+    if isinstance(spec, Mapping):
+        spec = InitSpec.from_dict(spec)
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise SpecError(f"state_dict entry {name!r} is not a named tensor")
+    missing = [name for name in spec.names() if name not in state]
+    if missing:
+        raise SpecError(f"init spec names tensor(s) the state_dict lacks: {', '.join(missing)}")
+    return dict(state), spec
+
+
+@dataclass(frozen=True)
+class InitialRows:
+    """A tensor's initial values as rows, with their stable sort order and ranks."""
+
+    rows: torch.Tensor
+    order: torch.Tensor
+    ranks: torch.Tensor
+
+    @classmethod
+    def of(cls, record: TensorInit, device="cpu") -> "InitialRows":
+        rows = record.regenerate(device).reshape(perm.row_shape(record.shape))
+        order = torch.argsort(rows, dim=1, stable=True)
+        return cls(rows, order, perm.inverse_permutation(order))
+
+    def pool(self) -> torch.Tensor:
+        return torch.gather(self.rows, 1, self.order)
+
+
+def first_bad_row(tensor: torch.Tensor, record: TensorInit, initial: InitialRows) -> tuple[int, str] | None:
+    """None if every row of ``tensor`` is a permutation of its initial row, else (row, reason)."""
+    if tensor.dtype != torch.float32:
+        return 0, f"dtype is {tensor.dtype}, pools are float32"
+    if tuple(tensor.shape) != record.shape:
+        return 0, f"shape is {tuple(tensor.shape)}, init spec says {record.shape}"
+    ok = perm.is_row_permutation(tensor.detach().cpu(), initial.pool())
+    if bool(ok.all()):
+        return None
+    return int((~ok).nonzero()[0]), "its values differ from the initial values of that row"
+
+
+def encode_delta(tensor: torch.Tensor, initial: InitialRows, level: int) -> bytes:
+    """Scheme "delta": zigzag(rank of trained row - rank of initial row), byte planes, zstd."""
+    final_ranks = perm.row_ranks(perm.as_rows(tensor.detach().cpu()))
+    codes = indexcode.zigzag((final_ranks - initial.ranks).reshape(-1).numpy())
+    return indexcode.compress(indexcode.to_byte_planes(codes, index_width(initial.rows.shape[1])), level)
+
+
+def permuted_record(name: str, tensor: torch.Tensor, record: TensorInit) -> dict:
+    return {"name": name, "kind": "permuted", "dtype": "float32", "shape": list(record.shape),
+            "sha256": sha256_of(tensor),
+            "init": {"rng": RNG_NAME, "seed": record.seed, "stream": record.stream, "dist": record.dist,
+                     "params": record.params},
+            "scheme": SCHEME_DELTA, "scheme_params": {}}
+
+
+def raw_record(name: str, tensor: torch.Tensor) -> dict:
+    return {"name": name, "kind": "raw", "dtype": dtype_name(tensor, name), "shape": list(tensor.shape),
+            "sha256": sha256_of(tensor), "codec": RAW_CODEC}
+
+
+def encode_raw(tensor: torch.Tensor, level: int) -> bytes:
+    return indexcode.compress(indexcode.shuffle_bytes(tensor_bytes(tensor), tensor.element_size()), level)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A tensor of the init spec that was stored raw because it is not a permutation."""
+
+    name: str
+    row: int
+    reason: str
+
+
+def encode(obj, init=None, *, raw_fallback: bool = False, level: int = indexcode.DEFAULT_ZSTD_LEVEL,
+           metadata: dict[str, str] | None = None, progress: bool = False,
+           fallbacks: list | None = None) -> bytes:
+    """The .pc bytes of a module, checkpoint dict ``{"state_dict", "init"}`` or state_dict.
+
+    Raises NotAPermutationError for a tensor of the spec that is not a per-row
+    permutation of its init, unless ``raw_fallback``: then it is stored
+    losslessly and a ``Fallback`` is appended to ``fallbacks``.
+    """
+    from tqdm import tqdm
+
+    state, spec = resolve(obj, init)
+    records, sections = [], []
+    bar = tqdm(total=sum(t.numel() for t in state.values()), disable=not progress, unit="w", unit_scale=True,
+               desc="encode", leave=False)
+    for name, tensor in state.items():
+        if name in spec:
+            initial = InitialRows.of(spec[name])
+            bad = first_bad_row(tensor, spec[name], initial)
+            if bad is None:
+                records.append(permuted_record(name, tensor, spec[name]))
+                sections.append(encode_delta(tensor, initial, level))
+                bar.update(tensor.numel())
+                continue
+            if not raw_fallback:
+                raise NotAPermutationError(f"tensor {name!r}: row {bad[0]} is not a permutation of its initial "
+                                           f"values ({bad[1]}); use --raw-fallback to store it losslessly")
+            if fallbacks is not None:
+                fallbacks.append(Fallback(name, *bad))
+        records.append(raw_record(name, tensor))
+        sections.append(encode_raw(tensor, level))
+        bar.update(tensor.numel())
+    bar.close()
+    return container.pack(records, sections, metadata)
+
+
+def save(obj, path, init=None, **options) -> None:
+    """Encode ``obj`` (see ``encode``) and write it to ``path`` atomically."""
+    atomic_write_bytes(path, encode(obj, init, **options))
+
+
+# ---------------------------------------------------------------- decoding
+
+def check_record_keys(record: dict) -> None:
+    expected = PERMUTED_KEYS if record["kind"] == "permuted" else RAW_KEYS
+    if set(record) != expected:
+        raise FormatError(f"tensor {record['name']!r}: a {record['kind']} record must have keys "
+                          f"{sorted(expected)}, found {sorted(record)}")
+
+
+def init_of(record: dict) -> TensorInit:
+    """The TensorInit of a permuted record, with every field checked."""
+    name, init = record["name"], record["init"]
+    if not isinstance(init, dict) or set(init) != INIT_KEYS:
+        raise FormatError(f"tensor {name!r}: init must be a map with keys {sorted(INIT_KEYS)}")
+    if init["rng"] != RNG_NAME:
+        raise FormatError(f"tensor {name!r}: unknown rng {init['rng']!r} (this decoder knows {RNG_NAME!r})")
+    if record["dtype"] != "float32":
+        raise FormatError(f"tensor {name!r}: permuted tensors are float32, found {record['dtype']!r}")
+    if record["scheme"] not in SCHEMES:
+        raise FormatError(f"tensor {name!r}: unknown index scheme {record['scheme']!r}; known: {', '.join(SCHEMES)}")
+    if record["scheme_params"] != {}:
+        raise FormatError(f"tensor {name!r}: scheme 'delta' takes no parameters, found {record['scheme_params']!r}")
+    if not record["shape"]:
+        raise FormatError(f"tensor {name!r}: a permuted tensor needs at least one dimension")
+    fields = {key: init[key] for key in ("seed", "stream", "dist", "params")}
+    try:
+        return TensorInit.from_dict({"name": name, "shape": record["shape"], **fields})
+    except SpecError as err:
+        raise FormatError(f"bad init record: {err}") from None
+
+
+def decode_delta(record: dict, section: bytes, device) -> torch.Tensor:
+    init = init_of(record)
+    rows, n = perm.row_shape(init.shape)
+    width = index_width(n)
+    payload = indexcode.decompress_exact(section, rows * n * width, f"tensor {record['name']!r}")
+    deltas = indexcode.unzigzag(indexcode.from_byte_planes(payload, rows * n, width))
+    initial = InitialRows.of(init, device)
+    final_ranks = initial.ranks + torch.from_numpy(deltas).to(device).reshape(rows, n)
+    check_ranks(final_ranks, record["name"])
+    return torch.gather(initial.rows, 1, torch.gather(initial.order, 1, final_ranks)).reshape(init.shape)
+
+
+def check_ranks(ranks: torch.Tensor, name: str) -> None:
+    """Each row must hold every rank 0 .. n-1 exactly once."""
+    rows, n = ranks.shape
+    if ranks.numel() == 0:
+        return
+    if int(ranks.min()) < 0 or int(ranks.max()) >= n:
+        raise FormatError(f"tensor {name!r}: decoded ranks fall outside [0, {n})")
+    seen = torch.zeros(rows, n, dtype=torch.bool, device=ranks.device).scatter_(1, ranks, True)
+    if not bool(seen.all()):
+        bad = int((~seen.all(dim=1)).nonzero()[0])
+        raise FormatError(f"tensor {name!r}: decoded ranks of row {bad} are not a permutation")
+
+
+def decode_raw(record: dict, section: bytes, device) -> torch.Tensor:
+    name, dtype = record["name"], record["dtype"]
+    if record["codec"] != RAW_CODEC:
+        raise FormatError(f"tensor {name!r}: unknown raw codec {record['codec']!r} (expected {RAW_CODEC!r})")
+    itemsize = container.DTYPE_SIZES[dtype]
+    count = int(np.prod(record["shape"], dtype=np.int64))
+    data = indexcode.unshuffle_bytes(
+        indexcode.decompress_exact(section, count * itemsize, f"tensor {name!r}"), itemsize)
+    if dtype == "bool" and any(b > 1 for b in set(data)):
+        raise FormatError(f"tensor {name!r}: bool tensor holds bytes other than 0 and 1")
+    if count == 0:
+        return torch.empty(record["shape"], dtype=TORCH_DTYPES[dtype], device=device)
+    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(TORCH_DTYPES[dtype])
+    return flat.reshape(record["shape"]).to(device)
+
+
+def decode_record(record: dict, section: bytes, device, verify: bool) -> torch.Tensor:
+    check_record_keys(record)
+    container.check_section(record, section)
+    if record["kind"] == "permuted":
+        tensor = decode_delta(record, section, device)
+    else:
+        tensor = decode_raw(record, section, device)
+    if verify and sha256_of(tensor) != record["sha256"]:
+        raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
+    return tensor
+
+
+class PCFile:
+    """Lazy access to a .pc file, the safetensors ``safe_open`` way: only the header is read up front."""
+
+    def __init__(self, stream, device="cpu", verify: bool = True, limits: Limits = DEFAULT_LIMITS,
+                 owns_stream: bool = False):
+        self._stream = stream
+        self._owns_stream = owns_stream
+        self.device = torch.device(device)
+        self.verify = verify
+        self.header, self._data_start = read_header(stream, limits)
+        self._records = {record["name"]: record for record in self.header["tensors"]}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_stream:
+            self._stream.close()
+
+    def keys(self) -> list[str]:
+        return list(self._records)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.header["metadata"])
+
+    def record(self, name: str) -> dict:
+        if name not in self._records:
+            raise KeyError(f"no tensor {name!r} in this file")
+        return self._records[name]
+
+    def read_section(self, name: str) -> bytes:
+        record = self.record(name)
+        self._stream.seek(self._data_start + record["offset"])
+        return self._stream.read(record["length"])
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return decode_record(self.record(name), self.read_section(name), self.device, self.verify)
+
+
+def read_header(stream, limits: Limits) -> tuple[dict, int]:
+    """Parse preamble and header from a seekable binary stream; check the file's exact length."""
+    stream.seek(0, io.SEEK_END)
+    file_size = stream.tell()
+    stream.seek(0)
+    header_length, header_crc = container.parse_preamble(stream.read(container.PREAMBLE_SIZE), limits)
+    data_start = container.PREAMBLE_SIZE + header_length
+    if data_start > file_size:
+        raise FormatError(f"truncated file: header_length {header_length} runs past the end of the "
+                          f"{file_size}-byte file")
+    header = container.parse_header(stream.read(header_length), header_crc, limits)
+    expected = data_start + container.data_size(header)
+    if file_size < expected:
+        raise FormatError(f"truncated file: {file_size} bytes, the header describes {expected}")
+    if file_size > expected:
+        raise FormatError(f"{file_size - expected} unexpected bytes after the last section")
+    return header, data_start
+
+
+def safe_open(path, device="cpu", verify: bool = True, limits: Limits = DEFAULT_LIMITS) -> PCFile:
+    """Open a .pc file for lazy per-tensor reads; use as a context manager."""
+    stream = open(path, "rb")
+    try:
+        return PCFile(stream, device, verify, limits, owns_stream=True)
+    except BaseException:
+        stream.close()
+        raise
+
+
+def decode(data: bytes, device="cpu", verify: bool = True, limits: Limits = DEFAULT_LIMITS,
+           progress: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a .pc file given as bytes."""
+    return _decode_all(PCFile(io.BytesIO(data), device, verify, limits), progress)
+
+
+def load(path, device="cpu", verify: bool = True, limits: Limits = DEFAULT_LIMITS,
+         progress: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of the .pc file at ``path``, rebuilt bit-exactly on ``device``."""
+    with safe_open(path, device, verify, limits) as f:
+        return _decode_all(f, progress)
+
+
+def _decode_all(f: PCFile, progress: bool) -> dict[str, torch.Tensor]:
+    from tqdm import tqdm
+
+    names = f.keys()
+    return {name: f.get_tensor(name) for name in tqdm(names, disable=not progress, desc="decode", leave=False)}
+
+
+def load_into(module: nn.Module, path, strict: bool = True, verify: bool = True):
+    """Fill ``module``'s parameters and buffers from a .pc file (on the module's device)."""
+    first = next(iter(module.state_dict().values()), None)
+    device = first.device if first is not None else "cpu"
+    return module.load_state_dict(load(path, device=device, verify=verify), strict=strict)
+

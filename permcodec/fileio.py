@@ -1,0 +1,59 @@
+"""Atomic file writes: a temp file beside the target, fsync, then rename.
+
+A writer killed half-way leaves the target untouched (old content or none) and
+at most a temp file named ``.<target>.permcodec-tmp-<pid>``, which the next
+write to the same target removes once that pid is gone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TEMP_MARK = ".permcodec-tmp-"
+
+
+def temp_path_for(target: Path) -> Path:
+    return target.with_name(f".{target.name}{TEMP_MARK}{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete temp files left beside ``target`` by writers that no longer run."""
+    removed = []
+    prefix = f".{target.name}{TEMP_MARK}"
+    for candidate in target.parent.glob(f"{prefix}*"):
+        pid = candidate.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def atomic_write(target, write) -> None:
+    """Call ``write(temp_path)`` and move the result onto ``target`` only if it succeeds."""
+    target = Path(target)
+    if target.is_dir():
+        raise IsADirectoryError(f"output path {target} is a directory")
+    remove_stale_temps(target)
+    temp = temp_path_for(target)
+    try:
+        write(temp)
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(target, data: bytes) -> None:
+    atomic_write(target, lambda temp: Path(temp).write_bytes(data))

@@ -1,0 +1,83 @@
+"""Model files around the codec: read model.pt / .safetensors inputs, write decoded tensors.
+
+model.pt is read only with ``torch.load(..., weights_only=True)``, so a crafted
+pickle cannot run code; it must be the trainer's dict ``{"state_dict", "init", ...}``.
+A .safetensors input carries its init spec as JSON under the metadata key
+``permcodec.init``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from .errors import FormatError, SpecError
+from .fileio import atomic_write
+from .initspec import InitSpec
+
+SAFETENSORS_INIT_KEY = "permcodec.init"
+OUTPUT_SUFFIXES = (".safetensors", ".pt")
+
+
+def read_model(path) -> tuple[dict[str, torch.Tensor], InitSpec, dict[str, str]]:
+    """(state_dict, init spec, metadata to carry into the .pc file) of a model file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix.lower() == ".safetensors":
+        return _read_safetensors(path)
+    return _read_checkpoint(path)
+
+
+def _read_safetensors(path: Path):
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state = safetensors.torch.load_file(str(path))
+    except (safetensors.SafetensorError, ValueError, OSError) as err:
+        raise FormatError(f"{path} is not a valid safetensors file: {err}") from None
+    if SAFETENSORS_INIT_KEY not in metadata:
+        raise FormatError(f"{path} has no {SAFETENSORS_INIT_KEY!r} metadata holding the init spec as JSON")
+    try:
+        spec_dict = json.loads(metadata[SAFETENSORS_INIT_KEY])
+    except json.JSONDecodeError as err:
+        raise FormatError(f"{path}: metadata {SAFETENSORS_INIT_KEY!r} is not JSON ({err})") from None
+    carried = {k: v for k, v in metadata.items() if k != SAFETENSORS_INIT_KEY}
+    return state, InitSpec.from_dict(spec_dict), carried
+
+
+def _read_checkpoint(path: Path):
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FormatError(f"{path} is not a weights-only torch checkpoint: {first_line}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise FormatError(f"{path} is not a permcodec checkpoint: expected a dict with a 'state_dict' entry")
+    if ckpt.get("init") is None:
+        raise FormatError(f"{path} has no 'init' record: train it with 'permcodec train', or save "
+                          f"{{'state_dict': ..., 'init': spec.to_dict()}}")
+    carried = {f"permcodec.{key}": json.dumps(ckpt[key]) for key in ("config", "metrics") if key in ckpt}
+    return ckpt["state_dict"], InitSpec.from_dict(ckpt["init"]), carried
+
+
+def check_output_path(path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise SpecError(f"output {path} must end in {' or '.join(OUTPUT_SUFFIXES)}")
+    return path
+
+
+def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write decoded tensors as .safetensors or as a .pt dict of tensors, atomically."""
+    path = check_output_path(path)
+    on_cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    if path.suffix.lower() == ".safetensors":
+        atomic_write(path, lambda temp: safetensors.torch.save_file(on_cpu, str(temp), metadata=metadata))
+    else:
+        atomic_write(path, lambda temp: torch.save(on_cpu, temp))
