@@ -1,0 +1,170 @@
+"""permcodec encode / decode / info / verify from the command line: outputs and one-line errors."""
+
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from permcodec import codec, init_
+from permcodec.cli import main
+from permcodec.modelfile import SAFETENSORS_INIT_KEY
+
+from test_codec import make_fixtures, tiny_bytes
+
+
+def model_and_spec():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 3))
+    spec = init_(model, 3, bias=True)
+    make_fixtures.permute_rows(model, spec, 6)
+    return model, spec
+
+
+@pytest.fixture
+def model_pt(tmp_path):
+    model, spec = model_and_spec()
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "init": spec.to_dict(), "config": {"model": "test"},
+                "metrics": []}, path)
+    return path
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(capsys, command, *args):
+    code, _, err = run(capsys, command, *args)
+    assert code == 1
+    assert err.startswith(f"permcodec {command}: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_encode_decode_verify_info(capsys, model_pt, tmp_path):
+    assert run(capsys, "encode", model_pt, "-q")[0] == 0
+    pc = tmp_path / "model.pc"
+    assert pc.exists()
+    assert run(capsys, "decode", pc, "-q")[0] == 0
+    decoded = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    state = torch.load(model_pt, weights_only=True)["state_dict"]
+    assert all(codec.tensor_bytes(decoded[k]) == codec.tensor_bytes(v) for k, v in state.items())
+    code, out, _ = run(capsys, "verify", pc, "--against", model_pt)
+    assert code == 0 and out.strip().endswith(f"bit-identical to {model_pt}")
+    code, out, _ = run(capsys, "info", pc)
+    assert code == 0 and "delta" in out and "x bound" in out
+    info = json.loads(run(capsys, "info", pc, "--json")[1])
+    assert info["totals"]["permuted_tensors"] == 4 and json.loads(
+        dict(codec.safe_open(pc).metadata())["permcodec.config"]) == {"model": "test"}
+
+
+def test_decode_to_pt(capsys, tmp_path):
+    (tmp_path / "t.pc").write_bytes(tiny_bytes())
+    assert run(capsys, "decode", tmp_path / "t.pc", "-o", tmp_path / "t.pt", "-q")[0] == 0
+    assert set(torch.load(tmp_path / "t.pt", weights_only=True)) == {"weight", "bias"}
+
+
+def test_safetensors_input(capsys, tmp_path):
+    model, spec = model_and_spec()
+    path = tmp_path / "m.safetensors"
+    safetensors.torch.save_file(model.state_dict(), path, metadata={SAFETENSORS_INIT_KEY: json.dumps(spec.to_dict())})
+    assert run(capsys, "encode", path, "-o", tmp_path / "m.pc", "-q")[0] == 0
+    assert run(capsys, "verify", tmp_path / "m.pc", "--against", path)[0] == 0
+
+
+def test_safetensors_without_init(capsys, tmp_path):
+    safetensors.torch.save_file({"w": torch.zeros(2)}, tmp_path / "m.safetensors")
+    err = one_line_error(capsys, "encode", tmp_path / "m.safetensors")
+    assert "has no 'permcodec.init' metadata" in err
+
+
+def test_raw_fallback_says_so(capsys, tmp_path):
+    model, spec = model_and_spec()
+    state = model.state_dict()
+    state["3.weight"][0, 0] = 9.0
+    torch.save({"state_dict": state, "init": spec.to_dict()}, tmp_path / "m.pt")
+    err = one_line_error(capsys, "encode", tmp_path / "m.pt", "-q")
+    assert "tensor '3.weight': row 0 is not a permutation" in err and not (tmp_path / "m.pc").exists()
+    code, _, err = run(capsys, "encode", tmp_path / "m.pt", "-q", "--raw-fallback")
+    assert code == 0 and "stored '3.weight' losslessly (raw): row 0 is not a permutation" in err
+
+
+def test_not_a_pc_file(capsys, tmp_path, model_pt):
+    err = one_line_error(capsys, "decode", model_pt, "-o", tmp_path / "out.safetensors")
+    assert "not a permcodec file: bad magic" in err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_truncated_file(capsys, tmp_path):
+    (tmp_path / "t.pc").write_bytes(tiny_bytes()[:-5])
+    assert "truncated file" in one_line_error(capsys, "decode", tmp_path / "t.pc")
+    assert not (tmp_path / "t.safetensors").exists()
+
+
+def test_wrong_version(capsys, tmp_path):
+    data = bytearray(tiny_bytes())
+    data[8:10] = struct.pack("<H", 9)
+    (tmp_path / "t.pc").write_bytes(bytes(data))
+    assert "format version 9 is not supported" in one_line_error(capsys, "verify", tmp_path / "t.pc")
+
+
+def test_model_pt_without_init(capsys, tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp_path / "m.pt")
+    assert "has no 'init' record" in one_line_error(capsys, "encode", tmp_path / "m.pt")
+
+
+def test_missing_input(capsys, tmp_path):
+    assert "no such file" in one_line_error(capsys, "encode", tmp_path / "nope.pt").lower()
+    assert "no such file" in one_line_error(capsys, "decode", tmp_path / "nope.pc").lower()
+
+
+def test_directory_as_input(capsys, tmp_path):
+    assert "directory" in one_line_error(capsys, "decode", tmp_path).lower()
+
+
+def test_bad_output_suffix(capsys, tmp_path):
+    (tmp_path / "t.pc").write_bytes(tiny_bytes())
+    assert "must end in .safetensors or .pt" in one_line_error(capsys, "decode", tmp_path / "t.pc", "-o",
+                                                               tmp_path / "t.npz")
+
+
+def test_verify_against_a_different_model(capsys, tmp_path, model_pt):
+    (tmp_path / "t.pc").write_bytes(tiny_bytes())
+    assert "tensor names differ" in one_line_error(capsys, "verify", tmp_path / "t.pc", "--against", model_pt)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running_code(capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    exploit = Exploit()
+    exploit.marker = marker
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": {}, "init": exploit}, f)
+    err = one_line_error(capsys, "encode", tmp_path / "evil.pt")
+    assert "is not a weights-only torch checkpoint" in err
+    assert not marker.exists()
+
+
+def test_existing_output_survives_a_failed_encode(capsys, tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp_path / "m.pt")
+    (tmp_path / "m.pc").write_bytes(b"old content")
+    one_line_error(capsys, "encode", tmp_path / "m.pt")
+    assert (tmp_path / "m.pc").read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pc", "m.pt"]
+
+
+def test_help_explains_each_command():
+    for command in ("train", "encode", "decode", "info", "verify"):
+        result = subprocess.run([sys.executable, "-m", "permcodec", command, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: permcodec " + command in result.stdout

@@ -1,0 +1,357 @@
+"""The .pc codec: bit-exact round trips, golden fixtures, lazy access, and one test per error path."""
+
+import hashlib
+import io
+import json
+import struct
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+import torch
+from torch import nn
+
+import permcodec
+from permcodec import (FormatError, IntegrityError, LimitError, NotAPermutationError, SpecError,
+                       UnsupportedVersionError, codec, container, init_, perm)
+from permcodec.container import Limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import make_fixtures  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DIGESTS = json.loads((FIXTURES / "fixtures.json").read_text())
+
+
+def bits_equal(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and codec.tensor_bytes(a) == codec.tensor_bytes(b)
+
+
+def assert_same_state(decoded, state):
+    assert list(decoded) == list(state)
+    for name, tensor in state.items():
+        assert bits_equal(decoded[name], tensor), name
+
+
+def trained(model, spec, seed=0):
+    make_fixtures.permute_rows(model, spec, seed)
+    return model
+
+
+# ---------------------------------------------------------------- golden fixtures
+
+@pytest.mark.parametrize("name", sorted(DIGESTS))
+def test_golden_fixture_decodes_to_pinned_hashes(name):
+    decoded = permcodec.load(FIXTURES / f"{name}.pc")
+    assert {t: hashlib.sha256(codec.tensor_bytes(v)).hexdigest() for t, v in decoded.items()} == DIGESTS[name]
+
+
+def test_tiny_file_bytes_are_pinned():
+    """The encoder reproduces the exact bytes printed in specs/format.md, Appendix A."""
+    model, spec = make_fixtures.tiny_linear()
+    assert permcodec.encode(model, spec) == (FIXTURES / "tiny_linear.pc").read_bytes()
+
+
+def test_encoding_is_deterministic():
+    model = trained(nn.Linear(30, 7), init_(nn.Linear(30, 7), 1))
+    spec = init_(model, 1)
+    trained(model, spec, 5)
+    assert permcodec.encode(model) == permcodec.encode(model)
+
+
+# ---------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("layer", [nn.Linear(17, 5), nn.Conv1d(3, 4, 5), nn.Conv2d(3, 6, (2, 3)),
+                                   nn.Conv3d(2, 3, 2)], ids=["linear", "conv1d", "conv2d", "conv3d"])
+def test_round_trip_every_layer_type_with_bias_permuted(layer):
+    spec = init_(layer, 3, bias=True)  # the bias is a 1-D tensor: one row
+    trained(layer, spec, 1)
+    decoded = permcodec.decode(permcodec.encode(layer))
+    assert_same_state(decoded, layer.state_dict())
+    assert all(r["kind"] == "permuted" for r in permcodec.PCFile(io.BytesIO(permcodec.encode(layer))).header["tensors"])
+
+
+@pytest.mark.parametrize("dist,kwargs", [
+    ("uniform", dict(low=-1.0, high=2.0)), ("normal", dict(mean=0.1, std=0.5)), ("he_uniform", {}),
+    ("glorot_uniform", {}), ("he_normal", {}), ("glorot_normal", {}),
+    ("sparse", dict(density=0.3)), ("sparse", dict(density=0.05, base="normal")),
+    ("shared", dict(value=0.25, density=0.08)), ("shared", dict(value=-3.0, density=1.0)),
+])
+def test_round_trip_every_distribution(dist, kwargs):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(40, 9))
+    spec = init_(model, 42, dist=dist, **kwargs)
+    trained(model, spec, 2)
+    assert_same_state(permcodec.decode(permcodec.encode(model)), model.state_dict())
+
+
+def test_float32_ties_in_a_dense_pool():
+    model = nn.Linear(200, 4)
+    spec = init_(model, 1, dist="uniform", low=1.0, high=1.0000005)  # a handful of distinct float32 values
+    assert perm.sorted_pool(perm.as_rows(model.weight.detach())).unique().numel() < 10
+    trained(model, spec, 3)
+    assert_same_state(permcodec.decode(permcodec.encode(model)), model.state_dict())
+
+
+def test_untrained_model_costs_almost_nothing():
+    model = nn.Linear(1000, 100)
+    init_(model, 0)
+    data = permcodec.encode(model)
+    assert len(data) < 3000  # 100k weights, all deltas zero
+
+
+def test_raw_tensors_are_lossless():
+    state, spec = make_fixtures.raw_dtypes()
+    assert_same_state(permcodec.decode(permcodec.encode(state, spec)), state)
+
+
+def test_module_checkpoint_dict_and_state_dict_forms():
+    model = nn.Sequential(nn.Linear(8, 4), nn.BatchNorm1d(4))
+    spec = init_(model, 9)
+    trained(model, spec)
+    from_module = permcodec.encode(model)
+    assert permcodec.encode({"state_dict": model.state_dict(), "init": spec.to_dict()}) == from_module
+    assert permcodec.encode(model.state_dict(), init=spec) == from_module
+
+
+def test_save_load_and_load_into(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    spec = init_(model, 4)
+    trained(model, spec)
+    permcodec.save(model, tmp_path / "m.pc")
+    assert_same_state(permcodec.load(tmp_path / "m.pc"), model.state_dict())
+    fresh = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    permcodec.load_into(fresh, tmp_path / "m.pc")
+    assert_same_state(fresh.state_dict(), model.state_dict())
+
+
+class CountingStream(io.BytesIO):
+    """Records the size of every read after the header."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.reads = []
+
+    def read(self, size=-1):
+        out = super().read(size)
+        self.reads.append(len(out))
+        return out
+
+
+def test_safe_open_reads_one_tensor_lazily():
+    model = nn.Sequential(nn.Linear(10, 5), nn.Linear(5, 3))
+    spec = init_(model, 8)
+    trained(model, spec)
+    data = bytearray(permcodec.encode(model))
+    data[-1] ^= 0xFF  # damage only the last section
+    stream = CountingStream(bytes(data))
+    f = permcodec.PCFile(stream)
+    assert f.keys() == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    header_reads = len(stream.reads)
+    assert bits_equal(f.get_tensor("0.weight"), model[0].weight.detach())
+    assert stream.reads[header_reads:] == [f.record("0.weight")["length"]]
+    with pytest.raises(IntegrityError, match="tensor '1.bias': section CRC-32 mismatch"):
+        f.get_tensor("1.bias")
+
+
+def test_safe_open_on_a_path(tmp_path):
+    model, spec = make_fixtures.tiny_linear()
+    permcodec.save(model, tmp_path / "m.pc")
+    with permcodec.safe_open(tmp_path / "m.pc") as f:
+        assert bits_equal(f.get_tensor("bias"), model.bias.detach())
+        with pytest.raises(KeyError, match="no tensor 'nope' in this file"):
+            f.get_tensor("nope")
+
+
+def test_metadata_is_carried():
+    model = nn.Linear(3, 2)
+    spec = init_(model, 0)
+    f = permcodec.PCFile(io.BytesIO(permcodec.encode(model, spec, metadata={"note": "hi"})))
+    assert f.metadata() == {"note": "hi"}
+
+
+def test_decode_with_hash_check_off():
+    model, spec = make_fixtures.tiny_linear()
+    assert_same_state(permcodec.decode(permcodec.encode(model), verify=False), model.state_dict())
+
+
+# ---------------------------------------------------------------- encoder errors
+
+def test_not_a_permutation_names_tensor_and_row():
+    model = nn.Sequential(nn.Linear(6, 4))
+    init_(model, 1)
+    with torch.no_grad():
+        model[0].weight[2, 3] += 1.0
+    with pytest.raises(NotAPermutationError) as err:
+        permcodec.encode(model)
+    assert str(err.value) == ("tensor '0.weight': row 2 is not a permutation of its initial values (its values "
+                              "differ from the initial values of that row); use --raw-fallback to store it "
+                              "losslessly")
+
+
+def test_raw_fallback_stores_losslessly_and_reports():
+    model = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 2))
+    spec = init_(model, 1)
+    with torch.no_grad():
+        model[1].weight[1, 0] = 5.0
+    fallbacks = []
+    data = permcodec.encode(model, raw_fallback=True, fallbacks=fallbacks)
+    assert fallbacks == [codec.Fallback("1.weight", 1, "its values differ from the initial values of that row")]
+    assert_same_state(permcodec.decode(data), model.state_dict())
+    assert spec  # the spec is unchanged; only the storage kind differs
+
+
+def test_wrong_dtype_is_not_a_permutation():
+    model = nn.Linear(4, 2)
+    spec = init_(model, 1)
+    with pytest.raises(NotAPermutationError, match="dtype is torch.float64"):
+        permcodec.encode({"weight": model.weight.detach().double(), "bias": model.bias.detach()}, spec)
+
+
+def test_encode_without_spec():
+    with pytest.raises(SpecError, match="no init spec: pass init="):
+        permcodec.encode(nn.Linear(2, 2))
+
+
+def test_spec_names_a_missing_tensor():
+    spec = init_(nn.Linear(2, 2), 0)
+    with pytest.raises(SpecError, match="init spec names tensor\\(s\\) the state_dict lacks: weight"):
+        permcodec.encode({"other": torch.zeros(2)}, spec)
+
+
+# ---------------------------------------------------------------- decoder errors
+
+def tiny_bytes():
+    return (FIXTURES / "tiny_linear.pc").read_bytes()
+
+
+def repack(mutate_header, data=None):
+    """A copy of the tiny file with its header changed and every CRC recomputed."""
+    data = data or tiny_bytes()
+    _, _, _, length, _ = container.PREAMBLE.unpack(data[:container.PREAMBLE_SIZE])
+    header = msgpack.unpackb(data[container.PREAMBLE_SIZE:container.PREAMBLE_SIZE + length])
+    sections = data[container.PREAMBLE_SIZE + length:]
+    mutate_header(header)
+    raw = msgpack.packb(header, use_bin_type=True)
+    return container.PREAMBLE.pack(container.MAGIC, 1, 0, len(raw), container.crc32(raw)) + raw + sections
+
+
+@pytest.mark.parametrize("data,error,message", [
+    (b"", FormatError, "not a permcodec file: bad magic"),
+    (b"PK\x03\x04 this is a zip file.....", FormatError, "not a permcodec file: bad magic b'PK\\x03\\x04 thi'"),
+    (b"\x89PCODEC\n\x01\x00", FormatError, "truncated file: 10 bytes, the preamble alone is 20"),
+])
+def test_not_a_pc_file(data, error, message):
+    with pytest.raises(error) as err:
+        permcodec.decode(data)
+    assert str(err.value).startswith(message)
+
+
+def test_wrong_version():
+    data = bytearray(tiny_bytes())
+    data[8:10] = struct.pack("<H", 2)
+    with pytest.raises(UnsupportedVersionError, match="format version 2 is not supported"):
+        permcodec.decode(bytes(data))
+
+
+def test_nonzero_flags():
+    data = bytearray(tiny_bytes())
+    data[10] = 1
+    with pytest.raises(FormatError, match="preamble flags must be 0, found 0x0001"):
+        permcodec.decode(bytes(data))
+
+
+@pytest.mark.parametrize("cut", [25, 300, 449])
+def test_truncated_file(cut):
+    with pytest.raises(FormatError, match="truncated file"):
+        permcodec.decode(tiny_bytes()[:cut])
+
+
+def test_trailing_bytes():
+    with pytest.raises(FormatError, match="3 unexpected bytes after the last section"):
+        permcodec.decode(tiny_bytes() + b"abc")
+
+
+def test_header_crc_mismatch():
+    data = bytearray(tiny_bytes())
+    data[40] ^= 1
+    with pytest.raises(IntegrityError, match="header CRC-32 mismatch"):
+        permcodec.decode(bytes(data))
+
+
+def test_section_crc_mismatch():
+    data = bytearray(tiny_bytes())
+    data[-3] ^= 0x10
+    with pytest.raises(IntegrityError, match="tensor 'bias': section CRC-32 mismatch"):
+        permcodec.decode(bytes(data))
+
+
+def test_hash_mismatch_is_caught():
+    def wrong_hash(header):
+        header["tensors"][0]["sha256"] = bytes(32)
+    with pytest.raises(IntegrityError, match="tensor 'weight': decoded bits do not match the stored SHA-256"):
+        permcodec.decode(repack(wrong_hash))
+
+
+@pytest.mark.parametrize("seed", [8, 9, 10, 11])
+def test_wrong_seed_is_never_decoded_silently(seed):
+    """Another seed gives other initial ranks: the deltas leave [0, n) or the hash no longer matches."""
+    def other_seed(header):
+        header["tensors"][0]["init"]["seed"] = seed
+    with pytest.raises((FormatError, IntegrityError), match="tensor 'weight': decoded"):
+        permcodec.decode(repack(other_seed))
+
+
+@pytest.mark.parametrize("mutate,error,message", [
+    (lambda h: h.update(format="zip"), FormatError, "header format must be 'permcodec', found 'zip'"),
+    (lambda h: h.update(version=3), UnsupportedVersionError, "header version 3 is not supported"),
+    (lambda h: h.pop("metadata"), FormatError, "header must be a map with keys"),
+    (lambda h: h["tensors"][0].update(kind="sparse"), FormatError, "kind must be one of permuted, raw"),
+    (lambda h: h["tensors"][0].update(dtype="complex64"), FormatError, "unknown dtype 'complex64'"),
+    (lambda h: h["tensors"][0].update(shape=[2, -3]), FormatError, "shape must be a list of non-negative"),
+    (lambda h: h["tensors"][0].update(scheme="lehmer"), FormatError, "unknown index scheme 'lehmer'"),
+    (lambda h: h["tensors"][0]["init"].update(rng="mt19937"), FormatError, "unknown rng 'mt19937'"),
+    (lambda h: h["tensors"][0]["init"].update(dist="beta"), FormatError, "bad init record: tensor 'weight': "
+                                                                        "unknown distribution 'beta'"),
+    (lambda h: h["tensors"][0].update(offset=1), FormatError, "section offset 1, expected 0"),
+    (lambda h: h["tensors"][1].update(name="weight"), FormatError, "tensor name 'weight' appears twice"),
+    (lambda h: h["tensors"][1].update(codec="lz4"), FormatError, "unknown raw codec 'lz4'"),
+    (lambda h: h["tensors"][1].update(extra=1), FormatError, "a raw record must have keys"),
+    (lambda h: h["tensors"][0].update(shape=[3, 2]), FormatError, "zstd frame declares 6 bytes, header says 6"),
+])
+def test_bad_header_fields(mutate, error, message):
+    if message.startswith("zstd frame declares"):  # same element count, other row shape: ranks go out of range
+        message = "decoded ranks"
+    with pytest.raises(error) as err:
+        permcodec.decode(repack(mutate))
+    assert message in str(err.value)
+
+
+def test_msgpack_extension_types_are_refused():
+    raw = msgpack.packb({"format": msgpack.ExtType(1, b"x")})
+    data = container.PREAMBLE.pack(container.MAGIC, 1, 0, len(raw), container.crc32(raw)) + raw
+    with pytest.raises(FormatError, match="extension type"):
+        permcodec.decode(data)
+
+
+def test_ranks_that_are_not_a_permutation():
+    model, spec = make_fixtures.tiny_linear()
+    initial = codec.InitialRows.of(spec["weight"])
+    final_ranks = torch.tensor([[0, 1, 2], [1, 1, 0]])  # row 1 repeats rank 1
+    codes = codec.indexcode.zigzag((final_ranks - initial.ranks).reshape(-1).numpy())
+    section = codec.indexcode.compress(codec.indexcode.to_byte_planes(codes, 1))
+    bias = codec.encode_raw(model.bias.detach(), 3)
+    records = [codec.permuted_record("weight", model.weight, spec["weight"]), codec.raw_record("bias", model.bias)]
+    with pytest.raises(FormatError, match="tensor 'weight': decoded ranks of row 1 are not a permutation"):
+        permcodec.decode(container.pack(records, [section, bias]))
+
+
+@pytest.mark.parametrize("field,limit_value", [
+    ("max_tensors", 2), ("max_dims", 2), ("max_dim", 3), ("max_tensor_elements", 6), ("max_total_elements", 8),
+    ("max_header_bytes", 398),
+])
+def test_limits_pass_at_the_limit_and_fail_one_below(field, limit_value):
+    """The tiny file sits exactly at each of these limits; one less raises LimitError."""
+    permcodec.decode(tiny_bytes(), limits=Limits(**{field: limit_value}))
+    with pytest.raises(LimitError):
+        permcodec.decode(tiny_bytes(), limits=Limits(**{field: limit_value - 1}))

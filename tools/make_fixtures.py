@@ -1,0 +1,104 @@
+"""Write the golden .pc files under tests/fixtures/ and the SHA-256 of every decoded tensor.
+
+    python tools/make_fixtures.py            # rewrite tests/fixtures/*.pc and fixtures.json
+
+Run it only when the format version changes: the tests decode the committed
+files on every run, so the format can never drift silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from permcodec import codec, init_, perm
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+
+
+def permute_rows(model: nn.Module, spec, seed: int) -> None:
+    """Stand-in for training: a fixed pseudo-random reordering of every row of every permuted tensor."""
+    params = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in spec.names():
+            rows = perm.as_rows(params[name].detach())
+            keys = torch.rand(rows.shape, generator=generator)
+            order = torch.argsort(keys, dim=1)
+            params[name].copy_(torch.gather(rows, 1, order).reshape(params[name].shape))
+
+
+def tiny_linear():
+    """The file printed byte by byte in specs/format.md: Linear(3, 2), weight permuted, bias raw."""
+    model = nn.Linear(3, 2)
+    spec = init_(model, seed=7)
+    with torch.no_grad():
+        model.weight.copy_(model.weight[:, [2, 0, 1]])
+        model.bias.copy_(torch.tensor([0.5, -0.25]))
+    return model, spec
+
+
+def conv_layers():
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Conv2d(2, 4, 2), nn.Conv3d(1, 2, 2), nn.Linear(5, 4),
+                          nn.BatchNorm1d(4))
+    spec = init_(model, seed=2020, dist="glorot_normal", bias=True)
+    permute_rows(model, spec, seed=1)
+    return model, spec
+
+
+def sparse_ties():
+    model = nn.Sequential(nn.Linear(16, 6), nn.Conv2d(3, 2, 3))
+    spec = init_(model, seed=99, dist="sparse", density=0.3)
+    permute_rows(model, spec, seed=2)
+    return model, spec
+
+
+def shared_ties():
+    model = nn.Sequential(nn.Linear(20, 5))
+    spec = init_(model, seed=5, dist="shared", value=-0.5, density=0.5)
+    permute_rows(model, spec, seed=3)
+    return model, spec
+
+
+def raw_dtypes():
+    """One permuted tensor beside raw tensors of every stored dtype, with -0.0 and a NaN payload."""
+    model = nn.Sequential(nn.Linear(4, 3))
+    spec = init_(model, seed=11, dist="uniform", low=-1.0, high=1.0)
+    permute_rows(model, spec, seed=4)
+    state = dict(model.state_dict())
+    state["extra.f16"] = torch.tensor([1.5, -0.0, 65504.0], dtype=torch.float16)
+    state["extra.bf16"] = torch.tensor([[3.0], [-2.5]], dtype=torch.bfloat16)
+    state["extra.f64"] = torch.tensor([1e300, -0.0]).double()
+    state["extra.nan"] = torch.tensor([0x7FC00001], dtype=torch.int32).view(torch.float32)
+    state["extra.i64"] = torch.tensor([-(2**62), 7])
+    state["extra.i8"] = torch.tensor([-128, 127], dtype=torch.int8)
+    state["extra.u8"] = torch.arange(5, dtype=torch.uint8)
+    state["extra.bool"] = torch.tensor([True, False, True])
+    state["extra.empty"] = torch.zeros(0, 3)
+    state["extra.scalar"] = torch.tensor(2.0)
+    return state, spec
+
+
+CASES = {"tiny_linear": tiny_linear, "conv_layers": conv_layers, "sparse_ties": sparse_ties,
+         "shared_ties": shared_ties, "raw_dtypes": raw_dtypes}
+
+
+def main() -> None:
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for name, build in CASES.items():
+        obj, spec = build()
+        path = FIXTURES / f"{name}.pc"
+        codec.save(obj, path, init=spec)
+        decoded = codec.load(path)
+        digests[name] = {t: hashlib.sha256(codec.tensor_bytes(v)).hexdigest() for t, v in decoded.items()}
+        print(f"{path.name}: {path.stat().st_size} bytes, {len(decoded)} tensors")
+    (FIXTURES / "fixtures.json").write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
