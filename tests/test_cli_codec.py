@@ -165,6 +165,15 @@ def test_existing_output_survives_a_failed_encode(capsys, tmp_path):
 
 
 def test_help_explains_each_command():
-    for command in ("train", "encode", "decode", "info", "verify"):
+    for command in ("train", "encode", "decode", "info", "verify", "demo"):
         result = subprocess.run([sys.executable, "-m", "permcodec", command, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: permcodec " + command in result.stdout
+
+
+def test_demo_round_trip_is_bit_exact(tmp_path):
+    from permcodec.demo import run_demo
+
+    summary = run_demo(tmp_path, epochs=1, steps=3, progress=False, log=lambda line: None)
+    assert summary["bit_exact"] and summary["test_acc_decoded"] == summary["test_acc_trained"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoded.safetensors", "model.fp32.safetensors",
+                                                          "model.pc", "model.pt"]
