@@ -87,6 +87,16 @@ def parse_preamble(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[int, i
     return header_length, header_crc
 
 
+def _unique_map(pairs):
+    """A dict from msgpack map pairs; two decoders must never read different values from one header."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise FormatError(f"header map holds key {duplicate!r} twice")
+    return result
+
+
 def _reject_ext(code, data):
     raise FormatError(f"header holds a msgpack extension type ({code}); none is allowed")
 
@@ -97,7 +107,8 @@ def parse_header(raw: bytes, header_crc: int, limits: Limits = DEFAULT_LIMITS) -
         raise IntegrityError(f"header CRC-32 mismatch: stored {header_crc:#010x}, computed {crc32(raw):#010x}")
     try:
         # unpackb caps every string, array and map length at len(raw).
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext)
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext,
+                                 object_pairs_hook=_unique_map)
     except (ValueError, msgpack.UnpackException) as err:
         if isinstance(err, FormatError):
             raise

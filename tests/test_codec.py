@@ -334,6 +334,18 @@ def test_msgpack_extension_types_are_refused():
         permcodec.decode(data)
 
 
+def test_duplicate_map_keys_are_refused():
+    data = tiny_bytes()
+    header_length = container.PREAMBLE.unpack(data[:container.PREAMBLE_SIZE])[3]
+    raw = data[container.PREAMBLE_SIZE:container.PREAMBLE_SIZE + header_length]
+    # "length": 17 of the bias record appears a second time, with another value
+    doctored = bytearray(raw.replace(b"\x89\xa4name\xa4bias", b"\x8a\xa6length\x00\xa4name\xa4bias"))
+    assert len(doctored) == len(raw) + 8
+    data = container.PREAMBLE.pack(container.MAGIC, 1, 0, len(doctored), container.crc32(doctored)) + doctored
+    with pytest.raises(FormatError, match="header map holds key 'length' twice"):
+        permcodec.decode(bytes(data) + tiny_bytes()[container.PREAMBLE_SIZE + header_length:])
+
+
 def test_ranks_that_are_not_a_permutation():
     model, spec = make_fixtures.tiny_linear()
     initial = codec.InitialRows.of(spec["weight"])

@@ -1,0 +1,676 @@
+"""Standalone decoder for permcodec `.pc` files, written from the specs alone.
+
+This module was written from `specs/format.md` and `specs/rng.md` only, without
+looking at the reference implementation (`permcodec/`), its tests or its tools.
+It depends on numpy, msgpack and zstandard plus the standard library (hashlib,
+zlib, struct); it does not use torch.
+
+`decode_file(path)` returns `{name: numpy.ndarray}` with the stored shape and a
+numpy dtype matching the record's `dtype`.  numpy has no bfloat16, so a
+`bfloat16` tensor is returned as a `uint16` array holding the raw bfloat16 bits
+(the upper half of the equivalent float32 bits).  `bool` tensors are returned
+as numpy `bool_`.
+
+Every failure the spec tells a decoder to detect raises `ValueError` with a
+message naming the problem (and the tensor, where there is one).
+
+Run as a script: `python tools/spec_decoder.py FILE.pc ...` prints, per tensor,
+its name, shape and the SHA-256 of its bytes (C order, little-endian).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import sys
+import time
+import zlib
+
+import msgpack
+import numpy as np
+import zstandard
+
+# --------------------------------------------------------------------------
+# Constants of specs/format.md
+# --------------------------------------------------------------------------
+
+MAGIC = b"\x89PCODEC\n"
+FORMAT_VERSION = 1
+PREAMBLE_SIZE = 20
+
+# Section 11, the reference decoder's default limits.
+LIMIT_HEADER_LENGTH = 64 * 1024 * 1024
+LIMIT_TENSORS = 100_000
+LIMIT_DIMS = 8
+LIMIT_DIM = 2**31 - 1
+LIMIT_ELEMENTS_PER_TENSOR = 2**31 - 1
+LIMIT_ELEMENTS_PER_FILE = 2**36
+
+# Section 6.1: dtype -> (numpy dtype of the returned array, element size).
+DTYPES = {
+    "float32": (np.dtype("<f4"), 4),
+    "float16": (np.dtype("<f2"), 2),
+    "bfloat16": (np.dtype("<u2"), 2),  # raw bits, see module docstring
+    "float64": (np.dtype("<f8"), 8),
+    "int64": (np.dtype("<i8"), 8),
+    "int32": (np.dtype("<i4"), 4),
+    "int16": (np.dtype("<i2"), 2),
+    "int8": (np.dtype("i1"), 1),
+    "uint8": (np.dtype("u1"), 1),
+    "bool": (np.dtype("?"), 1),
+}
+
+COMMON_KEYS = {"name", "kind", "dtype", "shape", "offset", "length", "crc32", "sha256"}
+PERMUTED_KEYS = COMMON_KEYS | {"init", "scheme", "scheme_params"}
+RAW_KEYS = COMMON_KEYS | {"codec"}
+INIT_KEYS = {"rng", "seed", "stream", "dist", "params"}
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+# --------------------------------------------------------------------------
+# Constants of specs/rng.md
+# --------------------------------------------------------------------------
+
+RNG_NAME = "philox4x32-10"
+PHILOX_M0 = np.uint64(0xD2511F53)
+PHILOX_M1 = np.uint64(0xCD9E8D57)
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def _hx(s: str) -> float:
+    return float.fromhex(s)
+
+
+SQRT2 = _hx("0x1.6a09e667f3bcdp+0")
+LN2_HI = _hx("0x1.62e42fee00000p-1")
+LN2_LO = _hx("0x1.a39ef35793c76p-33")
+HALF_PI = _hx("0x1.921fb54442d18p+0")
+TWO_M53 = _hx("0x1p-53")
+TWO_M52 = _hx("0x1p-52")
+
+ATANH = [_hx(s) for s in """
+0x1.0000000000000p+0  0x1.5555555555555p-2  0x1.999999999999ap-3  0x1.2492492492492p-3
+0x1.c71c71c71c71cp-4  0x1.745d1745d1746p-4  0x1.3b13b13b13b14p-4  0x1.1111111111111p-4
+0x1.e1e1e1e1e1e1ep-5  0x1.af286bca1af28p-5  0x1.8618618618618p-5  0x1.642c8590b2164p-5
+""".split()]
+
+SIN = [_hx(s) for s in """
+ 0x1.0000000000000p+0  -0x1.5555555555555p-3   0x1.1111111111111p-7  -0x1.a01a01a01a01ap-13
+ 0x1.71de3a556c734p-19 -0x1.ae64567f544e4p-26  0x1.6124613a86d09p-33 -0x1.ae7f3e733b81fp-41
+ 0x1.952c77030ad4ap-49 -0x1.2f49b46814157p-57  0x1.71b8ef6dcf572p-66 -0x1.761b41316381ap-75
+""".split()]
+
+COS = [_hx(s) for s in """
+ 0x1.0000000000000p+0  -0x1.0000000000000p-1   0x1.5555555555555p-5  -0x1.6c16c16c16c17p-10
+ 0x1.a01a01a01a01ap-16 -0x1.27e4fb7789f5cp-22  0x1.1eed8eff8d898p-29 -0x1.93974a8c07c9dp-37
+ 0x1.ae7f3e733b81fp-45 -0x1.6827863b97d97p-53  0x1.e542ba4020225p-62 -0x1.0ce396db7f853p-70
+ 0x1.f2cf01972f578p-80
+""".split()]
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+DENSE_DISTS = {
+    "uniform": ("low", "high"),
+    "he_uniform": ("bound",),
+    "glorot_uniform": ("bound",),
+    "normal": ("mean", "std"),
+    "he_normal": ("std",),
+    "glorot_normal": ("std",),
+}
+
+# ==========================================================================
+# Philox4x32-10 (rng.md Section 3)
+# ==========================================================================
+
+
+def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
+    """Philox4x32-10 on numpy uint64 arrays holding u32 words; returns 4 words."""
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) & MASK32 for c in (c0, c1, c2, c3))
+    for r in range(10):
+        k0_r = np.uint64((k0 + r * PHILOX_W0) % 2**32)
+        k1_r = np.uint64((k1 + r * PHILOX_W1) % 2**32)
+        p0 = PHILOX_M0 * c0  # exact: both factors < 2^32
+        p1 = PHILOX_M1 * c2
+        hi0, lo0 = p0 >> np.uint64(32), p0 & MASK32
+        hi1, lo1 = p1 >> np.uint64(32), p1 & MASK32
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0_r, lo1, hi0 ^ c3 ^ k1_r, lo0
+    return c0, c1, c2, c3
+
+
+def words(seed: int, stream: int, substream: int, n_blocks: int):
+    """The four output words of blocks 0..n_blocks-1 (rng.md 3.1), as uint64 arrays."""
+    block = np.arange(n_blocks, dtype=np.uint64)
+    c0 = block & MASK32
+    c1 = block >> np.uint64(32)
+    c2 = np.full(n_blocks, stream, dtype=np.uint64)
+    c3 = np.full(n_blocks, substream, dtype=np.uint64)
+    return philox4x32_10(c0, c1, c2, c3, seed & 0xFFFFFFFF, seed >> 32)
+
+
+# ==========================================================================
+# Exact transcendental functions (rng.md Section 5)
+# ==========================================================================
+
+
+def horner(z: np.ndarray, coeffs) -> np.ndarray:
+    acc = np.full_like(z, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        acc = acc * z
+        acc = acc + c
+    return acc
+
+
+def ln(u: np.ndarray) -> np.ndarray:
+    """ln of positive normal f64 values, exactly as rng.md 5.2."""
+    bits = u.view(np.uint64)
+    e = (bits >> np.uint64(52)).astype(np.int64) - 1023
+    m = ((bits & np.uint64(2**52 - 1)) | np.uint64(1023 << 52)).view(np.float64)
+    big = m > SQRT2
+    m = np.where(big, m * 0.5, m)
+    e = e + big.astype(np.int64)
+    s = (m - 1.0) / (m + 1.0)
+    w = s * s
+    lnm = (s * 2.0) * horner(w, ATANH)
+    E = e.astype(np.float64)
+    a = E * LN2_HI
+    b = E * LN2_LO
+    c = b + lnm
+    return a + c
+
+
+def sincos(q: np.ndarray, x: np.ndarray):
+    """(sin, cos) of q*pi/2 + x, exactly as rng.md 5.3."""
+    z = x * x
+    s = x * horner(z, SIN)
+    c = horner(z, COS)
+    sn = np.select([q == 0, q == 1, q == 2, q == 3], [s, c, -s, -c])
+    cs = np.select([q == 0, q == 1, q == 2, q == 3], [c, -s, -c, s])
+    return sn, cs
+
+
+# ==========================================================================
+# Distributions (rng.md Section 6)
+# ==========================================================================
+
+
+def u53_int(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return ((a >> np.uint64(5)) << np.uint64(26)) | (b >> np.uint64(6))
+
+
+def to_f32(x: np.ndarray) -> np.ndarray:
+    """Round f64 -> f32 once (ties to even) and canonicalise -0.0 to +0.0."""
+    return x.astype(np.float32) + np.float32(0.0)
+
+
+def uniform_f64(seed, stream, count, low: float, high: float) -> np.ndarray:
+    n_blocks = (count + 1) // 2
+    w = words(seed, stream, 0, n_blocks)
+    # element 2j uses (w0, w1), element 2j+1 uses (w2, w3) of block j
+    a = np.stack([w[0], w[2]], axis=1).reshape(-1)[:count]
+    b = np.stack([w[1], w[3]], axis=1).reshape(-1)[:count]
+    u = u53_int(a, b).astype(np.float64) * TWO_M53
+    width = high - low  # one f64 subtraction
+    x = u * width
+    return x + low
+
+
+def normal_f64(seed, stream, count, mean: float, std: float) -> np.ndarray:
+    n_blocks = (count + 1) // 2
+    w0, w1, w2, w3 = words(seed, stream, 0, n_blocks)
+    k = u53_int(w0, w1)
+    u = (k + np.uint64(1)).astype(np.float64) * TWO_M53
+    r = np.sqrt(ln(u) * -2.0)
+    q = (w2 >> np.uint64(30)).astype(np.int64)
+    frac = ((w2 & np.uint64(0x3FFFFFFF)) << np.uint64(22)) | (w3 >> np.uint64(10))
+    x = (frac.astype(np.float64) * TWO_M52) * HALF_PI
+    sn, cs = sincos(q, x)
+    z = np.stack([r * cs, r * sn], axis=1).reshape(-1)[:count]
+    y = z * std
+    return y + mean
+
+
+def dense_f32(dist: str, params: dict, seed, stream, count) -> np.ndarray:
+    if dist == "uniform":
+        x = uniform_f64(seed, stream, count, params["low"], params["high"])
+    elif dist in ("he_uniform", "glorot_uniform"):
+        bound = params["bound"]
+        x = uniform_f64(seed, stream, count, -bound, bound)
+    elif dist == "normal":
+        x = normal_f64(seed, stream, count, params["mean"], params["std"])
+    elif dist in ("he_normal", "glorot_normal"):
+        x = normal_f64(seed, stream, count, 0.0, params["std"])
+    else:  # pragma: no cover - validated before
+        raise ValueError(f"unknown dense distribution {dist!r}")
+    return to_f32(x)
+
+
+def keep_mask(seed, stream, count, keep_below: int) -> np.ndarray:
+    n_blocks = (count + 3) // 4
+    w = words(seed, stream, 1, n_blocks)
+    flat = np.stack(w, axis=1).reshape(-1)[:count]  # word i&3 of block i>>2
+    return flat < np.uint64(keep_below) if keep_below < 2**32 else np.ones(count, bool)
+
+
+def generate(init: dict, count: int) -> np.ndarray:
+    """The `count` initial f32 values of an (already validated) init record."""
+    seed, stream, dist, params = init["seed"], init["stream"], init["dist"], init["params"]
+    if dist in DENSE_DISTS:
+        return dense_f32(dist, params, seed, stream, count)
+    kept = keep_mask(seed, stream, count, params["keep_below"])
+    if dist == "sparse":
+        base = dense_f32(params["base"]["dist"], params["base"]["params"], seed, stream, count)
+        return np.where(kept, base, np.float32(0.0)).astype(np.float32)
+    if dist == "shared":
+        return np.where(kept, np.float32(params["value"]), np.float32(0.0)).astype(np.float32)
+    raise ValueError(f"unknown distribution {dist!r}")  # pragma: no cover
+
+
+# ==========================================================================
+# Validation helpers
+# ==========================================================================
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _fail(where: str, msg: str):
+    raise ValueError(f"{where}: {msg}")
+
+
+def _check_keys(where: str, obj, expected: set):
+    if not isinstance(obj, dict):
+        _fail(where, "expected a map")
+    keys = set(obj)
+    if keys != expected:
+        missing, extra = expected - keys, keys - expected
+        _fail(where, f"wrong keys (missing {sorted(missing)}, extra {sorted(map(str, extra))})")
+
+
+def _check_f32(where: str, field: str, v) -> float:
+    if not isinstance(v, float):
+        _fail(where, f"field {field!r} must be a float, got {type(v).__name__}")
+    if not math.isfinite(v):
+        _fail(where, f"field {field!r} is not finite")
+    if float(np.float32(v)) != v:
+        _fail(where, f"field {field!r} = {v!r} is not exactly an f32 value")
+    return v
+
+
+def _check_density(where, params):
+    d = _check_f32(where, "density", params["density"])
+    if not 0.0 < d <= 1.0:
+        _fail(where, "field 'density' must be in (0, 1]")
+    kb = params["keep_below"]
+    if not _is_int(kb):
+        _fail(where, "field 'keep_below' must be an int")
+    if kb != round(d * 2**32) or kb < 1:  # d * 2^32 is exact; round() is ties-to-even
+        _fail(where, f"field 'keep_below' = {kb} != round(density * 2^32)")
+
+
+def _check_dense(where: str, dist, params):
+    if dist not in DENSE_DISTS:
+        _fail(where, f"unknown or non-dense distribution {dist!r}")
+    _check_keys(where + " params", params, set(DENSE_DISTS[dist]))
+    p = {k: _check_f32(where, k, params[k]) for k in DENSE_DISTS[dist]}
+    if dist == "uniform" and not p["low"] < p["high"]:
+        _fail(where, "field 'low' must be < 'high'")
+    if "bound" in p and not p["bound"] > 0:
+        _fail(where, "field 'bound' must be > 0")
+    if "std" in p:
+        if not p["std"] > 0:
+            _fail(where, "field 'std' must be > 0")
+        if abs(p.get("mean", 0.0)) + 16.0 * p["std"] > F32_MAX:
+            _fail(where, "field 'std' too large: |mean| + 16*std exceeds f32 max")
+
+
+def check_init(where: str, init) -> None:
+    """rng.md Section 7 rules for one init record (format.md 6.2)."""
+    _check_keys(where + " init", init, INIT_KEYS)
+    if init["rng"] != RNG_NAME:
+        _fail(where, f"unknown rng {init['rng']!r}")
+    seed, stream, dist, params = init["seed"], init["stream"], init["dist"], init["params"]
+    if not _is_int(seed) or not 0 <= seed < 2**64:
+        _fail(where, "field 'seed' must be an int in [0, 2^64)")
+    if not _is_int(stream) or not 0 <= stream < 2**32:
+        _fail(where, "field 'stream' must be an int in [0, 2^32)")
+    if not isinstance(dist, str):
+        _fail(where, "field 'dist' must be a str")
+    if not isinstance(params, dict):
+        _fail(where, "field 'params' must be a map")
+    if dist in DENSE_DISTS:
+        _check_dense(where, dist, params)
+    elif dist == "sparse":
+        _check_keys(where + " params", params, {"density", "keep_below", "base"})
+        _check_density(where, params)
+        base = params["base"]
+        _check_keys(where + " params.base", base, {"dist", "params"})
+        _check_dense(where + " params.base", base["dist"], base["params"])
+    elif dist == "shared":
+        _check_keys(where + " params", params, {"value", "density", "keep_below"})
+        _check_density(where, params)
+        if _check_f32(where, "value", params["value"]) == 0.0:
+            _fail(where, "field 'value' must be non-zero")
+    else:
+        _fail(where, f"unknown dist {dist!r}")
+
+
+# ==========================================================================
+# Container: preamble, header, records (format.md Sections 4-6, 11)
+# ==========================================================================
+
+
+class _ExtTypeError(ValueError):
+    pass
+
+
+def _no_ext(code, data):
+    raise _ExtTypeError(f"header: msgpack extension type {code} is not allowed")
+
+
+def _check_str_keys(obj, path="header"):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                _fail(path, f"map key {k!r} is not a string")
+            _check_str_keys(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_str_keys(v, f"{path}[{i}]")
+
+
+def read_preamble(buf: bytes) -> int:
+    """Check the preamble; return header_length."""
+    if len(buf) < PREAMBLE_SIZE or buf[:8] != MAGIC:
+        raise ValueError("not a permcodec file (bad magic)")
+    version, flags, header_length, header_crc = struct.unpack_from("<HHII", buf, 8)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"UnsupportedVersionError: format version {version}")
+    if flags != 0:
+        raise ValueError(f"preamble: flags must be 0, got {flags}")
+    if header_length > LIMIT_HEADER_LENGTH:
+        raise ValueError(f"preamble: header_length {header_length} exceeds limit")
+    if header_length > len(buf) - PREAMBLE_SIZE:
+        raise ValueError("truncated: header runs past the end of the file")
+    header = buf[PREAMBLE_SIZE:PREAMBLE_SIZE + header_length]
+    if zlib.crc32(header) != header_crc:
+        raise ValueError("header CRC-32 mismatch")
+    return header_length
+
+
+def parse_header(raw: bytes) -> dict:
+    try:
+        header = msgpack.unpackb(raw, raw=False, ext_hook=_no_ext, strict_map_key=False,
+                                 use_list=True)
+    except _ExtTypeError:
+        raise
+    except Exception as exc:  # msgpack's own errors, incl. trailing bytes, bad UTF-8
+        raise ValueError(f"header: invalid msgpack ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ValueError("header: not a msgpack map")
+    _check_str_keys(header)
+    _check_keys("header", header, {"format", "version", "tensors", "metadata"})
+    if header["format"] != "permcodec":
+        raise ValueError(f"header: format is {header['format']!r}, not 'permcodec'")
+    if not _is_int(header["version"]) or header["version"] != FORMAT_VERSION:
+        raise ValueError(f"header: version {header['version']!r} != preamble version")
+    meta = header["metadata"]
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("header: metadata must be a map str -> str")
+    if not isinstance(header["tensors"], list):
+        raise ValueError("header: tensors must be an array")
+    return header
+
+
+def element_count(shape) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def check_record(rec, expected_offset: int) -> None:
+    """format.md 6.1-6.3 for one record (the init part by rng.md 7)."""
+    if not isinstance(rec, dict):
+        raise ValueError("header: tensor record is not a map")
+    name = rec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("header: tensor record with missing or empty name")
+    where = f"tensor {name!r}"
+    kind = rec.get("kind")
+    if kind == "permuted":
+        _check_keys(where, rec, PERMUTED_KEYS)
+    elif kind == "raw":
+        _check_keys(where, rec, RAW_KEYS)
+    else:
+        _fail(where, f"unknown kind {kind!r}")
+    if rec["dtype"] not in DTYPES:
+        _fail(where, f"unknown dtype {rec['dtype']!r}")
+    shape = rec["shape"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        _fail(where, "shape must be an array of ints >= 0")
+    if len(shape) > LIMIT_DIMS or any(d > LIMIT_DIM for d in shape):
+        _fail(where, "shape exceeds limits")
+    if element_count(shape) > LIMIT_ELEMENTS_PER_TENSOR:
+        _fail(where, "element count exceeds limit")
+    for f in ("offset", "length", "crc32"):
+        if not _is_int(rec[f]) or rec[f] < 0:
+            _fail(where, f"field {f!r} must be an int >= 0")
+    if rec["crc32"] >= 2**32:
+        _fail(where, "crc32 must be < 2^32")
+    if rec["offset"] != expected_offset:
+        _fail(where, f"offset {rec['offset']} != expected {expected_offset}")
+    if not isinstance(rec["sha256"], bytes) or len(rec["sha256"]) != 32:
+        _fail(where, "sha256 must be 32 bytes of bin")
+    if kind == "permuted":
+        if rec["dtype"] != "float32":
+            _fail(where, "permuted tensors must be float32")
+        if len(shape) < 1:
+            _fail(where, "permuted tensors need at least one dimension")
+        check_init(where, rec["init"])
+        if rec["scheme"] != "delta":
+            _fail(where, f"unknown scheme {rec['scheme']!r}")
+        if rec["scheme_params"] != {}:
+            _fail(where, "scheme_params must be {} for 'delta'")
+    elif rec["codec"] != "shuffle-zstd":
+        _fail(where, f"unknown codec {rec['codec']!r}")
+
+
+def check_records(tensors: list) -> int:
+    """Check all records and file-level limits; return data_size."""
+    if len(tensors) > LIMIT_TENSORS:
+        raise ValueError("header: too many tensors")
+    offset, total_elements, names, streams = 0, 0, set(), set()
+    for rec in tensors:
+        check_record(rec, offset)
+        if rec["name"] in names:
+            raise ValueError(f"header: duplicate tensor name {rec['name']!r}")
+        names.add(rec["name"])
+        if rec["kind"] == "permuted":
+            key = (rec["init"]["seed"], rec["init"]["stream"])
+            if key in streams:
+                raise ValueError(f"tensor {rec['name']!r}: (seed, stream) {key} reused")
+            streams.add(key)
+        total_elements += element_count(rec["shape"])
+        offset += rec["length"]
+    if total_elements > LIMIT_ELEMENTS_PER_FILE:
+        raise ValueError("header: elements per file exceed limit")
+    return offset
+
+
+# ==========================================================================
+# zstd frames (format.md Section 10)
+# ==========================================================================
+
+
+def zstd_declared_size(where: str, frame: bytes) -> int:
+    """Parse the zstd frame header (RFC 8878 3.1.1.1); return Frame_Content_Size."""
+    if len(frame) < 5 or frame[:4] != ZSTD_MAGIC:
+        _fail(where, "section is not a zstd frame")
+    fhd = frame[4]
+    fcs_flag, single_segment = fhd >> 6, (fhd >> 5) & 1
+    if fhd & 0x08:
+        _fail(where, "zstd frame header reserved bit set")
+    did_size = [0, 1, 2, 4][fhd & 3]
+    fcs_size = [1 if single_segment else 0, 2, 4, 8][fcs_flag]
+    pos = 5 + (0 if single_segment else 1)
+    if len(frame) < pos + did_size + fcs_size:
+        _fail(where, "zstd frame header truncated")
+    dict_id = int.from_bytes(frame[pos:pos + did_size], "little")
+    if dict_id != 0:
+        _fail(where, f"zstd frame uses a dictionary (id {dict_id})")
+    pos += did_size
+    if fcs_size == 0:
+        _fail(where, "zstd frame does not declare its content size")
+    size = int.from_bytes(frame[pos:pos + fcs_size], "little")
+    return size + 256 if fcs_size == 2 else size
+
+
+def zstd_decompress(where: str, frame: bytes, implied: int) -> bytes:
+    declared = zstd_declared_size(where, frame)
+    if declared != implied:
+        _fail(where, f"zstd frame declares {declared} bytes, record implies {implied}")
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        out = dobj.decompress(frame)
+    except zstandard.ZstdError as exc:
+        _fail(where, f"corrupt zstd frame ({exc})")
+    if not dobj.eof:
+        _fail(where, "zstd frame is incomplete")
+    if dobj.unused_data:
+        _fail(where, "bytes after the zstd frame")
+    if len(out) != implied:
+        _fail(where, f"zstd frame yields {len(out)} bytes, expected {implied}")
+    return out
+
+
+# ==========================================================================
+# Section decoders (format.md Sections 7-9)
+# ==========================================================================
+
+
+def rows_of(shape) -> tuple[int, int]:
+    """(R, n) of format.md Section 7; shape has >= 1 dimension."""
+    if len(shape) == 1:
+        return 1, shape[0]
+    return shape[0], math.prod(shape[1:])
+
+
+def code_width(n: int) -> int:
+    w = 1
+    while 2 * (n - 1) >= 256**w:
+        w += 1
+    return w
+
+
+def stable_order(rows: np.ndarray) -> np.ndarray:
+    """Per-row stable ascending argsort (ties broken by position)."""
+    return np.argsort(rows, axis=1, kind="stable")
+
+
+def ranks_from_order(order: np.ndarray) -> np.ndarray:
+    R, n = order.shape
+    ranks = np.empty_like(order)
+    ranks[np.arange(R)[:, None], order] = np.arange(n)[None, :]
+    return ranks
+
+
+def decode_delta(where: str, rec: dict, section: bytes) -> np.ndarray:
+    shape = rec["shape"]
+    R, n = rows_of(shape)
+    W = code_width(n)
+    payload = zstd_decompress(where, section, R * n * W)
+    planes = np.frombuffer(payload, dtype=np.uint8).reshape(W, R * n).astype(np.int64)
+    z = np.zeros(R * n, dtype=np.int64)
+    for k in range(W):
+        z |= planes[k] << (8 * k)
+    d = np.where(z % 2 == 0, z // 2, -(z + 1) // 2).reshape(R, n)
+    init = generate(rec["init"], R * n).reshape(R, n)
+    order = stable_order(init)
+    a = ranks_from_order(order)
+    b = a + d
+    check_permutation(where, b, n)
+    out = np.take_along_axis(init, np.take_along_axis(order, b, axis=1), axis=1)
+    return out.reshape(shape)
+
+
+def check_permutation(where: str, b: np.ndarray, n: int) -> None:
+    if b.size == 0:
+        return
+    if b.min() < 0 or b.max() >= n:
+        _fail(where, "decoded ranks out of range: not a permutation")
+    seen = np.zeros(b.shape, dtype=bool)
+    seen[np.arange(b.shape[0])[:, None], b] = True
+    if not seen.all():
+        _fail(where, "decoded ranks are not a permutation")
+
+
+def decode_raw(where: str, rec: dict, section: bytes) -> np.ndarray:
+    dtype, size = DTYPES[rec["dtype"]]
+    count = element_count(rec["shape"])
+    shuffled = zstd_decompress(where, section, count * size)
+    data = np.frombuffer(shuffled, dtype=np.uint8).reshape(size, count).T.copy()
+    if rec["dtype"] == "bool" and data.size and data.max() > 1:
+        _fail(where, "bool tensor holds a byte other than 0 or 1")
+    return data.reshape(-1).view(dtype).reshape(rec["shape"])
+
+
+def tensor_bytes(arr: np.ndarray) -> bytes:
+    return np.ascontiguousarray(arr).tobytes()
+
+
+def decode_section(rec: dict, buf: bytes, data_start: int) -> np.ndarray:
+    where = f"tensor {rec['name']!r}"
+    start = data_start + rec["offset"]
+    section = buf[start:start + rec["length"]]
+    if len(section) != rec["length"]:
+        _fail(where, "truncated section")
+    if zlib.crc32(section) != rec["crc32"]:
+        _fail(where, "section CRC-32 mismatch")
+    if rec["kind"] == "permuted":
+        arr = decode_delta(where, rec, section)
+    else:
+        arr = decode_raw(where, rec, section)
+    if hashlib.sha256(tensor_bytes(arr)).digest() != rec["sha256"]:
+        _fail(where, "SHA-256 of the decoded tensor does not match")
+    return arr
+
+
+# ==========================================================================
+# Public API
+# ==========================================================================
+
+
+def decode_file(path) -> dict[str, np.ndarray]:
+    """Decode every tensor of a `.pc` file; raise ValueError on any violation.
+
+    bfloat16 tensors come back as uint16 arrays of their raw bits.
+    """
+    with open(path, "rb") as fh:
+        buf = fh.read()
+    header_length = read_preamble(buf)
+    header = parse_header(buf[PREAMBLE_SIZE:PREAMBLE_SIZE + header_length])
+    data_size = check_records(header["tensors"])
+    expected = PREAMBLE_SIZE + header_length + data_size
+    if len(buf) < expected:
+        raise ValueError(f"truncated: file has {len(buf)} bytes, expected {expected}")
+    if len(buf) > expected:
+        raise ValueError("unexpected bytes after the last section")
+    data_start = PREAMBLE_SIZE + header_length
+    return {rec["name"]: decode_section(rec, buf, data_start) for rec in header["tensors"]}
+
+
+def main(argv=None) -> int:
+    for path in (sys.argv[1:] if argv is None else argv):
+        t0 = time.perf_counter()
+        tensors = decode_file(path)
+        dt = time.perf_counter() - t0
+        print(f"{path}  ({dt * 1000:.1f} ms)")
+        for name, arr in tensors.items():
+            digest = hashlib.sha256(tensor_bytes(arr)).hexdigest()
+            print(f"  {name}  {list(arr.shape)}  {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
