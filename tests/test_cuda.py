@@ -47,3 +47,37 @@ def test_ranks_and_sync_match():
     gpu = perm.sync(trained.cuda(), pool.cuda()).cpu()
     assert torch.equal(cpu.view(torch.int32), gpu.view(torch.int32))
     assert torch.equal(perm.row_ranks(perm.as_rows(trained)), perm.row_ranks(perm.as_rows(trained).cuda()).cpu())
+
+
+def test_codec_decodes_identically_on_cpu_and_cuda():
+    from pathlib import Path
+
+    from permcodec import codec
+
+    for path in sorted((Path(__file__).parent / "fixtures").glob("*.pc")):
+        cpu = codec.load(path)
+        gpu = codec.load(path, device="cuda")
+        assert all(t.device.type == "cuda" for t in gpu.values())
+        for name, tensor in cpu.items():
+            assert codec.tensor_bytes(tensor) == codec.tensor_bytes(gpu[name]), (path.name, name)
+
+
+def test_codec_round_trip_on_cuda_for_every_distribution():
+    from torch import nn
+
+    import permcodec
+    from permcodec import codec
+
+    for dist, kwargs in DIST_ARGS.items():
+        model = nn.Sequential(nn.Conv2d(16, 32, 3), nn.Linear(300, 50))
+        spec = permcodec.init_(model, 77, dist=dist, **kwargs)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in spec:
+                    rows = perm.as_rows(param)
+                    order = torch.argsort(torch.rand(rows.shape), dim=1)
+                    param.copy_(torch.gather(rows, 1, order).reshape(param.shape))
+        data = permcodec.encode(model)
+        gpu = permcodec.decode(data, device="cuda")
+        for name, tensor in model.state_dict().items():
+            assert codec.tensor_bytes(tensor) == codec.tensor_bytes(gpu[name]), (dist, name)

@@ -13,13 +13,13 @@ on CPU and, when present, CUDA.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import safetensors.torch
 import torch
 import zstandard
 
+from benchutil import best_seconds
 from permcodec import codec
 from permcodec.fileinfo import describe
 from permcodec.modelfile import read_model
@@ -37,20 +37,6 @@ def trained_checkpoint(epochs: int, cache: Path) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         save_checkpoint(state, path)
     return path
-
-
-def best_seconds(fn, repeat: int, device: str) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def size_rows(state: dict, pc_bytes: bytes, pc_path: Path) -> list[tuple[str, int, float]]:

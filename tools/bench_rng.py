@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from benchutil import best_seconds
 from permcodec import distributions as D
 from permcodec import rng
 
@@ -18,20 +18,6 @@ DIST_ARGS = {
     "uniform": {}, "normal": {}, "he_uniform": {}, "glorot_uniform": {}, "he_normal": {},
     "glorot_normal": {}, "sparse": dict(density=0.3), "shared": dict(value=0.5, density=0.08),
 }
-
-
-def best_seconds(fn, repeat: int, device: str) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def rows_for(device: str, size: int, repeat: int):
