@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import PermcodecError
@@ -60,14 +61,9 @@ def run_train(args) -> None:
                          k=args.k, seed=args.seed, dist=args.dist, baseline=args.baseline, augment=args.augment,
                          reset_bn=args.reset_bn, keep=args.keep, device=args.device)
     state = train(config, progress=not args.quiet)
-    if state.config and _is_main_process():
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
         save_checkpoint(state, args.output)
         print(f"saved {args.output}", file=sys.stderr)
-
-
-def _is_main_process() -> bool:
-    import os
-    return os.environ.get("RANK", "0") == "0"
 
 
 def add_encode(sub) -> None:
