@@ -223,8 +223,11 @@ def run_demo(args) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="permcodec",
-        description="Train LaPerm models and store them as an RNG spec plus one permutation per weight row.")
+        prog="permcodec", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train LaPerm models and store them as an RNG spec plus one permutation per weight row.",
+        epilog="start with 'permcodec demo' (train -> encode -> decode -> verify on data that ships with the "
+               "install),\nthen 'permcodec COMMAND --help'. The format is defined in specs/format.md and "
+               "specs/rng.md.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train(sub)
     add_encode(sub)
