@@ -234,6 +234,8 @@ def decode_delta(record: dict, section: bytes, device) -> torch.Tensor:
     rows, n = perm.row_shape(init.shape)
     width = index_width(n)
     payload = indexcode.decompress_exact(section, rows * n * width, f"tensor {record['name']!r}")
+    if rows * n == 0:
+        return torch.empty(init.shape, dtype=torch.float32, device=device)
     deltas = indexcode.unzigzag(indexcode.from_byte_planes(payload, rows * n, width))
     initial = InitialRows.of(init, device)
     final_ranks = initial.ranks + torch.from_numpy(deltas).to(device).reshape(rows, n)

@@ -88,7 +88,10 @@ def parse_preamble(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[int, i
 
 
 def _unique_map(pairs):
-    """A dict from msgpack map pairs; two decoders must never read different values from one header."""
+    """A dict from msgpack map pairs: string keys, each once (two decoders must never read different values)."""
+    for key, _ in pairs:
+        if not isinstance(key, str):
+            raise FormatError(f"header map key {key!r} is not a string")
     result = dict(pairs)
     if len(result) != len(pairs):
         seen = set()
@@ -144,6 +147,15 @@ def parse_header(raw: bytes, header_crc: int, limits: Limits = DEFAULT_LIMITS) -
     return header
 
 
+def extent(shape) -> int:
+    """Elements of a shape with every zero dimension counted as 1.
+
+    Capping this, not just the element count, keeps an empty tensor such as
+    [0, 2^20, 2^20] from implying 2^40-long rows that a decoder would allocate for.
+    """
+    return math.prod(max(size, 1) for size in shape)
+
+
 def _is_uint(value, bits: int = 64) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**bits
 
@@ -157,9 +169,9 @@ def _check_record(record, index: int, limits: Limits) -> None:
     if not isinstance(name, str) or not name:
         raise FormatError(f"tensor record {index}: name must be a non-empty string, found {name!r}")
     where = f"tensor {name!r}"
-    if record["kind"] not in KINDS:
+    if not isinstance(record["kind"], str) or record["kind"] not in KINDS:
         raise FormatError(f"{where}: kind must be one of {', '.join(KINDS)}, found {record['kind']!r}")
-    if record["dtype"] not in DTYPE_SIZES:
+    if not isinstance(record["dtype"], str) or record["dtype"] not in DTYPE_SIZES:
         raise FormatError(f"{where}: unknown dtype {record['dtype']!r}")
     shape = record["shape"]
     if not isinstance(shape, list) or not all(_is_uint(s) for s in shape):
@@ -168,8 +180,9 @@ def _check_record(record, index: int, limits: Limits) -> None:
         raise LimitError(f"{where}: {len(shape)} dimensions exceed the limit of {limits.max_dims}")
     if any(s > limits.max_dim for s in shape):
         raise LimitError(f"{where}: dimension {max(shape)} exceeds the limit of {limits.max_dim}")
-    if math.prod(shape) > limits.max_tensor_elements:
-        raise LimitError(f"{where}: {math.prod(shape)} elements exceed the limit of {limits.max_tensor_elements}")
+    if extent(shape) > limits.max_tensor_elements:
+        raise LimitError(f"{where}: {extent(shape)} elements exceed the limit of {limits.max_tensor_elements}"
+                         + (" (a zero dimension counts as 1)" if 0 in shape else ""))
     for key in ("offset", "length"):
         if not _is_uint(record[key]):
             raise FormatError(f"{where}: {key} must be a non-negative 64-bit integer, found {record[key]!r}")

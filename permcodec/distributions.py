@@ -63,7 +63,10 @@ def _number(params: dict, key: str, where: str) -> float:
     value = params.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{where}: parameter {key!r} must be a number, found {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise SpecError(f"{where}: parameter {key!r} must be finite, found an integer of {value.bit_length()} bits") from None
     if not math.isfinite(value):
         raise SpecError(f"{where}: parameter {key!r} must be finite, found {value}")
     if to_float32(value) != value:
@@ -91,7 +94,11 @@ def _check_positive(value: float, key: str, where: str) -> None:
 
 
 def validate(dist: str, params: dict, where: str = "init") -> dict:
-    """Check a stored (dist, params) pair strictly; returns the params. Raises SpecError."""
+    """Check a stored (dist, params) pair strictly; returns the params with every float field as a float.
+
+    Raises SpecError. Float fields may arrive as integers (JSON, msgpack); they
+    are converted here so that sampling only ever sees Python floats.
+    """
     if dist not in DISTRIBUTIONS:
         raise SpecError(f"{where}: unknown distribution {dist!r}; known: {', '.join(DISTRIBUTIONS)}")
     if dist == "uniform":
@@ -118,13 +125,19 @@ def validate(dist: str, params: dict, where: str = "init") -> dict:
             raise SpecError(f"{where}: sparse base must be a map with keys ['dist', 'params']")
         if base["dist"] not in DENSE:
             raise SpecError(f"{where}: sparse base must be one of {', '.join(DENSE)}, found {base['dist']!r}")
-        validate(base["dist"], base["params"], f"{where} (sparse base)")
+        base = {"dist": base["dist"], "params": validate(base["dist"], base["params"], f"{where} (sparse base)")}
+        return {**_floats(params, ("density",)), "base": base}
     else:  # shared
         _exact_keys(params, {"value", "density", "keep_below"}, where)
         _validate_mask(params, where)
         if _number(params, "value", where) == 0.0:
             raise SpecError(f"{where}: shared value must be non-zero")
-    return params
+        return _floats(params, ("value", "density"))
+    return _floats(params, tuple(params))
+
+
+def _floats(params: dict, keys: tuple) -> dict:
+    return {key: float(value) if key in keys else value for key, value in params.items()}
 
 
 def _validate_mask(params: dict, where: str) -> None:

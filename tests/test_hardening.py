@@ -164,3 +164,52 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     unrelated.write_bytes(b"partial")
     atomic_write_bytes(tmp_path / "m.pc", b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [unrelated.name, "m.pc"]
+
+
+# ---------------------------------------------------------------- found by tools/fuzz.py
+
+def test_header_map_keys_must_be_strings():
+    def bytes_key(header):
+        header["tensors"][1][b"shape"] = [2]
+    with pytest.raises(FormatError, match="header map key b'shape' is not a string"):
+        permcodec.decode(repack(bytes_key))
+
+
+@pytest.mark.parametrize("field", ["dtype", "kind"])
+def test_unhashable_field_values_are_refused(field):
+    def as_list(header):
+        header["tensors"][1][field] = ["float32"]
+    with pytest.raises(FormatError, match=f"{field}"):
+        permcodec.decode(repack(as_list))
+
+
+def test_empty_tensor_with_huge_rows_is_refused_before_allocation():
+    def empty_but_wide(header):
+        header["tensors"][0]["shape"] = [0, 2**20, 2**20]
+    with pytest.raises(LimitError, match=r"1099511627776 elements exceed the limit of 2147483647 \(a zero dimension"):
+        permcodec.decode(repack(empty_but_wide))
+
+
+def test_empty_permuted_tensor_round_trips():
+    model = nn.Linear(0, 3)
+    spec = init_(model, 0, dist="uniform")
+    decoded = permcodec.decode(permcodec.encode(model))
+    assert decoded["weight"].shape == (3, 0)
+
+
+def test_64_bit_integer_params_never_reach_torch():
+    """2^63 is an exact float32 value; as a Python int it would overflow torch's int64 scalars."""
+    def integer_params(header):
+        header["tensors"][0]["init"]["params"] = {"low": -(2**63), "high": 2**63}
+        header["tensors"][0]["init"]["dist"] = "uniform"
+    with pytest.raises(PermcodecError, match="tensor 'weight': decoded"):
+        permcodec.decode(repack(integer_params))
+
+
+def test_huge_integer_in_a_json_spec():
+    from permcodec import InitSpec, SpecError
+
+    d = init_(nn.Linear(2, 2), 0, dist="uniform").to_dict()
+    d["tensors"][0]["params"]["low"] = -(10**400)
+    with pytest.raises(SpecError, match="parameter 'low' must be finite, found an integer of 1329 bits"):
+        InitSpec.from_dict(d)
