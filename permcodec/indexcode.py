@@ -16,6 +16,7 @@ from .errors import FormatError
 # zstd level of index planes and raw tensors: the size/speed balance measured
 # in tools/bench_codec.py (README); any level decodes at the same speed.
 DEFAULT_ZSTD_LEVEL = 19
+ZSTD_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"  # RFC 8878 3.1.1; skippable frames have other magics
 
 
 def zigzag(deltas: np.ndarray) -> np.ndarray:
@@ -71,6 +72,9 @@ def compress(data: bytes, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
 
 def decompress_exact(frame: bytes, size: int, what: str) -> bytes:
     """Decode one zstd frame that must declare and yield exactly ``size`` bytes, with nothing after it."""
+    if bytes(frame[:4]) != ZSTD_FRAME_MAGIC:
+        raise FormatError(f"{what}: section does not start with a zstd frame (magic {bytes(frame[:4]).hex()}, "
+                          f"expected {ZSTD_FRAME_MAGIC.hex()}; skippable frames are not allowed)")
     try:
         declared = zstandard.get_frame_parameters(frame).content_size
     except zstandard.ZstdError as err:

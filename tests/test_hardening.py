@@ -213,3 +213,15 @@ def test_huge_integer_in_a_json_spec():
     d["tensors"][0]["params"]["low"] = -(10**400)
     with pytest.raises(SpecError, match="parameter 'low' must be finite, found an integer of 1329 bits"):
         InitSpec.from_dict(d)
+
+
+def test_skippable_zstd_frame_is_refused():
+    """python-zstandard reports a skippable frame's payload length as its content size and decodes it to
+    nothing, so for an empty tensor it would pass every size check."""
+    model = nn.Linear(0, 3)
+    spec = init_(model, 0, dist="uniform")
+    skippable = b"\x50\x2a\x4d\x18" + (0).to_bytes(4, "little")
+    records = [codec.permuted_record("weight", model.weight, spec["weight"]), codec.raw_record("bias", model.bias)]
+    bias = codec.encode_raw(model.bias.detach(), 3)
+    with pytest.raises(FormatError, match="section does not start with a zstd frame .*skippable frames are not"):
+        permcodec.decode(container.pack(records, [skippable, bias]))
