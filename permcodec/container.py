@@ -121,7 +121,7 @@ def parse_header(raw: bytes, header_crc: int, limits: Limits = DEFAULT_LIMITS) -
         raise FormatError(f"header must be a map with keys {sorted(HEADER_KEYS)}, found {found}")
     if header["format"] != FORMAT_NAME:
         raise FormatError(f"header format must be {FORMAT_NAME!r}, found {header['format']!r}")
-    if header["version"] != FORMAT_VERSION:
+    if type(header["version"]) is not int or header["version"] != FORMAT_VERSION:
         raise UnsupportedVersionError(f"header version {header['version']!r} is not supported")
     metadata = header["metadata"]
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):

@@ -69,7 +69,7 @@ def _number(params: dict, key: str, where: str) -> float:
         raise SpecError(f"{where}: parameter {key!r} must be finite, found an integer of {value.bit_length()} bits") from None
     if not math.isfinite(value):
         raise SpecError(f"{where}: parameter {key!r} must be finite, found {value}")
-    if to_float32(value) != value:
+    if abs(value) > FLOAT32_MAX or to_float32(value) != value:
         raise SpecError(f"{where}: parameter {key!r} must be a float32 value, found {value!r}")
     return value
 

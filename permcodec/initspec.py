@@ -125,7 +125,7 @@ class InitSpec:
     def from_dict(cls, d) -> "InitSpec":
         if not isinstance(d, dict) or d.get("format") != SPEC_FORMAT:
             raise SpecError(f"not a permcodec init spec: expected a map with format={SPEC_FORMAT!r}")
-        if d.get("version") != SPEC_VERSION:
+        if type(d.get("version")) is not int or d.get("version") != SPEC_VERSION:
             raise SpecError(f"init spec version {d.get('version')!r} is not supported (expected {SPEC_VERSION})")
         if d.get("rng") != RNG_NAME:
             raise SpecError(f"init spec rng {d.get('rng')!r} is not supported (expected {RNG_NAME!r})")

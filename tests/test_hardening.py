@@ -225,3 +225,22 @@ def test_skippable_zstd_frame_is_refused():
     bias = codec.encode_raw(model.bias.detach(), 3)
     with pytest.raises(FormatError, match="section does not start with a zstd frame .*skippable frames are not"):
         permcodec.decode(container.pack(records, [skippable, bias]))
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_version_must_be_the_integer_1(version):
+    def odd_version(header):
+        header["version"] = version
+    with pytest.raises(FormatError, match="header version .* is not supported"):
+        permcodec.decode(repack(odd_version))
+
+
+def test_param_beyond_float32_range_is_refused_without_a_warning():
+    import warnings
+
+    from permcodec import distributions as D
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(permcodec.SpecError, match="parameter 'bound' must be a float32 value, found 1e\\+39"):
+            D.validate("he_uniform", {"bound": 1e39}, "t")
