@@ -54,8 +54,13 @@ def add_train(sub) -> None:
 
 
 def run_train(args) -> None:
+    from .errors import SpecError
+    from .fileio import check_output_path
     from .train import TrainConfig, save_checkpoint, train
 
+    output = check_output_path(args.output)  # before training, so a finished run is never lost
+    if output.suffix.lower() not in (".pt", ".pth"):
+        raise SpecError(f"train writes a torch checkpoint: the output must end in .pt, found {output.name!r}")
     config = TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
                          steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          k=args.k, seed=args.seed, dist=args.dist, baseline=args.baseline, augment=args.augment,
@@ -93,12 +98,15 @@ def run_encode(args) -> None:
 
     from . import codec
     from .errors import SpecError
+    from .fileio import check_output_path
     from .modelfile import read_model
 
     if not 1 <= args.level <= 22:
         raise SpecError(f"--level must be in 1..22, found {args.level}")
+    output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"))
+    if output.suffix.lower() != ".pc":
+        raise SpecError(f"encode writes a .pc file: the output must end in .pc, found {output.name!r}")
     state, spec, metadata = read_model(args.input)
-    output = Path(args.output) if args.output else Path(args.input).with_suffix(".pc")
     fallbacks = []
     codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, metadata=metadata,
                progress=not args.quiet, fallbacks=fallbacks)

@@ -183,7 +183,8 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: int = indexcode
                 continue
             if not raw_fallback:
                 raise NotAPermutationError(f"tensor {name!r}: row {bad[0]} is not a permutation of its initial "
-                                           f"values ({bad[1]}); use --raw-fallback to store it losslessly")
+                                           f"values ({bad[1]}); did training end on LaPerm.sync()? To store it "
+                                           f"losslessly anyway use raw_fallback=True (CLI: --raw-fallback)")
             if fallbacks is not None:
                 fallbacks.append(Fallback(name, *bad))
         records.append(raw_record(name, tensor))

@@ -76,7 +76,9 @@ def parse_preamble(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[int, i
         raise FormatError(f"truncated file: {len(data)} bytes, the preamble alone is {PREAMBLE_SIZE}")
     magic, version, flags, header_length, header_crc = PREAMBLE.unpack(bytes(data[:PREAMBLE_SIZE]))
     if magic != MAGIC:
-        raise FormatError(f"not a permcodec file: bad magic {magic!r}, expected {MAGIC!r}")
+        hint = "; it looks like a torch checkpoint: 'permcodec encode' turns it into one" \
+            if magic.startswith(b"PK\x03\x04") else ""
+        raise FormatError(f"not a permcodec file: bad magic {magic!r}, expected {MAGIC!r}{hint}")
     if version != FORMAT_VERSION:
         raise UnsupportedVersionError(f"format version {version} is not supported (this decoder reads "
                                       f"version {FORMAT_VERSION})")

@@ -66,7 +66,7 @@ def get_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset
     if name == "mnist5k":
         return load_mnist5k()
     if data_dir is None:
-        raise SpecError(f"dataset {name!r} is read from files: pass --data-dir DIR (data_dir=...)")
+        raise SpecError(f"dataset {name!r} is read from files: pass --data-dir DIR")
     if name == "mnist":
         return load_mnist(data_dir)
     return load_cifar10(data_dir)

@@ -8,7 +8,7 @@ import torch
 
 from . import codec, perm
 from .errors import IntegrityError
-from .modelfile import read_model
+from .modelfile import read_tensors
 
 
 def bound_bits(record: dict) -> float:
@@ -66,7 +66,7 @@ def verify(path, against=None, device="cpu") -> dict:
     tensors = codec.load(path, device=device, verify=True)
     report = {"tensors": len(tensors), "hashes": "ok"}
     if against is not None:
-        expected, _, _ = read_model(against)
+        expected = read_tensors(against)
         if set(expected) != set(tensors):
             only_file = sorted(set(tensors) - set(expected))
             only_model = sorted(set(expected) - set(tensors))

@@ -39,17 +39,33 @@ def remove_stale_temps(target: Path) -> list[Path]:
     return removed
 
 
-def atomic_write(target, write) -> None:
-    """Call ``write(temp_path)`` and move the result onto ``target`` only if it succeeds."""
+def check_output_path(target) -> Path:
+    """Fail before any work is done if ``target`` cannot be written as a file."""
     target = Path(target)
     if target.is_dir():
         raise IsADirectoryError(f"output path {target} is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output directory {parent} does not exist")
+    return target
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(target, write) -> None:
+    """Call ``write(temp_path)`` and move the result onto ``target`` only if it succeeds."""
+    target = check_output_path(target)
     remove_stale_temps(target)
     temp = temp_path_for(target)
     try:
         write(temp)
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(temp, _default_file_mode())  # some writers (safetensors) create their files 0600
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)

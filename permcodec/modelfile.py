@@ -16,8 +16,9 @@ import safetensors
 import safetensors.torch
 import torch
 
+from .container import MAGIC
 from .errors import FormatError, SpecError
-from .fileio import atomic_write
+from .fileio import atomic_write, check_output_path as check_writable
 from .initspec import InitSpec
 
 SAFETENSORS_INIT_KEY = "permcodec.init"
@@ -51,12 +52,19 @@ def _read_safetensors(path: Path):
     return state, InitSpec.from_dict(spec_dict), carried
 
 
-def _read_checkpoint(path: Path):
+def _load_weights_only(path: Path):
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            raise FormatError(f"{path} is already a .pc file; 'permcodec decode' or 'info' reads it")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FormatError(f"{path} is not a weights-only torch checkpoint: {first_line}") from None
+
+
+def _read_checkpoint(path: Path):
+    ckpt = _load_weights_only(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise FormatError(f"{path} is not a permcodec checkpoint: expected a dict with a 'state_dict' entry")
     if ckpt.get("init") is None:
@@ -66,8 +74,26 @@ def _read_checkpoint(path: Path):
     return ckpt["state_dict"], InitSpec.from_dict(ckpt["init"]), carried
 
 
-def check_output_path(path) -> Path:
+def read_tensors(path) -> dict[str, torch.Tensor]:
+    """Just the named tensors of a .safetensors file, a .pt dict of tensors, or a checkpoint's state_dict."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix.lower() == ".safetensors":
+        try:
+            return safetensors.torch.load_file(str(path))
+        except (safetensors.SafetensorError, ValueError) as err:
+            raise FormatError(f"{path} is not a valid safetensors file: {err}") from None
+    obj = _load_weights_only(path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FormatError(f"{path} holds neither a dict of tensors nor a checkpoint with a 'state_dict'")
+    return obj
+
+
+def check_output_path(path) -> Path:
+    path = check_writable(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise SpecError(f"output {path} must end in {' or '.join(OUTPUT_SUFFIXES)}")
     return path

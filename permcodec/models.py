@@ -265,7 +265,8 @@ def build_model(name: str, input_shape, num_classes: int) -> nn.Module:
     if shape != model_class.input_shape:
         raise SpecError(
             f"model {name!r} expects input shape {model_class.input_shape} (C, H, W), got {shape}; "
-            f"use the 'mlp' model for other shapes"
+            f"use a dataset of that shape (--data cifar10 --data-dir DIR for (3, 32, 32), the default mnist5k "
+            f"for (1, 28, 28)) or the 'mlp' model, which takes any shape"
         )
     return model_class(num_classes)
 

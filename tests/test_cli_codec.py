@@ -5,6 +5,7 @@ import os
 import pickle
 import struct
 import subprocess
+import time
 import sys
 
 import pytest
@@ -177,3 +178,49 @@ def test_demo_round_trip_is_bit_exact(tmp_path):
     assert summary["bit_exact"] and summary["test_acc_decoded"] == summary["test_acc_trained"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoded.safetensors", "model.fp32.safetensors",
                                                           "model.pc", "model.pt"]
+
+
+@pytest.mark.parametrize("command", [["train", "--model", "mlp", "--steps", "1", "-q"], ["encode", "MODEL"],
+                                     ["decode", "TINY"]])
+def test_missing_output_directory_fails_before_any_work(capsys, tmp_path, model_pt, command):
+    (tmp_path / "t.pc").write_bytes(tiny_bytes())
+    args = [str(model_pt) if a == "MODEL" else str(tmp_path / "t.pc") if a == "TINY" else a for a in command]
+    suffix = {"train": "m.pt", "encode": "m.pc", "decode": "m.safetensors"}[command[0]]
+    started = time.perf_counter()
+    err = one_line_error(capsys, command[0], *args[1:], "-o", tmp_path / "nodir" / suffix)
+    assert f"output directory {tmp_path / 'nodir'} does not exist" in err
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("command,output,message", [
+    ("train", "m.safetensors", "train writes a torch checkpoint: the output must end in .pt"),
+    ("encode", "m.txt", "encode writes a .pc file: the output must end in .pc"),
+])
+def test_output_suffix_is_checked(capsys, tmp_path, model_pt, command, output, message):
+    args = ["--model", "mlp", "--steps", "1"] if command == "train" else [model_pt]
+    assert message in one_line_error(capsys, command, *args, "-o", tmp_path / output)
+
+
+def test_verify_against_plain_weight_files(capsys, tmp_path, model_pt):
+    assert run(capsys, "encode", model_pt, "-q")[0] == 0
+    pc = tmp_path / "model.pc"
+    for out in ("w.safetensors", "w.pt"):
+        assert run(capsys, "decode", pc, "-o", tmp_path / out, "-q")[0] == 0
+        code, stdout, _ = run(capsys, "verify", pc, "--against", tmp_path / out)
+        assert code == 0 and "bit-identical" in stdout
+
+
+def test_wrong_kind_of_input_is_named(capsys, tmp_path, model_pt):
+    (tmp_path / "t.pc").write_bytes(tiny_bytes())
+    assert "is already a .pc file" in one_line_error(capsys, "encode", tmp_path / "t.pc", "-o", tmp_path / "x.pc")
+    assert "it looks like a torch checkpoint" in one_line_error(capsys, "info", model_pt)
+
+
+def test_decoded_files_respect_the_umask(capsys, tmp_path):
+    (tmp_path / "t.pc").write_bytes(tiny_bytes())
+    old = os.umask(0o022)
+    try:
+        assert run(capsys, "decode", tmp_path / "t.pc", "-q")[0] == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t.safetensors").stat().st_mode & 0o777 == 0o644

@@ -185,8 +185,8 @@ def test_not_a_permutation_names_tensor_and_row():
     with pytest.raises(NotAPermutationError) as err:
         permcodec.encode(model)
     assert str(err.value) == ("tensor '0.weight': row 2 is not a permutation of its initial values (its values "
-                              "differ from the initial values of that row); use --raw-fallback to store it "
-                              "losslessly")
+                              "differ from the initial values of that row); did training end on LaPerm.sync()? "
+                              "To store it losslessly anyway use raw_fallback=True (CLI: --raw-fallback)")
 
 
 def test_raw_fallback_stores_losslessly_and_reports():

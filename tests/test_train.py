@@ -134,7 +134,8 @@ def test_ddp_two_processes_stay_bit_identical(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "permcodec",
          "train", "--model", "mlp", "--steps", "6", "--k", "4", "--batch-size", "64", "--device", "cpu", "-q",
          "-o", str(out)], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    diagnosis = f"stdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, diagnosis
     final = json.loads(result.stdout.strip().splitlines()[-1])
-    assert final["ranks"] == 2 and final["ranks_identical"] is True and final["syncs"] == 2
+    assert final["ranks"] == 2 and final["ranks_identical"] is True and final["syncs"] == 2, diagnosis
     assert_rows_are_permutations_of_init(torch.load(out, weights_only=True))
