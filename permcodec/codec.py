@@ -94,40 +94,29 @@ def resolve(obj, init) -> tuple[dict[str, torch.Tensor], InitSpec]:
     return dict(state), spec
 
 
-@dataclass(frozen=True)
-class InitialRows:
-    """A tensor's initial values as rows, with their stable sort order and ranks."""
-
-    rows: torch.Tensor
-    order: torch.Tensor
-    ranks: torch.Tensor
-
-    @classmethod
-    def of(cls, record: TensorInit, device="cpu") -> "InitialRows":
-        rows = record.regenerate(device).reshape(perm.row_shape(record.shape))
-        order = torch.argsort(rows, dim=1, stable=True)
-        return cls(rows, order, perm.inverse_permutation(order))
-
-    def pool(self) -> torch.Tensor:
-        return torch.gather(self.rows, 1, self.order)
+def initial_rows(record: TensorInit, device="cpu") -> perm.SortedRows:
+    """A tensor's initial values as rows, regenerated from its record, with their sort order."""
+    return perm.SortedRows.of(record.regenerate(device).reshape(perm.row_shape(record.shape)))
 
 
-def first_bad_row(tensor: torch.Tensor, record: TensorInit, initial: InitialRows) -> tuple[int, str] | None:
-    """None if every row of ``tensor`` is a permutation of its initial row, else (row, reason)."""
+def mismatch(tensor: torch.Tensor, record: TensorInit) -> str | None:
+    """Why ``tensor`` cannot be a permutation of ``record``'s pool at all, or None."""
     if tensor.dtype != torch.float32:
-        return 0, f"dtype is {tensor.dtype}, pools are float32"
+        return f"dtype is {tensor.dtype}, pools are float32"
     if tuple(tensor.shape) != record.shape:
-        return 0, f"shape is {tuple(tensor.shape)}, init spec says {record.shape}"
-    ok = perm.is_row_permutation(tensor.detach().cpu(), initial.pool())
-    if bool(ok.all()):
-        return None
-    return int((~ok).nonzero()[0]), "its values differ from the initial values of that row"
+        return f"shape is {tuple(tensor.shape)}, init spec says {record.shape}"
+    return None
 
 
-def encode_delta(tensor: torch.Tensor, initial: InitialRows, level: int) -> bytes:
+def first_bad_row(trained: perm.SortedRows, initial: perm.SortedRows) -> int | None:
+    """None if every trained row holds exactly its initial row's values, else the first row that does not."""
+    ok = perm.same_bits_per_row(trained.pool(), initial.pool())
+    return None if bool(ok.all()) else int((~ok).nonzero()[0])
+
+
+def encode_delta(trained: perm.SortedRows, initial: perm.SortedRows, level: int) -> bytes:
     """Scheme "delta": zigzag(rank of trained row - rank of initial row), byte planes, zstd."""
-    final_ranks = perm.row_ranks(perm.as_rows(tensor.detach().cpu()))
-    codes = indexcode.zigzag((final_ranks - initial.ranks).reshape(-1).numpy())
+    codes = indexcode.zigzag((trained.ranks - initial.ranks).reshape(-1).numpy())
     return indexcode.compress(indexcode.to_byte_planes(codes, index_width(initial.rows.shape[1])), level)
 
 
@@ -174,19 +163,23 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: int = indexcode
                desc="encode", leave=False)
     for name, tensor in state.items():
         if name in spec:
-            initial = InitialRows.of(spec[name])
-            bad = first_bad_row(tensor, spec[name], initial)
-            if bad is None:
-                records.append(permuted_record(name, tensor, spec[name]))
-                sections.append(encode_delta(tensor, initial, level))
-                bar.update(tensor.numel())
-                continue
+            row, reason = 0, mismatch(tensor, spec[name])
+            if reason is None:
+                initial = initial_rows(spec[name])
+                trained = perm.SortedRows.of(perm.as_rows(tensor.detach().cpu()))
+                row = first_bad_row(trained, initial)
+                if row is None:
+                    records.append(permuted_record(name, tensor, spec[name]))
+                    sections.append(encode_delta(trained, initial, level))
+                    bar.update(tensor.numel())
+                    continue
+                reason = "its values differ from the initial values of that row"
             if not raw_fallback:
-                raise NotAPermutationError(f"tensor {name!r}: row {bad[0]} is not a permutation of its initial "
-                                           f"values ({bad[1]}); did training end on LaPerm.sync()? To store it "
+                raise NotAPermutationError(f"tensor {name!r}: row {row} is not a permutation of its initial "
+                                           f"values ({reason}); did training end on LaPerm.sync()? To store it "
                                            f"losslessly anyway use raw_fallback=True (CLI: --raw-fallback)")
             if fallbacks is not None:
-                fallbacks.append(Fallback(name, *bad))
+                fallbacks.append(Fallback(name, row, reason))
         records.append(raw_record(name, tensor))
         sections.append(encode_raw(tensor, level))
         bar.update(tensor.numel())
@@ -238,7 +231,7 @@ def decode_delta(record: dict, section: bytes, device) -> torch.Tensor:
     if rows * n == 0:
         return torch.empty(init.shape, dtype=torch.float32, device=device)
     deltas = indexcode.unzigzag(indexcode.from_byte_planes(payload, rows * n, width))
-    initial = InitialRows.of(init, device)
+    initial = initial_rows(init, device)
     final_ranks = initial.ranks + torch.from_numpy(deltas).to(device).reshape(rows, n)
     check_ranks(final_ranks, record["name"])
     return torch.gather(initial.rows, 1, torch.gather(initial.order, 1, final_ranks)).reshape(init.shape)

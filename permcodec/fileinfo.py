@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -13,7 +14,7 @@ from .modelfile import read_tensors
 
 def bound_bits(record: dict) -> float:
     """log2(n! / prod m_v!) summed over the rows of a permuted tensor's pool."""
-    initial = codec.InitialRows.of(codec.init_of(record))
+    initial = codec.initial_rows(codec.init_of(record))
     return perm.permutation_bound_bits(initial.pool())
 
 
@@ -41,7 +42,7 @@ def describe(path) -> dict:
     permuted_bytes = sum(t["bytes"] for t in permuted)
     bound_total = sum(t["bound_bits_per_weight"] * math.prod(t["shape"]) for t in permuted)
     all_elements = sum(math.prod(t["shape"]) for t in tensors)
-    file_bytes = _file_size(path)
+    file_bytes = os.path.getsize(path)
     return {
         "file_bytes": file_bytes, "tensors": tensors, "metadata_keys": sorted(metadata),
         "totals": {
@@ -54,11 +55,6 @@ def describe(path) -> dict:
             "ratio_to_fp32": file_bytes / (4 * all_elements) if all_elements else None,
         },
     }
-
-
-def _file_size(path) -> int:
-    with open(path, "rb") as f:
-        return f.seek(0, 2)
 
 
 def verify(path, against=None, device="cpu") -> dict:

@@ -13,6 +13,7 @@ vectorized over rows and runs on the tensor's device.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -67,10 +68,31 @@ def sync(trained: torch.Tensor, pool_sorted: torch.Tensor) -> torch.Tensor:
     return place(pool_sorted.to(rows.dtype), row_ranks(rows)).reshape(trained.shape)
 
 
+def same_bits_per_row(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Bool [rows]: whether row r of float32 ``a`` and ``b`` hold identical bits."""
+    return (a.view(torch.int32) == b.view(torch.int32)).all(dim=1)
+
+
 def is_row_permutation(candidate: torch.Tensor, pool_sorted: torch.Tensor) -> torch.Tensor:
     """Bool [rows]: whether each row of ``candidate`` holds exactly the bits of the sorted pool's row."""
-    candidate_sorted = sorted_pool(as_rows(candidate))
-    return (candidate_sorted.view(torch.int32) == pool_sorted.view(torch.int32)).all(dim=1)
+    return same_bits_per_row(sorted_pool(as_rows(candidate)), pool_sorted)
+
+
+@dataclass(frozen=True)
+class SortedRows:
+    """Rows with their stable sort order and ranks, from one argsort: the pool and the ranks share it."""
+
+    rows: torch.Tensor
+    order: torch.Tensor
+    ranks: torch.Tensor
+
+    @classmethod
+    def of(cls, rows: torch.Tensor) -> "SortedRows":
+        order = torch.argsort(rows, dim=1, stable=True)
+        return cls(rows, order, inverse_permutation(order))
+
+    def pool(self) -> torch.Tensor:
+        return torch.gather(self.rows, 1, self.order)
 
 
 def permutation_bound_bits(pool_sorted: torch.Tensor) -> float:

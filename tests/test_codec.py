@@ -348,7 +348,7 @@ def test_duplicate_map_keys_are_refused():
 
 def test_ranks_that_are_not_a_permutation():
     model, spec = make_fixtures.tiny_linear()
-    initial = codec.InitialRows.of(spec["weight"])
+    initial = codec.initial_rows(spec["weight"])
     final_ranks = torch.tensor([[0, 1, 2], [1, 1, 0]])  # row 1 repeats rank 1
     codes = codec.indexcode.zigzag((final_ranks - initial.ranks).reshape(-1).numpy())
     section = codec.indexcode.compress(codec.indexcode.to_byte_planes(codes, 1))

@@ -16,7 +16,7 @@ import zstandard
 from torch import nn
 
 import permcodec
-from permcodec import FormatError, LimitError, PermcodecError, codec, container, init_
+from permcodec import FormatError, LimitError, PermcodecError, codec, container, init_, perm
 from permcodec.fileio import TEMP_MARK
 
 from test_codec import make_fixtures, repack, tiny_bytes
@@ -67,7 +67,8 @@ def test_frame_without_declared_size_is_refused():
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(8))
     model, spec = make_fixtures.tiny_linear()
     records = [codec.permuted_record("weight", model.weight, spec["weight"]), codec.raw_record("bias", model.bias)]
-    weight = codec.encode_delta(model.weight, codec.InitialRows.of(spec["weight"]), 3)
+    trained = perm.SortedRows.of(perm.as_rows(model.weight.detach()))
+    weight = codec.encode_delta(trained, codec.initial_rows(spec["weight"]), 3)
     with pytest.raises(FormatError, match="zstd frame declares no size, header says 8 bytes"):
         permcodec.decode(container.pack(records, [weight, frame]))
 
