@@ -135,9 +135,9 @@ def run_decode(args) -> None:
     from pathlib import Path
 
     from . import codec
-    from .modelfile import check_output_path, write_tensors
+    from .modelfile import check_decode_output, write_tensors
 
-    output = check_output_path(args.output or Path(args.input).with_suffix(".safetensors"))
+    output = check_decode_output(args.output or Path(args.input).with_suffix(".safetensors"))
     device = _device(args.device)
     tensors = codec.load(args.input, device=device, verify=args.verify, progress=not args.quiet)
     write_tensors(output, tensors)

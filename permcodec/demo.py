@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import safetensors.torch
-
 from . import codec
 from .data import get_dataset
 from .errors import IntegrityError
@@ -34,7 +32,7 @@ def run_demo(out_dir, epochs: int = 5, seed: int = 0, progress: bool = True, log
     started = time.perf_counter()
     codec.save(state.saved_state, out / "model.pc", init=state.spec, progress=progress)
     encode_s = time.perf_counter() - started
-    safetensors.torch.save_file(state.saved_state, out / "model.fp32.safetensors")
+    write_tensors(out / "model.fp32.safetensors", state.saved_state)
 
     log("3/4 decode: model.pc -> decoded.safetensors")
     started = time.perf_counter()

@@ -18,7 +18,7 @@ import torch
 
 from .container import MAGIC
 from .errors import FormatError, SpecError
-from .fileio import atomic_write, check_output_path as check_writable
+from .fileio import atomic_write, check_output_path
 from .initspec import InitSpec
 
 SAFETENSORS_INIT_KEY = "permcodec.init"
@@ -92,8 +92,9 @@ def read_tensors(path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def check_output_path(path) -> Path:
-    path = check_writable(path)
+def check_decode_output(path) -> Path:
+    """A writable path ending in one of OUTPUT_SUFFIXES."""
+    path = check_output_path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise SpecError(f"output {path} must end in {' or '.join(OUTPUT_SUFFIXES)}")
     return path
@@ -101,7 +102,7 @@ def check_output_path(path) -> Path:
 
 def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write decoded tensors as .safetensors or as a .pt dict of tensors, atomically."""
-    path = check_output_path(path)
+    path = check_decode_output(path)
     on_cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     if path.suffix.lower() == ".safetensors":
         atomic_write(path, lambda temp: safetensors.torch.save_file(on_cpu, str(temp), metadata=metadata))

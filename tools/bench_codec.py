@@ -39,13 +39,12 @@ def trained_checkpoint(epochs: int, cache: Path) -> Path:
     return path
 
 
-def size_rows(state: dict, pc_bytes: bytes, pc_path: Path) -> list[tuple[str, int, float]]:
+def size_rows(state: dict, pc_bytes: bytes, totals: dict) -> list[tuple[str, int, float]]:
     weights = sum(t.numel() for t in state.values())
     fp32 = safetensors.torch.save(state)
     fp16 = safetensors.torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()})
     raw = b"".join(codec.tensor_bytes(t) for t in state.values())
     zstd_fp32 = zstandard.ZstdCompressor(level=19).compress(raw)
-    totals = describe(pc_path)["totals"]
     rows = [("fp32 safetensors", len(fp32)), ("fp16 safetensors", len(fp16)), ("zstd-19 of fp32 bytes", len(zstd_fp32)),
             (".pc file (delta)", len(pc_bytes))]
     out = [(what, size, 8 * size / weights) for what, size in rows]
@@ -90,9 +89,10 @@ def main() -> None:
         print(f"\n### Conv7, {epochs} epoch(s) on mnist5k (test acc {acc:.3f}), {weights:,} stored elements\n")
         print(f"| {'format':<30} | {'bytes':>10} | {'bits/weight':>11} |")
         print(f"|{'-' * 32}|{'-' * 12}|{'-' * 13}|")
-        for what, size, bpw in size_rows(state, pc_bytes, pc_path):
+        totals = describe(pc_path)["totals"]
+        for what, size, bpw in size_rows(state, pc_bytes, totals):
             print(f"| {what:<30} | {size:>10,} | {bpw:>11.3f} |")
-        permuted_bpw = describe(pc_path)["totals"]["permuted_bits_per_weight"]
+        permuted_bpw = totals["permuted_bits_per_weight"]
         if epochs in REFERENCE_DELTA:
             ref = REFERENCE_DELTA[epochs]
             print(f"\ndelta vs the issue's reference {ref} bits/weight: {permuted_bpw:.3f} "
