@@ -72,8 +72,9 @@ def run_train(args) -> None:
 
 
 def add_encode(sub) -> None:
-    from .indexcode import DEFAULT_ZSTD_LEVEL
+    from .schemes import DEFAULT_LEVEL, LEVELS, SCHEMES
 
+    levels = "\n".join(f"  {name:<8} {level.summary}" for name, level in LEVELS.items())
     p = sub.add_parser(
         "encode", help="store a trained model as a .pc file", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Encode a model whose permuted tensors are per-row permutations of their init: each is "
@@ -81,14 +82,20 @@ def add_encode(sub) -> None:
                     "(biases, BatchNorm, buffers) is stored losslessly.",
         epilog="input: a model.pt from 'permcodec train' (read with torch.load(weights_only=True)), or a "
                ".safetensors file whose metadata key 'permcodec.init' holds the init spec as JSON.\n"
-               "examples:\n  permcodec encode model.pt\n  permcodec encode model.pt -o small.pc --raw-fallback")
+               f"levels (each permuted tensor keeps the smallest scheme its level tries):\n{levels}\n"
+               "schemes: delta (rank differences, zstd: small after light training), exact (a Lehmer code, "
+               "about log2(n!) bits per row), multiset (for pools with repeated values: log2(n!/prod m!)); "
+               "every file decodes whatever level wrote it.\n"
+               "examples:\n  permcodec encode model.pt\n  permcodec encode model.pt -o small.pc --level max\n"
+               "  permcodec encode model.pt --raw-fallback")
     p.add_argument("input", help="model.pt or model.safetensors")
     p.add_argument("-o", "--output", help="output .pc path (default: the input's name with .pc)")
     p.add_argument("--raw-fallback", action="store_true",
                    help="store a tensor that is not a permutation of its init losslessly instead of failing")
-    p.add_argument("--level", type=int, default=DEFAULT_ZSTD_LEVEL,
-                   help=f"zstd level 1..22: higher is smaller and slower to encode; decode speed is the same "
-                        f"(default {DEFAULT_ZSTD_LEVEL})")
+    p.add_argument("--level", choices=list(LEVELS), default=DEFAULT_LEVEL,
+                   help=f"how hard to try: fast, default or max (default {DEFAULT_LEVEL}; see below)")
+    p.add_argument("--scheme", choices=list(SCHEMES),
+                   help="store every permuted tensor with this scheme instead of the smallest the level tries")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_encode)
 
@@ -101,14 +108,13 @@ def run_encode(args) -> None:
     from .fileio import check_output_path
     from .modelfile import read_model
 
-    if not 1 <= args.level <= 22:
-        raise SpecError(f"--level must be in 1..22, found {args.level}")
     output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"))
     if output.suffix.lower() != ".pc":
         raise SpecError(f"encode writes a .pc file: the output must end in .pc, found {output.name!r}")
     state, spec, metadata = read_model(args.input)
     fallbacks = []
-    codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, metadata=metadata,
+    codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, scheme=args.scheme,
+               metadata=metadata,
                progress=not args.quiet, fallbacks=fallbacks)
     for f in fallbacks:
         print(f"stored {f.name!r} losslessly (raw): row {f.row} is not a permutation ({f.reason})", file=sys.stderr)

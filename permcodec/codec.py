@@ -6,10 +6,10 @@
     with permcodec.safe_open("m.pc") as f:
         w = f.get_tensor("layers.0.weight")       # reads only that tensor's bytes
 
-A permuted tensor is stored as its init record plus, per row, the zigzag-coded
-difference between the ranks of the trained row and of the initial row, in
-byte planes, zstd-compressed (scheme "delta"). Every other tensor is stored
-losslessly, byte-shuffled and zstd-compressed ("raw"). See specs/format.md.
+A permuted tensor is stored as its init record plus its rows' arrangement in
+one of the index schemes of ``schemes`` (delta, exact, multiset), the smallest
+that the encoding level tries. Every other tensor is stored losslessly,
+byte-shuffled and zstd-compressed ("raw"). See specs/format.md.
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import container, indexcode, perm
+from . import container, indexcode, perm, schemes
 from .container import DEFAULT_LIMITS, Limits
 from .errors import FormatError, IntegrityError, NotAPermutationError, SpecError
 from .fileio import atomic_write_bytes
 from .initspec import InitSpec, TensorInit, attached_spec
 from .rng import RNG_NAME
 
-SCHEME_DELTA = "delta"
-SCHEMES = (SCHEME_DELTA,)
 RAW_CODEC = "shuffle-zstd"
 PERMUTED_KEYS = container.COMMON_RECORD_KEYS | {"init", "scheme", "scheme_params"}
 RAW_KEYS = container.COMMON_RECORD_KEYS | {"codec"}
@@ -60,11 +58,6 @@ def dtype_name(tensor: torch.Tensor, name: str) -> str:
         raise SpecError(f"tensor {name!r} has dtype {tensor.dtype}, which permcodec does not store; "
                         f"supported: {', '.join(TORCH_DTYPES)}")
     return DTYPE_NAMES[tensor.dtype]
-
-
-def index_width(row_length: int) -> int:
-    """Bytes per zigzag code of a row of this length: codes lie in [0, 2 (n - 1)]."""
-    return indexcode.byte_width(2 * max(row_length - 1, 0))
 
 
 # ---------------------------------------------------------------- encoding
@@ -114,18 +107,12 @@ def first_bad_row(trained: perm.SortedRows, initial: perm.SortedRows) -> int | N
     return None if bool(ok.all()) else int((~ok).nonzero()[0])
 
 
-def encode_delta(trained: perm.SortedRows, initial: perm.SortedRows, level: int) -> bytes:
-    """Scheme "delta": zigzag(rank of trained row - rank of initial row), byte planes, zstd."""
-    codes = indexcode.zigzag((trained.ranks - initial.ranks).reshape(-1).numpy())
-    return indexcode.compress(indexcode.to_byte_planes(codes, index_width(initial.rows.shape[1])), level)
-
-
-def permuted_record(name: str, tensor: torch.Tensor, record: TensorInit) -> dict:
+def permuted_record(name: str, tensor: torch.Tensor, record: TensorInit, scheme: str, params: dict) -> dict:
     return {"name": name, "kind": "permuted", "dtype": "float32", "shape": list(record.shape),
             "sha256": sha256_of(tensor),
             "init": {"rng": RNG_NAME, "seed": record.seed, "stream": record.stream, "dist": record.dist,
                      "params": record.params},
-            "scheme": SCHEME_DELTA, "scheme_params": {}}
+            "scheme": scheme, "scheme_params": params}
 
 
 def raw_record(name: str, tensor: torch.Tensor) -> dict:
@@ -146,11 +133,14 @@ class Fallback:
     reason: str
 
 
-def encode(obj, init=None, *, raw_fallback: bool = False, level: int = indexcode.DEFAULT_ZSTD_LEVEL,
-           metadata: dict[str, str] | None = None, progress: bool = False,
+def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.DEFAULT_LEVEL,
+           scheme: str | None = None, metadata: dict[str, str] | None = None, progress: bool = False,
            fallbacks: list | None = None) -> bytes:
     """The .pc bytes of a module, checkpoint dict ``{"state_dict", "init"}`` or state_dict.
 
+    ``level`` ("fast", "default", "max"; see ``schemes.LEVELS``) sets which index
+    schemes are tried per tensor and how hard; the smallest is kept. ``scheme``
+    forces one scheme ("delta", "exact", "multiset") for every permuted tensor.
     Raises NotAPermutationError for a tensor of the spec that is not a per-row
     permutation of its init, unless ``raw_fallback``: then it is stored
     losslessly and a ``Fallback`` is appended to ``fallbacks``.
@@ -158,6 +148,9 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: int = indexcode
     from tqdm import tqdm
 
     state, spec = resolve(obj, init)
+    level = schemes.level_named(level)
+    if scheme is not None and scheme not in schemes.SCHEMES:
+        raise SpecError(f"unknown scheme {scheme!r}; choose one of {', '.join(schemes.SCHEMES)}")
     records, sections = [], []
     bar = tqdm(total=sum(t.numel() for t in state.values()), disable=not progress, unit="w", unit_scale=True,
                desc="encode", leave=False)
@@ -169,8 +162,9 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: int = indexcode
                 trained = perm.SortedRows.of(perm.as_rows(tensor.detach().cpu()))
                 row = first_bad_row(trained, initial)
                 if row is None:
-                    records.append(permuted_record(name, tensor, spec[name]))
-                    sections.append(encode_delta(trained, initial, level))
+                    chosen, params, section = schemes.encode_best(trained, initial, level, scheme)
+                    records.append(permuted_record(name, tensor, spec[name], chosen, params))
+                    sections.append(section)
                     bar.update(tensor.numel())
                     continue
                 reason = "its values differ from the initial values of that row"
@@ -181,7 +175,7 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: int = indexcode
             if fallbacks is not None:
                 fallbacks.append(Fallback(name, row, reason))
         records.append(raw_record(name, tensor))
-        sections.append(encode_raw(tensor, level))
+        sections.append(encode_raw(tensor, level.zstd_level))
         bar.update(tensor.numel())
     bar.close()
     return container.pack(records, sections, metadata)
@@ -210,12 +204,10 @@ def init_of(record: dict) -> TensorInit:
         raise FormatError(f"tensor {name!r}: unknown rng {init['rng']!r} (this decoder knows {RNG_NAME!r})")
     if record["dtype"] != "float32":
         raise FormatError(f"tensor {name!r}: permuted tensors are float32, found {record['dtype']!r}")
-    if record["scheme"] not in SCHEMES:
-        raise FormatError(f"tensor {name!r}: unknown index scheme {record['scheme']!r}; known: {', '.join(SCHEMES)}")
-    if record["scheme_params"] != {}:
-        raise FormatError(f"tensor {name!r}: scheme 'delta' takes no parameters, found {record['scheme_params']!r}")
     if not record["shape"]:
         raise FormatError(f"tensor {name!r}: a permuted tensor needs at least one dimension")
+    rows, _ = perm.row_shape(record["shape"])
+    schemes.check_params(record["scheme"], record["scheme_params"], rows, f"tensor {name!r}")
     fields = {key: init[key] for key in ("seed", "stream", "dist", "params")}
     try:
         return TensorInit.from_dict({"name": name, "shape": record["shape"], **fields})
@@ -223,31 +215,11 @@ def init_of(record: dict) -> TensorInit:
         raise FormatError(f"bad init record: {err}") from None
 
 
-def decode_delta(record: dict, section: bytes, device) -> torch.Tensor:
+def decode_permuted(record: dict, section: bytes, device) -> torch.Tensor:
     init = init_of(record)
-    rows, n = perm.row_shape(init.shape)
-    width = index_width(n)
-    payload = indexcode.decompress_exact(section, rows * n * width, f"tensor {record['name']!r}")
-    if rows * n == 0:
-        return torch.empty(init.shape, dtype=torch.float32, device=device)
-    deltas = indexcode.unzigzag(indexcode.from_byte_planes(payload, rows * n, width))
-    initial = initial_rows(init, device)
-    final_ranks = initial.ranks + torch.from_numpy(deltas).to(device).reshape(rows, n)
-    check_ranks(final_ranks, record["name"])
-    return torch.gather(initial.rows, 1, torch.gather(initial.order, 1, final_ranks)).reshape(init.shape)
-
-
-def check_ranks(ranks: torch.Tensor, name: str) -> None:
-    """Each row must hold every rank 0 .. n-1 exactly once."""
-    rows, n = ranks.shape
-    if ranks.numel() == 0:
-        return
-    if int(ranks.min()) < 0 or int(ranks.max()) >= n:
-        raise FormatError(f"tensor {name!r}: decoded ranks fall outside [0, {n})")
-    seen = torch.zeros(rows, n, dtype=torch.bool, device=ranks.device).scatter_(1, ranks, True)
-    if not bool(seen.all()):
-        bad = int((~seen.all(dim=1)).nonzero()[0])
-        raise FormatError(f"tensor {name!r}: decoded ranks of row {bad} are not a permutation")
+    initial = init.regenerate(device).reshape(perm.row_shape(init.shape))
+    rows = schemes.decode(record["scheme"], record["scheme_params"], initial, section, f"tensor {record['name']!r}")
+    return rows.reshape(init.shape)
 
 
 def decode_raw(record: dict, section: bytes, device) -> torch.Tensor:
@@ -270,7 +242,7 @@ def decode_record(record: dict, section: bytes, device, verify: bool) -> torch.T
     check_record_keys(record)
     container.check_section(record, section)
     if record["kind"] == "permuted":
-        tensor = decode_delta(record, section, device)
+        tensor = decode_permuted(record, section, device)
     else:
         tensor = decode_raw(record, section, device)
     if verify and sha256_of(tensor) != record["sha256"]:

@@ -60,7 +60,7 @@ def test_encode_decode_verify_info(capsys, model_pt, tmp_path):
     code, out, _ = run(capsys, "verify", pc, "--against", model_pt)
     assert code == 0 and out.strip().endswith(f"bit-identical to {model_pt}")
     code, out, _ = run(capsys, "info", pc)
-    assert code == 0 and "delta" in out and "x bound" in out
+    assert code == 0 and "exact" in out and "x bound" in out
     info = json.loads(run(capsys, "info", pc, "--json")[1])
     assert info["totals"]["permuted_tensors"] == 4 and json.loads(
         dict(codec.safe_open(pc).metadata())["permcodec.config"]) == {"model": "test"}

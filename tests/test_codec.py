@@ -14,7 +14,7 @@ from torch import nn
 
 import permcodec
 from permcodec import (FormatError, IntegrityError, LimitError, NotAPermutationError, SpecError,
-                       UnsupportedVersionError, codec, container, init_, perm)
+                       UnsupportedVersionError, codec, container, init_, perm, schemes)
 from permcodec.container import Limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -50,7 +50,8 @@ def test_golden_fixture_decodes_to_pinned_hashes(name):
 def test_tiny_file_bytes_are_pinned():
     """The encoder reproduces the exact bytes printed in specs/format.md, Appendix A."""
     model, spec = make_fixtures.tiny_linear()
-    assert permcodec.encode(model, spec) == (FIXTURES / "tiny_linear.pc").read_bytes()
+    assert permcodec.encode(model, spec, scheme="delta") == (FIXTURES / "tiny_linear.pc").read_bytes()
+    assert permcodec.encode(model, spec, scheme="exact") == (FIXTURES / "tiny_exact.pc").read_bytes()
 
 
 def test_encoding_is_deterministic():
@@ -83,6 +84,79 @@ def test_round_trip_every_distribution(dist, kwargs):
     spec = init_(model, 42, dist=dist, **kwargs)
     trained(model, spec, 2)
     assert_same_state(permcodec.decode(permcodec.encode(model)), model.state_dict())
+
+
+ALL_DISTRIBUTIONS = [
+    ("uniform", dict(low=-1.0, high=2.0)), ("normal", dict(mean=0.1, std=0.5)), ("he_uniform", {}),
+    ("glorot_uniform", {}), ("he_normal", {}), ("glorot_normal", {}),
+    ("sparse", dict(density=0.3)), ("shared", dict(value=0.25, density=0.08)),
+]
+
+
+def every_layer_type():
+    return nn.Sequential(nn.Linear(17, 5), nn.Conv1d(3, 4, 5), nn.Conv2d(3, 6, (2, 3)), nn.Conv3d(2, 3, 2))
+
+
+@pytest.mark.parametrize("dist,kwargs", ALL_DISTRIBUTIONS, ids=[d for d, _ in ALL_DISTRIBUTIONS])
+@pytest.mark.parametrize("scheme", [None, *schemes.SCHEMES])
+@pytest.mark.parametrize("level", list(schemes.LEVELS))
+def test_round_trip_every_scheme_level_layer_type_and_distribution(level, scheme, dist, kwargs):
+    model = every_layer_type()
+    spec = init_(model, 12, dist=dist, bias=True, **kwargs)
+    trained(model, spec, 6)
+    data = permcodec.encode(model, level=level, scheme=scheme)
+    assert_same_state(permcodec.decode(data), model.state_dict())
+    used = {r["scheme"] for r in permcodec.PCFile(io.BytesIO(data)).header["tensors"]}
+    assert used == {scheme} if scheme else used <= set(schemes.SCHEMES)
+
+
+def test_the_numpy_backend_decodes_every_scheme_to_the_same_bits(monkeypatch):
+    model = every_layer_type()
+    spec = init_(model, 13, dist="sparse", density=0.4, bias=True)
+    trained(model, spec, 7)
+    files = [permcodec.encode(model, scheme=scheme, level="fast") for scheme in schemes.SCHEMES]
+    monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
+    assert [permcodec.encode(model, scheme=scheme, level="fast") for scheme in schemes.SCHEMES] == files
+    for data in files:
+        assert_same_state(permcodec.decode(data), model.state_dict())
+
+
+def chosen_schemes(data):
+    return [r["scheme"] for r in permcodec.PCFile(io.BytesIO(data)).header["tensors"] if r["kind"] == "permuted"]
+
+
+def test_levels_choose_the_smallest_scheme_they_try():
+    untouched = nn.Linear(300, 20)
+    init_(untouched, 1)
+    assert chosen_schemes(permcodec.encode(untouched)) == ["delta"]  # every delta is zero
+    assert chosen_schemes(permcodec.encode(untouched, level="fast")) == ["exact"]  # fast never tries delta
+    shuffled = nn.Linear(300, 20)
+    trained(shuffled, init_(shuffled, 1), 3)
+    assert chosen_schemes(permcodec.encode(shuffled)) == ["exact"]
+    sparse = nn.Linear(300, 20)
+    trained(sparse, init_(sparse, 1, dist="sparse", density=0.3), 3)
+    assert chosen_schemes(permcodec.encode(sparse)) == ["multiset"]
+    assert chosen_schemes(permcodec.encode(sparse, level="fast")) == ["multiset"]
+
+
+def test_max_is_never_larger_than_default_and_near_the_bound():
+    model = nn.Linear(512, 64)
+    spec = init_(model, 2)
+    trained(model, spec, 4)
+    sizes = {level: len(permcodec.encode(model, level=level)) for level in schemes.LEVELS}
+    assert sizes["max"] <= sizes["default"] <= sizes["fast"]
+    bound = perm.permutation_bound_bits(codec.initial_rows(spec["weight"]).pool())
+    weight = permcodec.PCFile(io.BytesIO(permcodec.encode(model, level="max"))).record("weight")["length"]
+    assert 8 * weight < 1.001 * bound
+
+
+def test_unknown_level_and_scheme_are_named():
+    model = nn.Linear(3, 2)
+    init_(model, 0)
+    with pytest.raises(SpecError, match="unknown level 'huge'; choose one of fast, default, max"):
+        permcodec.encode(model, level="huge")
+    with pytest.raises(SpecError, match="unknown scheme 'lehmer'; choose one of delta, exact, multiset"):
+        permcodec.encode(model, scheme="lehmer")
 
 
 def test_float32_ties_in_a_dense_pool():
@@ -310,6 +384,20 @@ def test_wrong_seed_is_never_decoded_silently(seed):
     (lambda h: h["tensors"][0].update(dtype="complex64"), FormatError, "unknown dtype 'complex64'"),
     (lambda h: h["tensors"][0].update(shape=[2, -3]), FormatError, "shape must be a list of non-negative"),
     (lambda h: h["tensors"][0].update(scheme="lehmer"), FormatError, "unknown index scheme 'lehmer'"),
+    (lambda h: h["tensors"][0].update(scheme_params={"lanes": 1}), FormatError,
+     "scheme 'delta' takes no parameters, found {'lanes': 1}"),
+    (lambda h: h["tensors"][0].update(scheme="exact", scheme_params={}), FormatError,
+     "scheme 'exact' takes exactly the parameter 'lanes', found {}"),
+    (lambda h: h["tensors"][0].update(scheme="exact", scheme_params={"lanes": 1, "x": 0}), FormatError,
+     "scheme 'exact' takes exactly the parameter 'lanes'"),
+    (lambda h: h["tensors"][0].update(scheme="multiset", scheme_params={"lanes": 0}), FormatError,
+     "lanes must be an integer in [1, 2] (the row count), found 0"),
+    (lambda h: h["tensors"][0].update(scheme="exact", scheme_params={"lanes": 3}), FormatError,
+     "lanes must be an integer in [1, 2] (the row count), found 3"),
+    (lambda h: h["tensors"][0].update(scheme="exact", scheme_params={"lanes": True}), FormatError,
+     "lanes must be an integer"),
+    (lambda h: h["tensors"][0].update(scheme="exact", scheme_params={"lanes": 1}), FormatError,
+     "section of 15 bytes cannot hold 1 lane lengths and whole 32-bit words"),
     (lambda h: h["tensors"][0]["init"].update(rng="mt19937"), FormatError, "unknown rng 'mt19937'"),
     (lambda h: h["tensors"][0]["init"].update(dist="beta"), FormatError, "bad init record: tensor 'weight': "
                                                                         "unknown distribution 'beta'"),
@@ -353,7 +441,7 @@ def test_ranks_that_are_not_a_permutation():
     codes = codec.indexcode.zigzag((final_ranks - initial.ranks).reshape(-1).numpy())
     section = codec.indexcode.compress(codec.indexcode.to_byte_planes(codes, 1))
     bias = codec.encode_raw(model.bias.detach(), 3)
-    records = [codec.permuted_record("weight", model.weight, spec["weight"]), codec.raw_record("bias", model.bias)]
+    records = [codec.permuted_record("weight", model.weight, spec["weight"], "delta", {}), codec.raw_record("bias", model.bias)]
     with pytest.raises(FormatError, match="tensor 'weight': decoded ranks of row 1 are not a permutation"):
         permcodec.decode(container.pack(records, [section, bias]))
 

@@ -16,7 +16,7 @@ import zstandard
 from torch import nn
 
 import permcodec
-from permcodec import FormatError, LimitError, PermcodecError, codec, container, init_, perm
+from permcodec import FormatError, LimitError, PermcodecError, codec, container, init_, perm, schemes
 from permcodec.fileio import TEMP_MARK
 
 from test_codec import make_fixtures, repack, tiny_bytes
@@ -66,9 +66,9 @@ def test_frame_declaring_more_than_the_header_is_refused_before_decompressing():
 def test_frame_without_declared_size_is_refused():
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(8))
     model, spec = make_fixtures.tiny_linear()
-    records = [codec.permuted_record("weight", model.weight, spec["weight"]), codec.raw_record("bias", model.bias)]
+    records = [codec.permuted_record("weight", model.weight, spec["weight"], "delta", {}), codec.raw_record("bias", model.bias)]
     trained = perm.SortedRows.of(perm.as_rows(model.weight.detach()))
-    weight = codec.encode_delta(trained, codec.initial_rows(spec["weight"]), 3)
+    weight = schemes.encode_delta(trained, codec.initial_rows(spec["weight"]), 3)
     with pytest.raises(FormatError, match="zstd frame declares no size, header says 8 bytes"):
         permcodec.decode(container.pack(records, [weight, frame]))
 
@@ -123,7 +123,7 @@ def test_killed_encode_and_decode_never_leave_a_partial_target(tmp_path):
     decoded.write_bytes(b"old content")
     rng = random.Random(0)
     for _ in range(4):
-        kill_after(["encode", str(source), "-o", str(target), "--level", "3"], rng.uniform(0.5, 4.0))
+        kill_after(["encode", str(source), "-o", str(target), "--level", "fast"], rng.uniform(0.5, 4.0))
         content = target.read_bytes()
         assert content == b"old content" or permcodec.decode(content)
         if content != b"old content":
@@ -132,7 +132,7 @@ def test_killed_encode_and_decode_never_leave_a_partial_target(tmp_path):
     leftovers = [p for p in tmp_path.iterdir() if TEMP_MARK in p.name]
     # a later run removes the temp files of writers that are gone
     assert subprocess.run([sys.executable, "-m", "permcodec", "encode", str(source), "-o", str(target),
-                           "--level", "3", "-q"]).returncode == 0
+                           "--level", "fast", "-q"]).returncode == 0
     assert [p for p in tmp_path.iterdir() if TEMP_MARK in p.name and p.name.startswith(".model.pc")] == []
     assert all(p.name.startswith((".model.pc", ".out.safetensors")) for p in leftovers)
     assert len(permcodec.load(target)) == 4
@@ -222,7 +222,7 @@ def test_skippable_zstd_frame_is_refused():
     model = nn.Linear(0, 3)
     spec = init_(model, 0, dist="uniform")
     skippable = b"\x50\x2a\x4d\x18" + (0).to_bytes(4, "little")
-    records = [codec.permuted_record("weight", model.weight, spec["weight"]), codec.raw_record("bias", model.bias)]
+    records = [codec.permuted_record("weight", model.weight, spec["weight"], "delta", {}), codec.raw_record("bias", model.bias)]
     bias = codec.encode_raw(model.bias.detach(), 3)
     with pytest.raises(FormatError, match="section does not start with a zstd frame .*skippable frames are not"):
         permcodec.decode(container.pack(records, [skippable, bias]))

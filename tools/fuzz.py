@@ -53,7 +53,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import permcodec
-from permcodec import codec, container, distributions, indexcode, perm
+from permcodec import codec, container, distributions, indexcode, perm, schemes
 from permcodec.container import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -662,7 +662,7 @@ def payload_size(record: dict) -> int | None:
         if not shape:
             return None
         rows, n = perm.row_shape(shape)
-        return rows * n * codec.index_width(n)
+        return rows * n * schemes.index_width(n)
     if not isinstance(dtype, str) or dtype not in container.DTYPE_SIZES:
         return None
     return math.prod(shape) * container.DTYPE_SIZES[dtype]
@@ -680,13 +680,13 @@ def permuted_truth(record: dict, rng: random.Random):
         rows, n = perm.row_shape(init.shape)
         if rows * n > 4096 or n > 4096:
             return None
-        initial = codec.InitialRows.of(init)
+        initial = codec.initial_rows(init)
     except Exception:  # noqa: BLE001 - the decoder judges this record; the generator only skips it
         return None
     generator = torch.Generator().manual_seed(rng.randrange(2**63))
     final = torch.argsort(torch.rand(rows, n, generator=generator), dim=1)
     codes = indexcode.zigzag((final - initial.ranks).reshape(-1).numpy())
-    payload = indexcode.to_byte_planes(codes, codec.index_width(n))
+    payload = indexcode.to_byte_planes(codes, schemes.index_width(n))
     tensor = initial.rows.gather(1, initial.order.gather(1, final)).reshape(init.shape)
     return payload, codec.sha256_of(tensor)
 

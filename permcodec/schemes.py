@@ -1,0 +1,207 @@
+"""Index schemes: how the rows of a permuted tensor are coded against its regenerated initial rows.
+
+- ``delta``: zigzag(trained rank - initial rank) per element, byte planes, zstd.
+  Small when training moved few values far (lightly trained models).
+- ``exact``: the permutation pi with trained[j] = initial[pi[j]], arrangement-coded
+  (``rans``) with every initial position its own class: log2(n!) bits per row
+  plus rounding. The decoder needs no sort.
+- ``multiset``: the class (distinct value, ascending) at each position,
+  arrangement-coded with the pool's multiplicities: log2(n!/prod m_v!) per row,
+  far below log2(n!) for sparse and shared-value pools.
+
+A ``Level`` decides which schemes the encoder tries and how hard; it keeps the
+smallest section. Every scheme decodes at any level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import indexcode, perm, rans
+from .errors import FormatError, SpecError
+
+DELTA, EXACT, MULTISET = "delta", "exact", "multiset"
+SCHEMES = (DELTA, EXACT, MULTISET)
+PREFERENCE = (EXACT, MULTISET, DELTA)  # on equal sizes: the fastest to decode first
+
+
+@dataclass(frozen=True)
+class Level:
+    """How hard the encoder works on a tensor."""
+
+    name: str
+    zstd_level: int      # zstd level of delta sections and raw tensors
+    bits_per_lane: int   # information bits per rANS lane: more lanes decode more in parallel, each costs ~12 bytes
+    try_delta: bool      # whether delta competes with the arrangement schemes
+    summary: str         # one line for --help and the spec
+
+
+LEVELS = {
+    "fast": Level("fast", 3, 1 << 12, False,
+                  "exact (multiset where a row repeats a value) only, many rANS lanes: fastest encode and decode"),
+    "default": Level("default", 19, 1 << 16, True,
+                     "delta at zstd 19, exact and (for repeated values) multiset; keeps the smallest"),
+    "max": Level("max", 22, 1 << 20, True,
+                 "as default, with zstd 22 and few rANS lanes: smallest files, slowest encode"),
+}
+DEFAULT_LEVEL = "default"
+
+
+def level_named(name) -> Level:
+    if isinstance(name, Level):
+        return name
+    if name not in LEVELS:
+        raise SpecError(f"unknown level {name!r}; choose one of {', '.join(LEVELS)}")
+    return LEVELS[name]
+
+
+# ---------------------------------------------------------------- pool classes
+
+@dataclass(frozen=True)
+class PoolClasses:
+    """The distinct values of each sorted row ("classes", ascending) and how often each occurs."""
+
+    of_sorted: torch.Tensor   # int64 [rows, n]: class of each sorted position
+    counts: torch.Tensor      # int64 [rows, K]: occurrences per class, zero-padded to the largest K
+
+    @classmethod
+    def of(cls, pool_sorted: torch.Tensor) -> "PoolClasses":
+        rows, n = pool_sorted.shape
+        bits = pool_sorted.contiguous().view(torch.int32)
+        new = torch.ones_like(bits, dtype=torch.int64)
+        new[:, 1:] = (bits[:, 1:] != bits[:, :-1]).to(torch.int64)
+        of_sorted = torch.cumsum(new, dim=1) - 1
+        k = int(of_sorted[:, -1].max()) + 1 if rows and n else 0
+        counts = torch.zeros(rows, k, dtype=torch.int64, device=pool_sorted.device)
+        counts.scatter_add_(1, of_sorted, torch.ones_like(of_sorted))
+        return cls(of_sorted, counts)
+
+    def has_repeats(self) -> bool:
+        rows, n = self.of_sorted.shape
+        return bool(rows and n and int(self.of_sorted[:, -1].min()) < n - 1)
+
+    def values(self, pool_sorted: torch.Tensor) -> torch.Tensor:
+        """float32 [rows, K]: the value of each class (0.0 in the padding)."""
+        out = torch.zeros(self.counts.shape, dtype=pool_sorted.dtype, device=pool_sorted.device)
+        return out.scatter_(1, self.of_sorted, pool_sorted)
+
+
+def multiset_bound_bits(counts: torch.Tensor, n: int) -> float:
+    rows = counts.shape[0]
+    return (rows * math.lgamma(n + 1) - torch.lgamma(counts.to(torch.float64) + 1).sum().item()) / math.log(2)
+
+
+def lanes_for(bound_bits: float, rows: int, level: Level) -> int:
+    return max(1, min(rows, int(bound_bits // level.bits_per_lane)))
+
+
+# ---------------------------------------------------------------- encoding
+
+def index_width(row_length: int) -> int:
+    """Bytes per zigzag code of a row of this length: codes lie in [0, 2 (n - 1)]."""
+    return indexcode.byte_width(2 * max(row_length - 1, 0))
+
+
+def encode_delta(trained: perm.SortedRows, initial: perm.SortedRows, zstd_level: int) -> bytes:
+    """zigzag(rank of trained row - rank of initial row), byte planes, zstd."""
+    codes = indexcode.zigzag((trained.ranks - initial.ranks).reshape(-1).numpy())
+    return indexcode.compress(indexcode.to_byte_planes(codes, index_width(initial.rows.shape[1])), zstd_level)
+
+
+def encode_exact(trained: perm.SortedRows, initial: perm.SortedRows, lanes: int) -> bytes:
+    """pi with trained[j] = initial[pi[j]]; ties map the k-th equal value to the k-th, in position order."""
+    pi = torch.empty_like(trained.order).scatter_(1, trained.order, initial.order)
+    return rans.encode(pi.numpy(), None, lanes)
+
+
+def encode_multiset(trained: perm.SortedRows, classes: PoolClasses, lanes: int) -> bytes:
+    symbols = torch.empty_like(trained.order).scatter_(1, trained.order, classes.of_sorted)
+    return rans.encode(symbols.numpy(), classes.counts.numpy(), lanes)
+
+
+def schemes_to_try(level: Level, repeats: bool) -> list[str]:
+    """In order of preference. multiset only pays where a row repeats a value; otherwise it equals exact."""
+    arrangement = [EXACT, MULTISET] if repeats else [EXACT]
+    if not level.try_delta:
+        return arrangement[-1:]
+    return arrangement + [DELTA]
+
+
+def encode_best(trained: perm.SortedRows, initial: perm.SortedRows, level: Level,
+                only: str | None = None) -> tuple[str, dict, bytes]:
+    """(scheme, scheme_params, section) of the smallest scheme ``level`` tries, or of scheme ``only``."""
+    rows, n = initial.rows.shape
+    classes = PoolClasses.of(initial.pool())
+    wanted = [only] if only else schemes_to_try(level, classes.has_repeats())
+    found = []
+    for scheme in wanted:
+        if scheme == DELTA:
+            found.append((DELTA, {}, encode_delta(trained, initial, level.zstd_level)))
+        elif scheme == EXACT:
+            lanes = lanes_for(rows * math.lgamma(n + 1) / math.log(2), rows, level)
+            found.append((EXACT, {"lanes": lanes}, encode_exact(trained, initial, lanes)))
+        else:
+            lanes = lanes_for(multiset_bound_bits(classes.counts, n), rows, level)
+            found.append((MULTISET, {"lanes": lanes}, encode_multiset(trained, classes, lanes)))
+    return min(found, key=lambda item: len(item[2]))
+
+
+# ---------------------------------------------------------------- decoding
+
+def check_params(scheme: str, params, rows: int, what: str) -> None:
+    if scheme not in SCHEMES:
+        raise FormatError(f"{what}: unknown index scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    if scheme == DELTA:
+        if params != {}:
+            raise FormatError(f"{what}: scheme 'delta' takes no parameters, found {params!r}")
+        return
+    if not isinstance(params, dict) or set(params) != {"lanes"}:
+        raise FormatError(f"{what}: scheme {scheme!r} takes exactly the parameter 'lanes', found {params!r}")
+    lanes = params["lanes"]
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= max(rows, 1):
+        raise FormatError(f"{what}: lanes must be an integer in [1, {max(rows, 1)}] (the row count), "
+                          f"found {lanes!r}")
+
+
+def decode(scheme: str, params: dict, initial: torch.Tensor, section: bytes, what: str) -> torch.Tensor:
+    """The trained rows [rows, n] from the initial rows (on the target device) and the section."""
+    rows, n = initial.shape
+    if scheme == DELTA:
+        return decode_delta(initial, section, what)
+    if scheme == EXACT:
+        pi = rans.decode(section, None, rows, n, params["lanes"], what)
+        return torch.gather(initial, 1, torch.from_numpy(pi).to(initial.device))
+    pool = torch.sort(initial, dim=1).values
+    classes = PoolClasses.of(pool)
+    symbols = rans.decode(section, classes.counts.cpu().numpy(), rows, n, params["lanes"], what)
+    return torch.gather(classes.values(pool), 1, torch.from_numpy(symbols).to(initial.device))
+
+
+def decode_delta(initial: torch.Tensor, section: bytes, what: str) -> torch.Tensor:
+    rows, n = initial.shape
+    width = index_width(n)
+    payload = indexcode.decompress_exact(section, rows * n * width, what)
+    if rows * n == 0:
+        return initial
+    deltas = indexcode.unzigzag(indexcode.from_byte_planes(payload, rows * n, width))
+    sorted_initial = perm.SortedRows.of(initial)
+    final_ranks = sorted_initial.ranks + torch.from_numpy(deltas).to(initial.device).reshape(rows, n)
+    check_ranks(final_ranks, what)
+    return torch.gather(initial, 1, torch.gather(sorted_initial.order, 1, final_ranks))
+
+
+def check_ranks(ranks: torch.Tensor, what: str) -> None:
+    """Each row must hold every rank 0 .. n-1 exactly once."""
+    rows, n = ranks.shape
+    if ranks.numel() == 0:
+        return
+    if int(ranks.min()) < 0 or int(ranks.max()) >= n:
+        raise FormatError(f"{what}: decoded ranks fall outside [0, {n})")
+    seen = torch.zeros(rows, n, dtype=torch.bool, device=ranks.device).scatter_(1, ranks, True)
+    if not bool(seen.all()):
+        bad = int((~seen.all(dim=1)).nonzero()[0])
+        raise FormatError(f"{what}: decoded ranks of row {bad} are not a permutation")
+

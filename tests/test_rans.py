@@ -1,0 +1,135 @@
+"""Arrangement coding (rANS): both backends give the same bytes, pinned worked examples, errors, near-bound sizes."""
+
+import math
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from permcodec import FormatError, rans
+
+BACKENDS = rans.BACKENDS
+numba_only = pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
+
+
+def random_permutations(rows, n, seed=0):
+    return np.argsort(np.random.default_rng(seed).random((rows, n)), axis=1), None
+
+
+def random_multisets(rows, n, classes, seed=0):
+    """Symbols drawn from `classes` classes, some of which may never occur in a row."""
+    rng = np.random.default_rng(seed)
+    symbols = rng.integers(0, classes, (rows, n))
+    counts = np.stack([np.bincount(row, minlength=classes) for row in symbols]) if rows else \
+        np.zeros((0, classes), np.int64)
+    return symbols, counts
+
+
+CASES = {
+    "perm 5x7": random_permutations(5, 7),
+    "perm 17x33": random_permutations(17, 33, 1),
+    "perm 1x1": random_permutations(1, 1),
+    "no positions": random_permutations(3, 0),
+    "no rows": random_permutations(0, 4),
+    "two classes": random_multisets(6, 40, 2, 2),
+    "many classes, some empty": random_multisets(4, 30, 9, 3),
+    "one class": (np.zeros((3, 8), np.int64), np.full((3, 1), 8)),
+}
+
+
+def lane_counts(rows):
+    return sorted({1, 2, max(rows, 1)} & set(range(1, max(rows, 1) + 1)))
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_trip(case, backend):
+    symbols, counts = CASES[case]
+    rows, n = symbols.shape
+    for lanes in lane_counts(rows):
+        section = rans.encode(symbols, counts, lanes, backend)
+        assert np.array_equal(rans.decode(section, counts, rows, n, lanes, "t", backend), symbols)
+
+
+@numba_only
+@pytest.mark.parametrize("case", CASES)
+def test_numba_and_numpy_give_identical_bytes(case):
+    symbols, counts = CASES[case]
+    for lanes in lane_counts(symbols.shape[0]):
+        assert rans.encode(symbols, counts, lanes, "numba") == rans.encode(symbols, counts, lanes, "numpy")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_worked_example_of_exact_is_pinned(backend):
+    """specs/format.md Section 10: pi = [2, 0, 1] in both rows of a 2 x 3 tensor, one lane."""
+    symbols = np.array([[2, 0, 1], [2, 0, 1]])
+    section = bytes.fromhex("02000000" "23000000" "8faaaa6a")
+    assert rans.encode(symbols, None, 1, backend) == section
+    assert rans.decode(section, None, 2, 3, 1, "t", backend).tolist() == symbols.tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_worked_example_of_multiset_is_pinned(backend):
+    """specs/format.md Section 11: symbols [1, 0, 0, 1, 0] with class counts [3, 2]."""
+    symbols, counts = np.array([[1, 0, 0, 1, 0]]), np.array([[3, 2]])
+    section = bytes.fromhex("02000000" "0a000000" "8a9999d9")
+    assert rans.encode(symbols, counts, 1, backend) == section
+    assert rans.decode(section, counts, 1, 5, 1, "t", backend).tolist() == symbols.tolist()
+
+
+def test_a_permutation_costs_its_information_bound():
+    symbols, _ = random_permutations(64, 1024, 4)
+    section = rans.encode(symbols, None, 1)
+    bound = 64 * math.lgamma(1025) / math.log(2)
+    assert bound < 8 * len(section) < bound + 20 * 8  # lane length, initial and final state
+
+
+def test_a_sparse_multiset_costs_its_information_bound():
+    rng = np.random.default_rng(5)
+    symbols = np.where(rng.random((8, 2048)) < 0.7, 0, 1 + np.arange(2048))  # class 0 = zero, others unique
+    order = np.argsort(rng.random(symbols.shape), axis=1)
+    symbols = np.take_along_axis(symbols, order, axis=1)
+    counts = np.stack([np.bincount(row, minlength=2049) for row in symbols])
+    bound = sum((math.lgamma(2049) - sum(math.lgamma(m + 1) for m in row)) / math.log(2) for row in counts)
+    section = rans.encode(symbols, counts, 1)
+    assert bound < 8 * len(section) < bound + 20 * 8
+
+
+# ---------------------------------------------------------------- what a decoder must reject
+
+def tiny_section():
+    return rans.encode(np.array([[2, 0, 1], [2, 0, 1]]), None, 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("section,lanes,message", [
+    (b"\x02\x00\x00", 1, "section of 3 bytes cannot hold 1 lane lengths and whole 32-bit words"),
+    (b"\x02\x00\x00\x00" + bytes(4), 1, "lane lengths add up to 2 words, the section holds 1"),
+    (b"\x01\x00\x00\x00" + bytes(4), 1, "lane 0 has 1 words, at least 2 (its final state) are needed"),
+    (bytes.fromhex("02000000" "00000000" "ffffffff"), 1, "lane 0 starts with a state below 2^32"),
+    (bytes.fromhex("02000000" "23000000" "8faaaa6a") + bytes(4), 1, "lane lengths add up to 2 words"),
+    (bytes.fromhex("03000000" "23000000" "8faaaa6a" "00000000"), 1,
+     "lane 0 does not end in the initial state 2^32 with every word used"),
+    (bytes.fromhex("02000000" "23000000" "8faaaa6b"), 1, "lane 0 runs out of words before its last row"),
+    (bytes.fromhex("02000000" "01000000" "00000000"), 1, "lane 0 runs out of words before its last row"),
+])
+def test_bad_sections_are_refused(backend, section, lanes, message):
+    with pytest.raises(FormatError, match="^" + re.escape(f"w: {message}")):
+        rans.decode(section, None, 2, 3, lanes, "w", backend)
+
+
+def test_the_pinned_section_itself_decodes():
+    assert rans.decode(tiny_section(), None, 2, 3, 1, "w").tolist() == [[2, 0, 1], [2, 0, 1]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=64), lanes=st.integers(1, 3), n=st.integers(0, 9))
+def test_any_bytes_decode_to_a_valid_arrangement_or_a_format_error(data, lanes, n):
+    rows = 3
+    try:
+        symbols = rans.decode(data, None, rows, n, lanes, "fuzz")
+    except FormatError:
+        return
+    assert all(sorted(row) == list(range(n)) for row in symbols.tolist())
