@@ -5,6 +5,10 @@ looking at the reference implementation (`permcodec/`), its tests or its tools.
 It depends on numpy, msgpack and zstandard plus the standard library (hashlib,
 zlib, struct); it does not use torch.
 
+It reads the index schemes `delta`, `exact` and `multiset` (format.md Sections
+8-11; the rANS arrangement coder of Section 9 is done with exact Python ints)
+and the raw codec `shuffle-zstd` (Section 13).
+
 `decode_file(path)` returns `{name: numpy.ndarray}` with the stored shape and a
 numpy dtype matching the record's `dtype`.  numpy has no bfloat16, so a
 `bfloat16` tensor is returned as a `uint16` array holding the raw bfloat16 bits
@@ -39,7 +43,7 @@ MAGIC = b"\x89PCODEC\n"
 FORMAT_VERSION = 1
 PREAMBLE_SIZE = 20
 
-# Section 11, the reference decoder's default limits.
+# Section 15, the reference decoder's default limits.
 LIMIT_HEADER_LENGTH = 64 * 1024 * 1024
 LIMIT_TENSORS = 100_000
 LIMIT_DIMS = 8
@@ -359,7 +363,7 @@ def check_init(where: str, init) -> None:
 
 
 # ==========================================================================
-# Container: preamble, header, records (format.md Sections 4-6, 11)
+# Container: preamble, header, records (format.md Sections 4-6, 15)
 # ==========================================================================
 
 
@@ -401,11 +405,29 @@ def read_preamble(buf: bytes) -> int:
     return header_length
 
 
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _pairs_to_dict(pairs):
+    """object_pairs_hook: build a map, refusing a repeated key (Section 5)."""
+    out = {}
+    for k, v in pairs:
+        try:
+            dup = k in out
+        except TypeError:  # an unhashable key (a map or array); rejected below anyway
+            raise _DuplicateKeyError(f"header: map key {k!r} is not a string") from None
+        if dup:
+            raise _DuplicateKeyError(f"header: map repeats the key {k!r}")
+        out[k] = v
+    return out
+
+
 def parse_header(raw: bytes) -> dict:
     try:
         header = msgpack.unpackb(raw, raw=False, ext_hook=_no_ext, strict_map_key=False,
-                                 use_list=True)
-    except _ExtTypeError:
+                                 use_list=True, object_pairs_hook=_pairs_to_dict)
+    except (_ExtTypeError, _DuplicateKeyError):
         raise
     except Exception as exc:  # msgpack's own errors, incl. trailing bytes, bad UTF-8
         raise ValueError(f"header: invalid msgpack ({exc})") from exc
@@ -427,6 +449,32 @@ def parse_header(raw: bytes) -> dict:
 
 def element_count(shape) -> int:
     return math.prod(shape) if shape else 1
+
+
+SCHEMES = ("delta", "exact", "multiset")
+
+
+def check_scheme(where: str, scheme, params, shape) -> None:
+    """format.md 6.2: the scheme id and its scheme_params."""
+    if scheme not in SCHEMES:
+        _fail(where, f"unknown index scheme {scheme!r}")
+    if not isinstance(params, dict):
+        _fail(where, "scheme_params must be a map")
+    if scheme == "delta":
+        if params != {}:
+            _fail(where, "scheme_params must be {} for scheme 'delta'")
+        return
+    # exact, multiset: exactly {"lanes": int}, 1 <= lanes <= max(R, 1)
+    if set(params) != {"lanes"}:
+        _fail(where, f"scheme_params of scheme {scheme!r} must be exactly {{'lanes': int}}, "
+                     f"got keys {sorted(map(str, params))}")
+    lanes = params["lanes"]
+    R = rows_of(shape)[0]
+    if not _is_int(lanes):
+        _fail(where, f"scheme_params.lanes must be an integer, got {type(lanes).__name__}")
+    if not 1 <= lanes <= max(R, 1):
+        _fail(where, f"scheme_params.lanes = {lanes} is not in [1, {max(R, 1)}] "
+                     f"(the tensor has {R} rows)")
 
 
 def check_record(rec, expected_offset: int) -> None:
@@ -451,7 +499,9 @@ def check_record(rec, expected_offset: int) -> None:
         _fail(where, "shape must be an array of ints >= 0")
     if len(shape) > LIMIT_DIMS or any(d > LIMIT_DIM for d in shape):
         _fail(where, "shape exceeds limits")
-    if element_count(shape) > LIMIT_ELEMENTS_PER_TENSOR:
+    # Section 15: each zero dimension counts as 1 here, so that an empty tensor
+    # cannot imply huge rows (e.g. [2^20, 0] still has 2^20 rows to walk).
+    if math.prod(max(d, 1) for d in shape) > LIMIT_ELEMENTS_PER_TENSOR:
         _fail(where, "element count exceeds limit")
     for f in ("offset", "length", "crc32"):
         if not _is_int(rec[f]) or rec[f] < 0:
@@ -468,10 +518,7 @@ def check_record(rec, expected_offset: int) -> None:
         if len(shape) < 1:
             _fail(where, "permuted tensors need at least one dimension")
         check_init(where, rec["init"])
-        if rec["scheme"] != "delta":
-            _fail(where, f"unknown scheme {rec['scheme']!r}")
-        if rec["scheme_params"] != {}:
-            _fail(where, "scheme_params must be {} for 'delta'")
+        check_scheme(where, rec["scheme"], rec["scheme_params"], shape)
     elif rec["codec"] != "shuffle-zstd":
         _fail(where, f"unknown codec {rec['codec']!r}")
 
@@ -499,7 +546,7 @@ def check_records(tensors: list) -> int:
 
 
 # ==========================================================================
-# zstd frames (format.md Section 10)
+# zstd frames (format.md Section 14)
 # ==========================================================================
 
 
@@ -545,7 +592,7 @@ def zstd_decompress(where: str, frame: bytes, implied: int) -> bytes:
 
 
 # ==========================================================================
-# Section decoders (format.md Sections 7-9)
+# Section decoders: delta and raw (format.md Sections 7, 8, 13)
 # ==========================================================================
 
 
@@ -615,6 +662,196 @@ def decode_raw(where: str, rec: dict, section: bytes) -> np.ndarray:
     return data.reshape(-1).view(dtype).reshape(rec["shape"])
 
 
+# ==========================================================================
+# Arrangement coding: schemes exact and multiset (format.md Sections 9-11)
+# ==========================================================================
+
+RANS_M = 2**31  # probability scale M (9.2)
+RANS_L = 2**32  # lower end of the state interval [L, 2^64) (9.2)
+WORD = 2**32  # words are 32 bits
+
+
+class ClassCounts:
+    """The `left_c` of one row (9.1), with `C` and the search of 9.2 step 2.
+
+    A Fenwick (binary indexed) tree over the counts gives both "occurrences left
+    in classes below c" and "the class holding the t-th occurrence left" in
+    O(log K) steps, so rows with K = n classes (scheme exact) stay cheap.
+    """
+
+    def __init__(self, counts):
+        self.K = len(counts)
+        self.left = list(counts)
+        self.live = sum(1 for m in counts if m > 0)
+        self.tree = [0] * (self.K + 1)  # tree[i] = sum of left over a block ending at i-1
+        for i, m in enumerate(counts, start=1):
+            self.tree[i] += m
+            parent = i + (i & -i)
+            if parent <= self.K:
+                self.tree[parent] += self.tree[i]
+
+    def find(self, t: int) -> tuple[int, int]:
+        """The class c with C <= t < C + left_c, and its C (t counts from 0)."""
+        pos, rem = 0, t
+        step = 1 << self.K.bit_length()
+        while step:
+            nxt = pos + step
+            if nxt <= self.K and self.tree[nxt] <= rem:
+                pos, rem = nxt, rem - self.tree[nxt]
+            step >>= 1
+        # pos = the largest number of leading classes whose counts sum to <= t
+        return pos, t - rem
+
+    def take(self, c: int) -> None:
+        """left_c decreases by one (9.2 step 4)."""
+        self.left[c] -= 1
+        if self.left[c] == 0:
+            self.live -= 1
+        i = c + 1
+        while i <= self.K:
+            self.tree[i] -= 1
+            i += i & -i
+
+
+def interval(C: int, left_c: int, R: int) -> tuple[int, int]:
+    """(start, freq) of a coded position (9.1); R = positions left in the row."""
+    start = C * RANS_M // R
+    freq = (C + left_c) * RANS_M // R - start
+    return start, freq
+
+
+class Lane:
+    """One rANS stream of 32-bit words (9.2, decoding)."""
+
+    def __init__(self, where: str, words: list[int]):
+        self.where = where
+        self.words = words
+        self.pos = 2
+        # word_count >= 2 was checked with the section layout (9.3)
+        self.x = words[0] * WORD + words[1]
+        if self.x < RANS_L:
+            _fail(where, f"initial rANS state {self.x:#x} < 2^32")
+
+    def decode_row(self, counts) -> list[int]:
+        """The symbols s_0 .. s_{n-1} of one row with class counts m_c."""
+        n = sum(counts)
+        left = ClassCounts(counts)
+        symbols = []
+        for p in range(n):
+            R = n - p  # positions left (not the row count)
+            if left.live == 1:
+                c, _ = left.find(0)  # the only class with left_c > 0; x unchanged
+            else:
+                y = self.x % RANS_M
+                t = ((y + 1) * R - 1) // RANS_M
+                c, C = left.find(t)
+                start, freq = interval(C, left.left[c], R)
+                self.x = freq * (self.x // RANS_M) + y - start
+                if self.x < RANS_L:
+                    if self.pos == len(self.words):
+                        _fail(self.where, "rANS lane ran out of words")
+                    self.x = self.x * WORD + self.words[self.pos]
+                    self.pos += 1
+            left.take(c)
+            symbols.append(c)
+        return symbols
+
+    def finish(self) -> None:
+        """9.2: after the last row the state is L and every word has been read."""
+        if self.x != RANS_L:
+            _fail(self.where, f"rANS lane ends in state {self.x:#x}, not 2^32")
+        if self.pos != len(self.words):
+            _fail(self.where, f"rANS lane has {len(self.words) - self.pos} unread word(s)")
+
+
+def split_lanes(where: str, section: bytes, lanes: int) -> list[list[int]]:
+    """Section layout of 9.3: word_count[lanes], then the words of each lane."""
+    if len(section) < 4 * lanes:
+        _fail(where, f"section of {len(section)} bytes is too short for {lanes} word counts")
+    counts = struct.unpack_from(f"<{lanes}I", section, 0)
+    for j, wc in enumerate(counts):
+        if wc < 2:
+            _fail(where, f"lane {j}: word_count {wc} < 2")
+    expected = 4 * lanes + 4 * sum(counts)
+    if len(section) != expected:
+        _fail(where, f"section length {len(section)} != 4*lanes + 4*sum(word_count) = {expected}")
+    words = struct.unpack_from(f"<{sum(counts)}I", section, 4 * lanes)
+    out, pos = [], 0
+    for wc in counts:
+        out.append(list(words[pos:pos + wc]))
+        pos += wc
+    return out
+
+
+def decode_arrangement(where: str, section: bytes, lanes: int, row_counts: list) -> list:
+    """Decode the symbols of every row (9.3): row r belongs to lane r mod lanes."""
+    R = len(row_counts)
+    streams = split_lanes(where, section, lanes)
+    symbols = [None] * R
+    for j, lane_words in enumerate(streams):
+        lane = Lane(f"{where} lane {j}", lane_words)
+        for r in range(j, R, lanes):
+            symbols[r] = lane.decode_row(row_counts[r])
+        lane.finish()
+    return symbols
+
+
+def check_empty_rows(where: str, section: bytes, lanes: int) -> None:
+    """Rows of n = 0 code nothing: each lane must be exactly the state L.
+
+    Checked without walking the rows, whose count may be large (Section 15
+    counts a zero dimension as 1).
+    """
+    for j, lane_words in enumerate(split_lanes(where, section, lanes)):
+        lane = Lane(f"{where} lane {j}", lane_words)
+        lane.finish()
+
+
+def decode_exact(where: str, rec: dict, section: bytes) -> np.ndarray:
+    """Section 10: class c = initial position c; tensor[r][j] = init[r][pi_r[j]]."""
+    shape = rec["shape"]
+    R, n = rows_of(shape)
+    if n == 0:
+        check_empty_rows(where, section, rec["scheme_params"]["lanes"])
+        return np.zeros(shape, dtype=np.float32)
+    init = generate(rec["init"], R * n).reshape(R, n)
+    pi = decode_arrangement(where, section, rec["scheme_params"]["lanes"], [[1] * n] * R)
+    pi = np.array(pi, dtype=np.int64).reshape(R, n)
+    out = np.take_along_axis(init, pi, axis=1)
+    return out.reshape(shape)
+
+
+def row_classes(row: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Section 11: the runs of equal bits of the sorted row -> (m_c, v_c)."""
+    pool = np.sort(row)  # no -0.0 or NaN in a pool: value order is well defined
+    bits = pool.view(np.uint32)
+    if pool.size == 0:
+        return [], pool
+    firsts = np.flatnonzero(np.concatenate(([True], bits[1:] != bits[:-1])))
+    counts = np.diff(np.append(firsts, pool.size))
+    return [int(m) for m in counts], pool[firsts]
+
+
+def decode_multiset(where: str, rec: dict, section: bytes) -> np.ndarray:
+    """Section 11: class c = c-th smallest distinct value of the initial row."""
+    shape = rec["shape"]
+    R, n = rows_of(shape)
+    if n == 0:
+        check_empty_rows(where, section, rec["scheme_params"]["lanes"])
+        return np.zeros(shape, dtype=np.float32)
+    init = generate(rec["init"], R * n).reshape(R, n)
+    classes = [row_classes(init[r]) for r in range(R)]
+    symbols = decode_arrangement(where, section, rec["scheme_params"]["lanes"],
+                                 [counts for counts, _ in classes])
+    out = np.empty((R, n), dtype=np.float32)
+    for r in range(R):
+        out[r] = classes[r][1][np.array(symbols[r], dtype=np.int64)]
+    return out.reshape(shape)
+
+
+PERMUTED_DECODERS = {"delta": decode_delta, "exact": decode_exact, "multiset": decode_multiset}
+
+
 def tensor_bytes(arr: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr).tobytes()
 
@@ -628,7 +865,7 @@ def decode_section(rec: dict, buf: bytes, data_start: int) -> np.ndarray:
     if zlib.crc32(section) != rec["crc32"]:
         _fail(where, "section CRC-32 mismatch")
     if rec["kind"] == "permuted":
-        arr = decode_delta(where, rec, section)
+        arr = PERMUTED_DECODERS[rec["scheme"]](where, rec, section)
     else:
         arr = decode_raw(where, rec, section)
     if hashlib.sha256(tensor_bytes(arr)).digest() != rec["sha256"]:
