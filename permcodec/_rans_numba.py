@@ -48,95 +48,191 @@ def _add(tree, k, index, delta):
 
 
 @njit(cache=True, nogil=True)
-def _find(tree, k, top, target):
+def _find(tree, size, target):
+    """Class c and C (counts below c) with C <= target < C + count[c]; tree padded to a power of two.
+
+    Branch-free descent: a mispredicted branch per level costs more than the
+    whole step on random targets.
+    """
     pos = 0
     rest = target
-    step = top
+    step = size
     while step:
-        nxt = pos + step
-        if nxt <= k and tree[nxt] <= rest:
-            pos = nxt
-            rest -= tree[nxt]
+        value = tree[pos + step]
+        take = value <= rest
+        pos += step * take
+        rest -= value * take
         step >>= 1
     return pos, target - rest
 
 
 @njit(cache=True, nogil=True)
-def _top(k):
-    top = 1
-    while top * 2 <= k:
-        top *= 2
-    return top if k else 0
+def _build_padded(tree, counts, k, size):
+    """Fenwick tree over ``size`` >= k classes (a power of two), classes k .. size-1 empty."""
+    tree[:] = 0
+    for i in range(1, k + 1):
+        tree[i] = counts[i - 1]
+    for i in range(1, size + 1):
+        parent = i + (i & -i)
+        if parent <= size:
+            tree[parent] += tree[i]
+
+
+@njit(cache=True, nogil=True)
+def _padded_size(k):
+    size = 1
+    while size < k:
+        size *= 2
+    return size
 
 
 @njit(cache=True, parallel=True)
-def _encode_lanes(symbols, counts, lanes, out, out_start):
+def _model_rows(symbols, counts, start, freq):
+    """(start, freq) of every position (freq 0: not coded), one row per thread."""
     rows, n = symbols.shape
     k = counts.shape[1]
+    for r in prange(rows):
+        tree = np.empty(k + 1, np.int64)
+        remaining = counts[r].copy()
+        _build(tree, remaining, k)
+        live = 0
+        for c in range(k):
+            live += remaining[c] > 0
+        for p in range(n):
+            c = symbols[r, p]
+            if live > 1:
+                cum = _prefix(tree, c)
+                left = n - p
+                lo = (cum << PROB_BITS) // left
+                start[r, p] = lo
+                freq[r, p] = ((cum + remaining[c]) << PROB_BITS) // left - lo
+            else:
+                freq[r, p] = 0
+            _add(tree, k, c, -1)
+            remaining[c] -= 1
+            live -= remaining[c] == 0
+
+
+@njit(cache=True, parallel=True)
+def _swap_digits(pi, digits):
+    """Swap code, one row per thread: d_p = (where pi[p] sits now) - p, then swap it to p."""
+    rows, n = pi.shape
+    for r in prange(rows):
+        current = np.arange(n)
+        where = np.arange(n)
+        for p in range(n):
+            wanted = pi[r, p]
+            at = where[wanted]
+            digits[r, p] = at - p
+            displaced = current[p]
+            current[at] = displaced
+            where[displaced] = at
+            current[p] = wanted
+            where[wanted] = p
+
+
+def permutation_digits(pi):
+    digits = np.empty(pi.shape, np.int64)
+    _swap_digits(pi, digits)
+    return digits
+
+
+@njit(cache=True, parallel=True)
+def _unswap(digits, out):
+    rows, n = digits.shape
+    for r in prange(rows):
+        for q in range(n):
+            out[r, q] = q
+        for p in range(n - 1):
+            at = p + digits[r, p]
+            moved = out[r, at]
+            out[r, at] = out[r, p]
+            out[r, p] = moved
+
+
+def permutations_of(digits):
+    out = np.empty(digits.shape, np.int64)
+    _unswap(digits, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _encode_lanes(start, freq, lanes, out, out_start):
+    rows, n = start.shape
     used = np.zeros(lanes, np.int64)
     for j in prange(lanes):
-        tree = np.empty(k + 1, np.int64)
-        remaining = np.empty(k, np.int64)
-        start = np.empty(n, np.int64)
-        freq = np.empty(n, np.int64)
         x = _L
         w = out_start[j]
         last = j + ((rows - 1 - j) // lanes) * lanes
         for r in range(last, -1, -lanes):
-            _build(tree, counts[r], k)
-            live = 0
-            for c in range(k):
-                remaining[c] = counts[r, c]
-                if remaining[c] > 0:
-                    live += 1
-            for p in range(n):
-                c = symbols[r, p]
-                if live > 1:
-                    cum = _prefix(tree, c)
-                    rr = n - p
-                    lo = (cum << PROB_BITS) // rr
-                    start[p] = lo
-                    freq[p] = ((cum + remaining[c]) << PROB_BITS) // rr - lo
-                else:
-                    freq[p] = 0
-                _add(tree, k, c, -1)
-                remaining[c] -= 1
-                if remaining[c] == 0:
-                    live -= 1
             for p in range(n - 1, -1, -1):
-                f = np.uint64(freq[p])
+                f = np.uint64(freq[r, p])
                 if f == 0:
                     continue
                 if x >= (f << _U33):
                     out[w] = x & _WORD_MASK
                     w += 1
                     x = x >> _U32
-                x = ((x // f) << _UPROB) + (x % f) + np.uint64(start[p])
+                x = ((x // f) << _UPROB) + (x % f) + np.uint64(start[r, p])
         out[w] = x & _WORD_MASK
         out[w + 1] = x >> _U32
         used[j] = w + 2 - out_start[j]
     return used
 
 
-def encode(symbols: np.ndarray, counts: np.ndarray, lanes: int) -> list[np.ndarray]:
-    rows, n = symbols.shape
+def encode_lanes(start, freq, lanes: int) -> list[np.ndarray]:
+    rows, n = start.shape
     per_lane = np.array([((rows - j + lanes - 1) // lanes) * n + 2 for j in range(lanes)], dtype=np.int64)
     out_start = np.concatenate([[0], np.cumsum(per_lane)[:-1]]).astype(np.int64)
     out = np.empty(int(per_lane.sum()), dtype=np.uint64)
-    if rows == 0:
-        out[0::2], out[1::2] = STATE_LOW & 0xFFFFFFFF, STATE_LOW >> 32
-        used = np.full(lanes, 2, np.int64)
-    else:
-        used = _encode_lanes(symbols, counts, lanes, out, out_start)
+    used = _encode_lanes(np.ascontiguousarray(start), np.ascontiguousarray(freq), lanes, out, out_start)
     return [out[s:s + u][::-1].copy() for s, u in zip(out_start, used)]
+
+
+def arrangement_model(symbols, counts):
+    start = np.zeros(symbols.shape, np.int64)
+    freq = np.zeros(symbols.shape, np.int64)
+    _model_rows(symbols, counts, start, freq)
+    return start, freq
+
+
+@njit(cache=True, parallel=True)
+def _decode_digits(words, starts, ends, rows, n, lanes, digits, status):
+    """Scheme exact: the uniform digits of every row; the digit is t itself (C = t, m = 1)."""
+    for j in prange(lanes):
+        pointer = starts[j]
+        x = (words[pointer] << _U32) | words[pointer + 1]
+        pointer += 2
+        if x < _L:
+            status[j] = 1
+            continue
+        for r in range(j, rows, lanes):
+            for p in range(n - 1):
+                left = n - p
+                y = np.int64(x & _LOW_MASK)
+                t = ((y + 1) * left - 1) >> PROB_BITS
+                lo = (t << PROB_BITS) // left
+                f = ((t + 1) << PROB_BITS) // left - lo
+                x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
+                if x < _L:
+                    if pointer >= ends[j]:
+                        status[j] = 2
+                        break
+                    x = (x << _U32) | words[pointer]
+                    pointer += 1
+                digits[r, p] = t
+            if status[j]:
+                break
+        if status[j] == 0 and (x != _L or pointer != ends[j]):
+            status[j] = 3
 
 
 @njit(cache=True, parallel=True)
 def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status):
     rows, k = counts.shape
-    top = _top(k)
+    size = _padded_size(k)
     for j in prange(lanes):
-        tree = np.empty(k + 1, np.int64)
+        tree = np.empty(size + 1, np.int64)
         remaining = np.empty(k, np.int64)
         pointer = starts[j]
         x = (words[pointer] << _U32) | words[pointer + 1]
@@ -145,19 +241,21 @@ def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status):
             status[j] = 1
             continue
         for r in range(j, rows, lanes):
-            _build(tree, counts[r], k)
+            _build_padded(tree, counts[r], k, size)
             live = 0
             for c in range(k):
                 remaining[c] = counts[r, c]
-                if remaining[c] > 0:
-                    live += 1
+                live += remaining[c] > 0
             for p in range(n):
+                target = 0
+                left = n - p
+                y = np.int64(x & _LOW_MASK)
                 if live > 1:
-                    rr = n - p
-                    y = np.int64(x & _LOW_MASK)
-                    c, cum = _find(tree, k, top, ((y + 1) * rr - 1) >> PROB_BITS)
-                    lo = (cum << PROB_BITS) // rr
-                    f = ((cum + remaining[c]) << PROB_BITS) // rr - lo
+                    target = ((y + 1) * left - 1) >> PROB_BITS
+                c, cum = _find(tree, size, target)
+                if live > 1:
+                    lo = (cum << PROB_BITS) // left
+                    f = ((cum + remaining[c]) << PROB_BITS) // left - lo
                     x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
                     if x < _L:
                         if pointer >= ends[j]:
@@ -165,22 +263,25 @@ def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status):
                             break
                         x = (x << _U32) | words[pointer]
                         pointer += 1
-                else:
-                    c, cum = _find(tree, k, top, 0)
                 symbols[r, p] = c
-                _add(tree, k, c, -1)
+                _add(tree, size, c, -1)
                 remaining[c] -= 1
-                if remaining[c] == 0:
-                    live -= 1
+                live -= remaining[c] == 0
             if status[j]:
                 break
         if status[j] == 0 and (x != _L or pointer != ends[j]):
             status[j] = 3
 
 
-def decode(words, starts, ends, counts, n, lanes):
-    rows = counts.shape[0]
-    symbols = np.zeros((rows, n), dtype=np.int64)
+def decode_digits(words, starts, ends, rows, n, lanes):
     status = np.zeros(lanes, dtype=np.int64)
+    digits = np.zeros((rows, n), dtype=np.int64)
+    _decode_digits(words, starts.astype(np.int64), ends.astype(np.int64), rows, n, lanes, digits, status)
+    return digits, status
+
+
+def decode_arrangement(words, starts, ends, counts, n, lanes):
+    status = np.zeros(lanes, dtype=np.int64)
+    symbols = np.zeros((counts.shape[0], n), dtype=np.int64)
     _decode_lanes(words, starts.astype(np.int64), ends.astype(np.int64), counts, n, lanes, symbols, status)
     return symbols, status

@@ -1,23 +1,27 @@
-"""Arrangement coding: which class of a row's pool sits at each position, with rANS, near log2(n!/prod m!).
+"""Arrangement coding with rANS: a row's order near log2(n!/prod m!) bits, decoded lane-parallel.
 
-A row of ``n`` positions draws its symbols from classes ``0 .. K-1`` with known
-counts (summing to ``n``). Position ``p`` is coded with probability
-``remaining[c] / R`` (``R = n - p``): the cost of a row is log2(n! / prod m_c!)
-plus rounding, i.e. a Lehmer code when every count is 1 (scheme "exact") and a
-multiset code otherwise (scheme "multiset"). Each probability is quantized to
-``M = 2^31`` as ``start = floor(C * M / R)``, ``freq = floor((C + m) * M / R) - start``,
-which is exact, monotone and sums to ``M`` without redistribution. Positions
-where only one class remains are not coded at all.
+Two models share one coder:
 
-Rows are split into lanes: lane ``j`` codes rows ``j, j + lanes, ...`` one
-after another into its own 64-bit-state rANS stream of 32-bit words, so
-decoding runs across lanes in parallel and a row is sequential at most. The
-section is ``u32 word_count[lanes]`` followed by every lane's words, all
-little-endian. See specs/format.md, "Arrangement coding".
+- **digits** (scheme "exact"): position ``p`` of a row of ``n`` carries a digit
+  ``d_p`` uniform in ``[0, n - p)``. A permutation becomes digits by the swap
+  (Fisher-Yates) code: start from the identity, and at position ``p`` swap in
+  the wanted element from ``p + d_p``. Decoding is one swap per position, no
+  search; a row costs log2(n!) bits.
+- **arrangement** (scheme "multiset"): position ``p`` carries the class of its
+  value, coded with probability ``left[c] / Q`` (``Q = n - p``): a row costs
+  log2(n! / prod m_c!) bits.
 
-Two backends give identical words: numba kernels (parallel over lanes) when
-numba is importable, and numpy vectorized across lanes otherwise. Nothing here
-knows about tensors or files.
+A symbol of probability ``[C, C + m) / Q`` is quantized to ``M = 2^31`` as
+``start = floor(C * M / Q)``, ``freq = floor((C + m) * M / Q) - start``: exact,
+monotone, summing to ``M`` without redistribution. Positions with a single
+choice left are not coded. Rows are split into lanes: lane ``j`` codes rows
+``j, j + lanes, ...`` into its own 64-bit-state rANS stream of 32-bit words.
+The section is ``u32 word_count[lanes]`` then every lane's words, little-endian.
+See specs/format.md, Sections 9-11.
+
+Two backends give identical words: numba kernels (parallel over lanes and
+rows) when numba is importable, and numpy vectorized across lanes and rows
+otherwise. Nothing here knows about tensors or files.
 """
 
 from __future__ import annotations
@@ -57,39 +61,101 @@ def check_backend(backend: str | None) -> str:
 
 # ---------------------------------------------------------------- public API
 
-def encode(symbols: np.ndarray, counts: np.ndarray | None, lanes: int, backend: str | None = None) -> bytes:
-    """Code ``symbols`` (int [rows, n], the class at each position) given each row's class ``counts``.
+def encode_permutations(pi: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+    """Scheme exact: code each row of ``pi`` (int [rows, n], a permutation of 0 .. n-1 per row)."""
+    pi = np.ascontiguousarray(pi, dtype=np.int64)
+    if check_backend(backend) == "numba":
+        digits = _numba_kernels().permutation_digits(pi)
+    else:
+        digits = _permutation_digits_numpy(pi)
+    return encode_digits(digits, lanes, backend)
 
-    ``counts`` is int [rows, K] with every row summing to ``n`` (zero-padded
-    on the right), or None for "every position its own class" (K = n, counts 1).
-    The caller guarantees that each row's symbols match its counts.
-    """
+
+def decode_permutations(section: bytes, rows: int, n: int, lanes: int, what: str,
+                        backend: str | None = None) -> np.ndarray:
+    """The int64 [rows, n] permutations coded in ``section``; FormatError if it is not a valid coding."""
+    digits = decode_digits(section, rows, n, lanes, what, backend)
+    if check_backend(backend) == "numba":
+        return _numba_kernels().permutations_of(digits)
+    return _permutations_of_numpy(digits)
+
+
+def encode_digits(digits: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+    """Code digits [rows, n] with ``0 <= digits[r, p] < n - p`` (the last column is 0 and not coded)."""
+    digits = np.ascontiguousarray(digits, dtype=np.int64)
+    rows, n = digits.shape
+    assert 1 <= lanes <= max(rows, 1) and n <= MAX_ROW_LENGTH
+    left = n - np.arange(n, dtype=np.int64)
+    start = quantized(digits, left)
+    freq = np.where(left > 1, quantized(digits + 1, left) - start, 0)
+    return encode_model(start, freq, lanes, backend)
+
+
+def decode_digits(section: bytes, rows: int, n: int, lanes: int, what: str,
+                  backend: str | None = None) -> np.ndarray:
+    words, starts, ends = split_lanes(section, lanes, what)
+    if rows == 0 or n <= 1:
+        digits, status = np.zeros((rows, n), dtype=np.int64), nothing_coded(words, starts, ends)
+    elif check_backend(backend) == "numba":
+        digits, status = _numba_kernels().decode_digits(words, starts, ends, rows, n, lanes)
+    else:
+        digits, status = _decode_digits_numpy(words, starts, ends, rows, n, lanes)
+    check_status(status, what)
+    return digits
+
+
+def encode_arrangement(symbols: np.ndarray, counts: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+    """Scheme multiset: code ``symbols`` (int [rows, n], the class at each position) given each row's
+    class ``counts`` (int [rows, K], summing to n, zero-padded on the right)."""
     symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
     rows, n = symbols.shape
-    counts = all_ones(rows, n) if counts is None else np.ascontiguousarray(counts, dtype=np.int64)
     assert 1 <= lanes <= max(rows, 1) and n <= MAX_ROW_LENGTH
     if check_backend(backend) == "numba":
-        lane_words = _numba_kernels().encode(symbols, counts, lanes)
+        start, freq = _numba_kernels().arrangement_model(symbols, counts)
     else:
-        lane_words = _encode_numpy(symbols, counts, lanes)
+        start, freq = _arrangement_model_numpy(symbols, counts)
+    return encode_model(start, freq, lanes, backend)
+
+
+def decode_arrangement(section: bytes, counts: np.ndarray, rows: int, n: int, lanes: int, what: str,
+                       backend: str | None = None) -> np.ndarray:
+    """The int64 [rows, n] class symbols coded in ``section``; FormatError if it is not a valid coding."""
+    words, starts, ends = split_lanes(section, lanes, what)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    if rows == 0 or n <= 1:
+        symbols, status = single_class(counts, n), nothing_coded(words, starts, ends)
+    elif check_backend(backend) == "numba":
+        symbols, status = _numba_kernels().decode_arrangement(words, starts, ends, counts, n, lanes)
+    else:
+        symbols, status = _decode_arrangement_numpy(words, starts, ends, counts, n, lanes)
+    check_status(status, what)
+    return symbols
+
+
+def encode_model(start: np.ndarray, freq: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+    """The section of symbols given their (start, freq) [rows, n]; freq 0 marks a position not coded."""
+    if check_backend(backend) == "numba":
+        lane_words = _numba_kernels().encode_lanes(start, freq, lanes)
+    else:
+        lane_words = _encode_lanes_numpy(start, freq, lanes)
     lengths = np.array([len(words) for words in lane_words], dtype="<u4")
     return lengths.tobytes() + b"".join(words.astype("<u4").tobytes() for words in lane_words)
 
 
-def decode(section: bytes, counts: np.ndarray | None, rows: int, n: int, lanes: int, what: str,
-           backend: str | None = None) -> np.ndarray:
-    """The int64 [rows, n] symbols coded in ``section``; FormatError if the section is not a valid coding."""
-    words, starts, ends = split_lanes(section, lanes, what)
-    counts = all_ones(rows, n) if counts is None else np.ascontiguousarray(counts, dtype=np.int64)
-    if check_backend(backend) == "numba":
-        symbols, status = _numba_kernels().decode(words, starts, ends, counts, n, lanes)
-    else:
-        symbols, status = _decode_numpy(words, starts, ends, counts, n, lanes)
+def check_status(status: np.ndarray, what: str) -> None:
     bad = np.flatnonzero(status)
     if bad.size:
         lane = int(bad[0])
         raise FormatError(f"{what}: lane {lane} {LANE_ERRORS[int(status[lane])]}")
-    return symbols
+
+
+def single_class(counts: np.ndarray, n: int) -> np.ndarray:
+    """Symbols of rows with at most one position: the first class that occurs."""
+    rows = counts.shape[0]
+    if n == 0 or rows == 0:
+        return np.zeros((rows, n), dtype=np.int64)
+    return np.argmax(counts > 0, axis=1).astype(np.int64).reshape(rows, 1)
 
 
 LANE_ERRORS = {
@@ -99,8 +165,12 @@ LANE_ERRORS = {
 }
 
 
-def all_ones(rows: int, n: int) -> np.ndarray:
-    return np.ones((rows, n), dtype=np.int64)
+def nothing_coded(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Lane status when no position is coded: each lane must be exactly the state L, without walking rows."""
+    first = (words[starts] << np.uint64(32)) | words[starts + 1]
+    status = np.where(first < np.uint64(STATE_LOW), 1, 0)
+    status[(status == 0) & ((first != np.uint64(STATE_LOW)) | (ends - starts != 2))] = 3
+    return status
 
 
 def split_lanes(section: bytes, lanes: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,6 +196,37 @@ def quantized(cum: np.ndarray, remaining: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- numpy backend
+
+def _permutation_digits_numpy(pi: np.ndarray) -> np.ndarray:
+    """Swap code of each row, all rows at once: d_p = (where pi[p] sits now) - p, then swap it to p."""
+    rows, n = pi.shape
+    every = np.arange(rows)
+    current = np.tile(np.arange(n, dtype=np.int64), (rows, 1))  # current[q]: the element at q
+    where = current.copy()                                      # where[e]: the position of element e
+    digits = np.zeros((rows, n), dtype=np.int64)
+    for p in range(n):
+        wanted = pi[:, p]
+        at = where[every, wanted]
+        digits[:, p] = at - p
+        displaced = current[:, p].copy()
+        current[every, at] = displaced
+        where[every, displaced] = at
+        current[:, p] = wanted
+        where[every, wanted] = p
+    return digits
+
+
+def _permutations_of_numpy(digits: np.ndarray) -> np.ndarray:
+    rows, n = digits.shape
+    every = np.arange(rows)
+    out = np.tile(np.arange(n, dtype=np.int64), (rows, 1))
+    for p in range(n - 1):
+        at = p + digits[:, p]
+        moved = out[every, at]
+        out[every, at] = out[:, p]
+        out[:, p] = moved
+    return out
+
 
 def _fenwick_build(counts: np.ndarray) -> np.ndarray:
     """Fenwick trees [rows, K + 1] of int64 counts [rows, K], index 0 unused."""
@@ -180,7 +281,7 @@ def _fenwick_find(tree: np.ndarray, lane: np.ndarray, target: np.ndarray) -> tup
     return pos, target - rest
 
 
-def _row_model_numpy(symbols: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _arrangement_model_numpy(symbols: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(start, freq) int64 [rows, n] of every position; freq 0 marks a position that is not coded."""
     rows, n = symbols.shape
     tree = _fenwick_build(counts)
@@ -194,23 +295,21 @@ def _row_model_numpy(symbols: np.ndarray, counts: np.ndarray) -> tuple[np.ndarra
         coded = live > 1
         cum = _fenwick_prefix(tree, every, c)
         m = remaining[every, c]
-        r = np.int64(n - p)
-        lo = quantized(cum, r)
+        left = np.int64(n - p)
+        lo = quantized(cum, left)
         start[:, p] = np.where(coded, lo, 0)
-        freq[:, p] = np.where(coded, quantized(cum + m, r) - lo, 0)
+        freq[:, p] = np.where(coded, quantized(cum + m, left) - lo, 0)
         _fenwick_add(tree, every, c, -1)
         remaining[every, c] -= 1
         live -= remaining[every, c] == 0
     return start, freq
 
 
-def _encode_numpy(symbols: np.ndarray, counts: np.ndarray, lanes: int) -> list[np.ndarray]:
-    rows, n = symbols.shape
-    start, freq = _row_model_numpy(symbols, counts)
+def _encode_lanes_numpy(start: np.ndarray, freq: np.ndarray, lanes: int) -> list[np.ndarray]:
+    rows, n = start.shape
     state = np.full(lanes, STATE_LOW, dtype=np.uint64)
-    emitted: list[list[np.ndarray]] = [[] for _ in range(lanes)]
-    blocks = -(-rows // lanes)
-    for block in reversed(range(blocks)):
+    emitted: list[list[int]] = [[] for _ in range(lanes)]
+    for block in reversed(range(-(-rows // lanes))):
         row_ids = np.arange(block * lanes, min(rows, (block + 1) * lanes))
         lane = row_ids - block * lanes
         for p in reversed(range(n)):
@@ -219,7 +318,7 @@ def _encode_numpy(symbols: np.ndarray, counts: np.ndarray, lanes: int) -> list[n
             x = state[lane]
             spill = coded & (x >= (f << np.uint64(33)))
             for j in lane[spill]:
-                emitted[j].append(np.uint64(int(state[j]) & 0xFFFFFFFF))
+                emitted[j].append(int(state[j]) & 0xFFFFFFFF)
             x = np.where(spill, x >> np.uint64(WORD_BITS), x)
             safe_f = np.where(coded, f, np.uint64(1))
             encoded = ((x // safe_f) << np.uint64(PROB_BITS)) + (x % safe_f) + start[row_ids, p].astype(np.uint64)
@@ -227,56 +326,79 @@ def _encode_numpy(symbols: np.ndarray, counts: np.ndarray, lanes: int) -> list[n
     out = []
     for j in range(lanes):
         x = int(state[j])
-        words = [int(w) for w in emitted[j]] + [x & 0xFFFFFFFF, x >> 32]
-        out.append(np.array(words[::-1], dtype=np.uint64))
+        out.append(np.array((emitted[j] + [x & 0xFFFFFFFF, x >> 32])[::-1], dtype=np.uint64))
     return out
 
 
-def _decode_numpy(words, starts, ends, counts, n, lanes):
-    rows = counts.shape[0]
-    symbols = np.zeros((rows, n), dtype=np.int64)
-    status = np.zeros(lanes, dtype=np.int64)
+def _read_words(x, need, lane, pointer, ends, words, status):
+    """Renormalize the lanes in ``need``: one word each, or status 2 where a lane has none left."""
+    short = need & (pointer[lane] >= ends[lane])
+    status[lane[short]] = 2
+    need = need & ~short
+    x[need] = (x[need] << np.uint64(32)) | words[pointer[lane[need]]]
+    pointer[lane[need]] += 1
+    return x
+
+
+def _initial_states(words, starts, lanes):
     state = (words[starts] << np.uint64(32)) | words[starts + 1]
-    status[state < np.uint64(STATE_LOW)] = 1
-    pointer = starts + 2
+    status = np.where(state < np.uint64(STATE_LOW), 1, 0).astype(np.int64)
+    return state, status, starts + 2
+
+
+def _final_status(state, pointer, ends, status):
+    status[(status == 0) & ((state != np.uint64(STATE_LOW)) | (pointer != ends))] = 3
+    return status
+
+
+def _decode_digits_numpy(words, starts, ends, rows, n, lanes):
+    """Uniform digits lane by lane: the digit is t itself (C = t, m = 1), so no tree is needed."""
+    digits = np.zeros((rows, n), dtype=np.int64)
+    state, status, pointer = _initial_states(words, starts, lanes)
     for first in range(0, rows, lanes):
         row_ids = np.arange(first, min(rows, first + lanes))
         lane = row_ids - first
-        ok = status[lane] == 0
-        row_ids, lane = row_ids[ok], lane[ok]
-        if not row_ids.size:
-            continue
+        for p in range(n - 1):
+            left = np.int64(n - p)
+            x = state[lane]
+            y = (x & np.uint64(PROB_SCALE - 1)).astype(np.int64)
+            t = ((y + 1) * left - 1) >> PROB_BITS
+            lo = quantized(t, left)
+            x = (quantized(t + 1, left) - lo).astype(np.uint64) * (x >> np.uint64(PROB_BITS)) + \
+                (y - lo).astype(np.uint64)
+            state[lane] = _read_words(x, (x < np.uint64(STATE_LOW)) & (status[lane] == 0), lane, pointer, ends,
+                                      words, status)
+            digits[row_ids, p] = t
+    return digits, _final_status(state, pointer, ends, status)
+
+
+def _decode_arrangement_numpy(words, starts, ends, counts, n, lanes):
+    rows = counts.shape[0]
+    symbols = np.zeros((rows, n), dtype=np.int64)
+    state, status, pointer = _initial_states(words, starts, lanes)
+    for first in range(0, rows, lanes):
+        row_ids = np.arange(first, min(rows, first + lanes))
+        lane = row_ids - first
         tree = _fenwick_build(counts[row_ids])
         remaining = counts[row_ids].copy()
         live = (remaining > 0).sum(axis=1)
         local = np.arange(row_ids.size)
         for p in range(n):
-            r = np.int64(n - p)
+            left = np.int64(n - p)
             x = state[lane]
             y = (x & np.uint64(PROB_SCALE - 1)).astype(np.int64)
             coded = live > 1
-            target = np.where(coded, ((y + 1) * r - 1) >> PROB_BITS, 0)
-            c, cum = _fenwick_find(tree, local, target)
-            m = remaining[local, c]
-            lo = quantized(cum, r)
-            f = quantized(cum + m, r) - lo
-            decoded = f.astype(np.uint64) * (x >> np.uint64(PROB_BITS)) + (y - lo).astype(np.uint64)
-            x = np.where(coded, decoded, x)
-            need = coded & (x < np.uint64(STATE_LOW))
-            short = need & (pointer[lane] >= ends[lane])
-            status[lane[short]] = 2
-            need &= ~short
-            read = pointer[lane[need]]
-            x[need] = (x[need] << np.uint64(32)) | words[read]
-            pointer[lane[need]] += 1
-            state[lane] = x
+            c, cum = _fenwick_find(tree, local, np.where(coded, ((y + 1) * left - 1) >> PROB_BITS, 0))
+            lo = quantized(cum, left)
+            f = quantized(cum + remaining[local, c], left) - lo
+            x = np.where(coded, f.astype(np.uint64) * (x >> np.uint64(PROB_BITS)) + (y - lo).astype(np.uint64), x)
+            state[lane] = _read_words(x, coded & (x < np.uint64(STATE_LOW)) & (status[lane] == 0), lane, pointer,
+                                      ends, words, status)
             symbols[row_ids, p] = c
             _fenwick_add(tree, local, c, -1)
             remaining[local, c] -= 1
             live -= remaining[local, c] == 0
-    done = (status == 0) & ((state != np.uint64(STATE_LOW)) | (pointer != ends))
-    status[done] = 3
-    return symbols, status
+    return symbols, _final_status(state, pointer, ends, status)
 
 
 # ---------------------------------------------------------------- numba backend

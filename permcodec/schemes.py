@@ -2,9 +2,9 @@
 
 - ``delta``: zigzag(trained rank - initial rank) per element, byte planes, zstd.
   Small when training moved few values far (lightly trained models).
-- ``exact``: the permutation pi with trained[j] = initial[pi[j]], arrangement-coded
-  (``rans``) with every initial position its own class: log2(n!) bits per row
-  plus rounding. The decoder needs no sort.
+- ``exact``: the permutation pi with trained[j] = initial[pi[j]], as swap-code
+  digits (``rans``): log2(n!) bits per row plus rounding. The decoder needs no
+  sort and no search: one swap per position.
 - ``multiset``: the class (distinct value, ascending) at each position,
   arrangement-coded with the pool's multiplicities: log2(n!/prod m_v!) per row,
   far below log2(n!) for sparse and shared-value pools.
@@ -114,12 +114,12 @@ def encode_delta(trained: perm.SortedRows, initial: perm.SortedRows, zstd_level:
 def encode_exact(trained: perm.SortedRows, initial: perm.SortedRows, lanes: int) -> bytes:
     """pi with trained[j] = initial[pi[j]]; ties map the k-th equal value to the k-th, in position order."""
     pi = torch.empty_like(trained.order).scatter_(1, trained.order, initial.order)
-    return rans.encode(pi.numpy(), None, lanes)
+    return rans.encode_permutations(pi.numpy(), lanes)
 
 
 def encode_multiset(trained: perm.SortedRows, classes: PoolClasses, lanes: int) -> bytes:
     symbols = torch.empty_like(trained.order).scatter_(1, trained.order, classes.of_sorted)
-    return rans.encode(symbols.numpy(), classes.counts.numpy(), lanes)
+    return rans.encode_arrangement(symbols.numpy(), classes.counts.numpy(), lanes)
 
 
 def schemes_to_try(level: Level, repeats: bool) -> list[str]:
@@ -172,11 +172,11 @@ def decode(scheme: str, params: dict, initial: torch.Tensor, section: bytes, wha
     if scheme == DELTA:
         return decode_delta(initial, section, what)
     if scheme == EXACT:
-        pi = rans.decode(section, None, rows, n, params["lanes"], what)
+        pi = rans.decode_permutations(section, rows, n, params["lanes"], what)
         return torch.gather(initial, 1, torch.from_numpy(pi).to(initial.device))
     pool = torch.sort(initial, dim=1).values
     classes = PoolClasses.of(pool)
-    symbols = rans.decode(section, classes.counts.cpu().numpy(), rows, n, params["lanes"], what)
+    symbols = rans.decode_arrangement(section, classes.counts.cpu().numpy(), rows, n, params["lanes"], what)
     return torch.gather(classes.values(pool), 1, torch.from_numpy(symbols).to(initial.device))
 
 

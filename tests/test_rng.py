@@ -91,3 +91,14 @@ def test_bad_stream():
 def test_block_range_past_int64():
     with pytest.raises(SpecError, match=r"outside \[0, 2\*\*63\)"):
         rng.philox_blocks(0, 0, 0, 2**63 - 1, 2)
+
+
+@pytest.mark.skipif(rng.compiled_kernel() is None, reason="numba is not installed")
+@pytest.mark.parametrize("seed,stream,substream,start,count", [
+    (0, 0, 0, 0, 1), (2**64 - 1, 2**32 - 1, 1, 2**32 - 3, 7), (123, 4, 0, 10**12, 1000), (5, 6, 1, 0, 0),
+])
+def test_compiled_philox_gives_the_torch_words(monkeypatch, seed, stream, substream, start, count):
+    compiled = rng.philox_blocks(seed, stream, substream, start, count)
+    monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
+    assert rng.compiled_kernel() is None
+    assert torch.equal(compiled, rng.philox_blocks(seed, stream, substream, start, count))
