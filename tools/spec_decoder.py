@@ -5,9 +5,10 @@ looking at the reference implementation (`permcodec/`), its tests or its tools.
 It depends on numpy, msgpack and zstandard plus the standard library (hashlib,
 zlib, struct); it does not use torch.
 
-It reads the index schemes `delta`, `exact` and `multiset` (format.md Sections
-8-11; the rANS arrangement coder of Section 9 is done with exact Python ints)
-and the raw codec `shuffle-zstd` (Section 13).
+It reads format version 1, revision 1.1: the index schemes `delta`, `exact`
+(swap code) and `multiset` (format.md Sections 8-11; the rANS arrangement coder
+of Section 9 is done with exact Python ints) and the raw codec `shuffle-zstd`
+(Section 13).
 
 `decode_file(path)` returns `{name: numpy.ndarray}` with the stored shape and a
 numpy dtype matching the record's `dtype`.  numpy has no bfloat16, so a
@@ -237,6 +238,9 @@ def normal_f64(seed, stream, count, mean: float, std: float) -> np.ndarray:
 
 
 def dense_f32(dist: str, params: dict, seed, stream, count) -> np.ndarray:
+    # A float field may be stored as a msgpack integer (format.md Section 2):
+    # its value is what counts, so every parameter becomes an f64 first.
+    params = {k: float(v) for k, v in params.items()}
     if dist == "uniform":
         x = uniform_f64(seed, stream, count, params["low"], params["high"])
     elif dist in ("he_uniform", "glorot_uniform"):
@@ -268,7 +272,7 @@ def generate(init: dict, count: int) -> np.ndarray:
         base = dense_f32(params["base"]["dist"], params["base"]["params"], seed, stream, count)
         return np.where(kept, base, np.float32(0.0)).astype(np.float32)
     if dist == "shared":
-        return np.where(kept, np.float32(params["value"]), np.float32(0.0)).astype(np.float32)
+        return np.where(kept, np.float32(float(params["value"])), np.float32(0.0)).astype(np.float32)
     raise ValueError(f"unknown distribution {dist!r}")  # pragma: no cover
 
 
@@ -295,8 +299,16 @@ def _check_keys(where: str, obj, expected: set):
 
 
 def _check_f32(where: str, field: str, v) -> float:
+    """A float field: a msgpack float or integer (not a boolean) whose value is
+    exactly a finite f32 value (format.md Section 2, rng.md Section 7)."""
+    if _is_int(v):
+        if abs(v) > F32_MAX:  # also keeps float(v) from overflowing
+            _fail(where, f"field {field!r}: integer beyond the f32 range")
+        if float(v) != v:  # not exactly representable in f64, hence not in f32
+            _fail(where, f"field {field!r} = {v} is not exactly an f32 value")
+        v = float(v)
     if not isinstance(v, float):
-        _fail(where, f"field {field!r} must be a float, got {type(v).__name__}")
+        _fail(where, f"field {field!r} must be a number, got {type(v).__name__}")
     if not math.isfinite(v):
         _fail(where, f"field {field!r} is not finite")
     if float(np.float32(v)) != v:
@@ -316,7 +328,7 @@ def _check_density(where, params):
 
 
 def _check_dense(where: str, dist, params):
-    if dist not in DENSE_DISTS:
+    if not isinstance(dist, str) or dist not in DENSE_DISTS:
         _fail(where, f"unknown or non-dense distribution {dist!r}")
     _check_keys(where + " params", params, set(DENSE_DISTS[dist]))
     p = {k: _check_f32(where, k, params[k]) for k in DENSE_DISTS[dist]}
@@ -456,7 +468,7 @@ SCHEMES = ("delta", "exact", "multiset")
 
 def check_scheme(where: str, scheme, params, shape) -> None:
     """format.md 6.2: the scheme id and its scheme_params."""
-    if scheme not in SCHEMES:
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
         _fail(where, f"unknown index scheme {scheme!r}")
     if not isinstance(params, dict):
         _fail(where, "scheme_params must be a map")
@@ -469,7 +481,9 @@ def check_scheme(where: str, scheme, params, shape) -> None:
         _fail(where, f"scheme_params of scheme {scheme!r} must be exactly {{'lanes': int}}, "
                      f"got keys {sorted(map(str, params))}")
     lanes = params["lanes"]
-    R = rows_of(shape)[0]
+    R, n = rows_of(shape)
+    if n > MAX_ARRANGEMENT_N:  # 9.3: whatever the limits, even with R = 0
+        _fail(where, f"scheme {scheme!r} needs rows of n <= 2^31, got n = {n}")
     if not _is_int(lanes):
         _fail(where, f"scheme_params.lanes must be an integer, got {type(lanes).__name__}")
     if not 1 <= lanes <= max(R, 1):
@@ -492,7 +506,7 @@ def check_record(rec, expected_offset: int) -> None:
         _check_keys(where, rec, RAW_KEYS)
     else:
         _fail(where, f"unknown kind {kind!r}")
-    if rec["dtype"] not in DTYPES:
+    if not isinstance(rec["dtype"], str) or rec["dtype"] not in DTYPES:
         _fail(where, f"unknown dtype {rec['dtype']!r}")
     shape = rec["shape"]
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
@@ -669,54 +683,13 @@ def decode_raw(where: str, rec: dict, section: bytes) -> np.ndarray:
 RANS_M = 2**31  # probability scale M (9.2)
 RANS_L = 2**32  # lower end of the state interval [L, 2^64) (9.2)
 WORD = 2**32  # words are 32 bits
+MAX_ARRANGEMENT_N = 2**31  # 9.3: exact and multiset need n <= 2^31
 
 
-class ClassCounts:
-    """The `left_c` of one row (9.1), with `C` and the search of 9.2 step 2.
-
-    A Fenwick (binary indexed) tree over the counts gives both "occurrences left
-    in classes below c" and "the class holding the t-th occurrence left" in
-    O(log K) steps, so rows with K = n classes (scheme exact) stay cheap.
-    """
-
-    def __init__(self, counts):
-        self.K = len(counts)
-        self.left = list(counts)
-        self.live = sum(1 for m in counts if m > 0)
-        self.tree = [0] * (self.K + 1)  # tree[i] = sum of left over a block ending at i-1
-        for i, m in enumerate(counts, start=1):
-            self.tree[i] += m
-            parent = i + (i & -i)
-            if parent <= self.K:
-                self.tree[parent] += self.tree[i]
-
-    def find(self, t: int) -> tuple[int, int]:
-        """The class c with C <= t < C + left_c, and its C (t counts from 0)."""
-        pos, rem = 0, t
-        step = 1 << self.K.bit_length()
-        while step:
-            nxt = pos + step
-            if nxt <= self.K and self.tree[nxt] <= rem:
-                pos, rem = nxt, rem - self.tree[nxt]
-            step >>= 1
-        # pos = the largest number of leading classes whose counts sum to <= t
-        return pos, t - rem
-
-    def take(self, c: int) -> None:
-        """left_c decreases by one (9.2 step 4)."""
-        self.left[c] -= 1
-        if self.left[c] == 0:
-            self.live -= 1
-        i = c + 1
-        while i <= self.K:
-            self.tree[i] -= 1
-            i += i & -i
-
-
-def interval(C: int, left_c: int, R: int) -> tuple[int, int]:
-    """(start, freq) of a coded position (9.1); R = positions left in the row."""
-    start = C * RANS_M // R
-    freq = (C + left_c) * RANS_M // R - start
+def interval(C: int, m: int, Q: int) -> tuple[int, int]:
+    """(start, freq) of a coded symbol [C, C + m) of [0, Q) (9.1)."""
+    start = C * RANS_M // Q
+    freq = (C + m) * RANS_M // Q - start
     return start, freq
 
 
@@ -732,29 +705,24 @@ class Lane:
         if self.x < RANS_L:
             _fail(where, f"initial rANS state {self.x:#x} < 2^32")
 
-    def decode_row(self, counts) -> list[int]:
-        """The symbols s_0 .. s_{n-1} of one row with class counts m_c."""
-        n = sum(counts)
-        left = ClassCounts(counts)
-        symbols = []
-        for p in range(n):
-            R = n - p  # positions left (not the row count)
-            if left.live == 1:
-                c, _ = left.find(0)  # the only class with left_c > 0; x unchanged
-            else:
-                y = self.x % RANS_M
-                t = ((y + 1) * R - 1) // RANS_M
-                c, C = left.find(t)
-                start, freq = interval(C, left.left[c], R)
-                self.x = freq * (self.x // RANS_M) + y - start
-                if self.x < RANS_L:
-                    if self.pos == len(self.words):
-                        _fail(self.where, "rANS lane ran out of words")
-                    self.x = self.x * WORD + self.words[self.pos]
-                    self.pos += 1
-            left.take(c)
-            symbols.append(c)
-        return symbols
+    def decode(self, Q: int, select):
+        """Steps 2-3 of 9.2 for one coded position with Q positions left.
+
+        `select(t)` returns (symbol, C, m): the symbol whose [C, C + m) holds t.
+        """
+        y = self.x % RANS_M
+        t = ((y + 1) * Q - 1) // RANS_M  # 0 <= t < Q
+        symbol, C, m = select(t)
+        assert 0 <= C <= t < C + m <= Q
+        start, freq = interval(C, m, Q)
+        assert freq >= 1 and start <= y < start + freq
+        self.x = freq * (self.x // RANS_M) + y - start
+        if self.x < RANS_L:
+            if self.pos == len(self.words):
+                _fail(self.where, "rANS lane ran out of words")
+            self.x = self.x * WORD + self.words[self.pos]
+            self.pos += 1
+        return symbol
 
     def finish(self) -> None:
         """9.2: after the last row the state is L and every word has been read."""
@@ -762,6 +730,84 @@ class Lane:
             _fail(self.where, f"rANS lane ends in state {self.x:#x}, not 2^32")
         if self.pos != len(self.words):
             _fail(self.where, f"rANS lane has {len(self.words) - self.pos} unread word(s)")
+
+
+def _digit(t: int):
+    """exact (9.1): the digit d = t, with C = d and m = 1."""
+    return t, t, 1
+
+
+def decode_exact_row(lane: Lane, n: int) -> list[int]:
+    """Section 10: the swap-code digits d_0 .. d_{n-2} of one row, applied to
+    a = [0 .. n-1]; returns pi = a."""
+    a = list(range(n))
+    for p in range(n):
+        Q = n - p
+        if Q == 1:
+            d = 0  # position n - 1: m = Q, not coded; the state is unchanged
+        else:
+            d = lane.decode(Q, _digit)
+        i = p + d
+        a[p], a[i] = a[i], a[p]  # a no-op for p = n - 1 (d = 0)
+    return a
+
+
+class ClassCounts:
+    """The `left_c` of one multiset row (9.1), with `C` and the search of 9.2 step 2.
+
+    A Fenwick (binary indexed) tree over the counts gives both "occurrences left
+    in classes below c" and "the class holding the t-th occurrence left" in
+    O(log K) steps.
+    """
+
+    def __init__(self, counts):
+        self.K = len(counts)
+        self.left = list(counts)
+        self.live = sum(1 for m in counts if m > 0)
+        self.tree = [0] * (self.K + 1)  # tree[i] = sum of left over a block ending at i-1
+        for i, m in enumerate(counts, start=1):
+            self.tree[i] += m
+            parent = i + (i & -i)
+            if parent <= self.K:
+                self.tree[parent] += self.tree[i]
+
+    def select(self, t: int):
+        """(c, C, left_c) for the class c with C <= t < C + left_c (t counts from 0)."""
+        pos, rem = 0, t
+        step = 1 << self.K.bit_length()
+        while step:
+            nxt = pos + step
+            if nxt <= self.K and self.tree[nxt] <= rem:
+                pos, rem = nxt, rem - self.tree[nxt]
+            step >>= 1
+        # pos = the largest number of leading classes whose counts sum to <= t
+        return pos, t - rem, self.left[pos]
+
+    def take(self, c: int) -> None:
+        """left_c decreases by one (9.2 step 4)."""
+        self.left[c] -= 1
+        if self.left[c] == 0:
+            self.live -= 1
+        i = c + 1
+        while i <= self.K:
+            self.tree[i] -= 1
+            i += i & -i
+
+
+def decode_multiset_row(lane: Lane, counts: list[int]) -> list[int]:
+    """Section 11: the classes s_0 .. s_{n-1} of one row with class counts m_c."""
+    n = sum(counts)
+    left = ClassCounts(counts)
+    symbols = []
+    for p in range(n):
+        Q = n - p  # positions left
+        if left.live == 1:
+            c = left.select(0)[0]  # only class left: m = Q, not coded
+        else:
+            c = lane.decode(Q, left.select)
+        left.take(c)
+        symbols.append(c)
+    return symbols
 
 
 def split_lanes(where: str, section: bytes, lanes: int) -> list[list[int]]:
@@ -772,7 +818,7 @@ def split_lanes(where: str, section: bytes, lanes: int) -> list[list[int]]:
     for j, wc in enumerate(counts):
         if wc < 2:
             _fail(where, f"lane {j}: word_count {wc} < 2")
-    expected = 4 * lanes + 4 * sum(counts)
+    expected = 4 * lanes + 4 * sum(counts)  # Python ints: no overflow
     if len(section) != expected:
         _fail(where, f"section length {len(section)} != 4*lanes + 4*sum(word_count) = {expected}")
     words = struct.unpack_from(f"<{sum(counts)}I", section, 4 * lanes)
@@ -783,50 +829,49 @@ def split_lanes(where: str, section: bytes, lanes: int) -> list[list[int]]:
     return out
 
 
-def decode_arrangement(where: str, section: bytes, lanes: int, row_counts: list) -> list:
-    """Decode the symbols of every row (9.3): row r belongs to lane r mod lanes."""
-    R = len(row_counts)
+def decode_lanes(where: str, section: bytes, lanes: int, R: int, decode_row) -> list:
+    """9.3: row r belongs to lane r mod lanes; decode_row(lane, r) -> row symbols."""
     streams = split_lanes(where, section, lanes)
-    symbols = [None] * R
+    rows = [None] * R
     for j, lane_words in enumerate(streams):
         lane = Lane(f"{where} lane {j}", lane_words)
         for r in range(j, R, lanes):
-            symbols[r] = lane.decode_row(row_counts[r])
+            rows[r] = decode_row(lane, r)
         lane.finish()
-    return symbols
+    return rows
 
 
-def check_empty_rows(where: str, section: bytes, lanes: int) -> None:
-    """Rows of n = 0 code nothing: each lane must be exactly the state L.
-
-    Checked without walking the rows, whose count may be large (Section 15
-    counts a zero dimension as 1).
-    """
+def codes_nothing(where: str, section: bytes, lanes: int, R: int, n: int) -> bool:
+    """9.3: with R = 0 or n <= 1 nothing is coded and every lane is exactly the
+    two words of the state L; checked without walking the rows."""
+    if R > 0 and n > 1:
+        return False
     for j, lane_words in enumerate(split_lanes(where, section, lanes)):
-        lane = Lane(f"{where} lane {j}", lane_words)
-        lane.finish()
+        if lane_words != [RANS_L >> 32, RANS_L & 0xFFFFFFFF]:
+            _fail(where, f"lane {j} of a tensor that codes nothing is not exactly the state 2^32")
+    return True
 
 
 def decode_exact(where: str, rec: dict, section: bytes) -> np.ndarray:
-    """Section 10: class c = initial position c; tensor[r][j] = init[r][pi_r[j]]."""
+    """Section 10: swap-code digits -> pi; tensor[r][j] = init[r][pi_r[j]]."""
     shape = rec["shape"]
     R, n = rows_of(shape)
-    if n == 0:
-        check_empty_rows(where, section, rec["scheme_params"]["lanes"])
-        return np.zeros(shape, dtype=np.float32)
+    lanes = rec["scheme_params"]["lanes"]
+    if codes_nothing(where, section, lanes, R, n):
+        # n <= 1: the only permutation is the identity, so the tensor is its initial values
+        return generate(rec["init"], R * n).reshape(shape)
     init = generate(rec["init"], R * n).reshape(R, n)
-    pi = decode_arrangement(where, section, rec["scheme_params"]["lanes"], [[1] * n] * R)
+    pi = decode_lanes(where, section, lanes, R, lambda lane, r: decode_exact_row(lane, n))
     pi = np.array(pi, dtype=np.int64).reshape(R, n)
-    out = np.take_along_axis(init, pi, axis=1)
-    return out.reshape(shape)
+    return np.take_along_axis(init, pi, axis=1).reshape(shape)
 
 
 def row_classes(row: np.ndarray) -> tuple[list[int], np.ndarray]:
     """Section 11: the runs of equal bits of the sorted row -> (m_c, v_c)."""
     pool = np.sort(row)  # no -0.0 or NaN in a pool: value order is well defined
-    bits = pool.view(np.uint32)
     if pool.size == 0:
         return [], pool
+    bits = pool.view(np.uint32)
     firsts = np.flatnonzero(np.concatenate(([True], bits[1:] != bits[:-1])))
     counts = np.diff(np.append(firsts, pool.size))
     return [int(m) for m in counts], pool[firsts]
@@ -836,13 +881,14 @@ def decode_multiset(where: str, rec: dict, section: bytes) -> np.ndarray:
     """Section 11: class c = c-th smallest distinct value of the initial row."""
     shape = rec["shape"]
     R, n = rows_of(shape)
-    if n == 0:
-        check_empty_rows(where, section, rec["scheme_params"]["lanes"])
-        return np.zeros(shape, dtype=np.float32)
+    lanes = rec["scheme_params"]["lanes"]
+    if codes_nothing(where, section, lanes, R, n):
+        # n <= 1: one class, one position, so the tensor is its initial values
+        return generate(rec["init"], R * n).reshape(shape)
     init = generate(rec["init"], R * n).reshape(R, n)
     classes = [row_classes(init[r]) for r in range(R)]
-    symbols = decode_arrangement(where, section, rec["scheme_params"]["lanes"],
-                                 [counts for counts, _ in classes])
+    symbols = decode_lanes(where, section, lanes, R,
+                           lambda lane, r: decode_multiset_row(lane, classes[r][0]))
     out = np.empty((R, n), dtype=np.float32)
     for r in range(R):
         out[r] = classes[r][1][np.array(symbols[r], dtype=np.int64)]
