@@ -6,8 +6,13 @@ bit for bit. Imported lazily by rans; compiled on first use and cached.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
+
+# numba's OpenMP layer and torch's own OpenMP runtime spin against each other
+# on few cores (decode ran 6x slower); the workqueue layer does not.
+numba.config.THREADING_LAYER = "workqueue"
 
 from .rans import PROB_BITS, STATE_LOW
 

@@ -83,7 +83,7 @@ def add_encode(sub) -> None:
         epilog="input: a model.pt from 'permcodec train' (read with torch.load(weights_only=True)), or a "
                ".safetensors file whose metadata key 'permcodec.init' holds the init spec as JSON.\n"
                f"levels (each permuted tensor keeps the smallest scheme its level tries):\n{levels}\n"
-               "schemes: delta (rank differences, zstd: small after light training), exact (a Lehmer code, "
+               "schemes: delta (rank differences, zstd: small after light training), exact (a permutation code, "
                "about log2(n!) bits per row), multiset (for pools with repeated values: log2(n!/prod m!)); "
                "every file decodes whatever level wrote it.\n"
                "examples:\n  permcodec encode model.pt\n  permcodec encode model.pt -o small.pc --level max\n"

@@ -206,8 +206,8 @@ def init_of(record: dict) -> TensorInit:
         raise FormatError(f"tensor {name!r}: permuted tensors are float32, found {record['dtype']!r}")
     if not record["shape"]:
         raise FormatError(f"tensor {name!r}: a permuted tensor needs at least one dimension")
-    rows, _ = perm.row_shape(record["shape"])
-    schemes.check_params(record["scheme"], record["scheme_params"], rows, f"tensor {name!r}")
+    rows, n = perm.row_shape(record["shape"])
+    schemes.check_params(record["scheme"], record["scheme_params"], rows, n, f"tensor {name!r}")
     fields = {key: init[key] for key in ("seed", "stream", "dist", "params")}
     try:
         return TensorInit.from_dict({"name": name, "shape": record["shape"], **fields})

@@ -36,7 +36,7 @@ PROB_BITS = 31
 PROB_SCALE = 1 << PROB_BITS        # M: quantized probabilities sum to this
 STATE_LOW = 1 << 32                # L: states live in [L, 2^64)
 WORD_BITS = 32
-MAX_ROW_LENGTH = PROB_SCALE        # every class keeps freq >= 1 while R <= M
+MAX_ROW_LENGTH = PROB_SCALE        # every freq stays >= 1 while Q <= M
 
 try:  # numba compiles the integer kernels; absent, the numpy backend gives the same words
     import numba

@@ -36,16 +36,18 @@ class Level:
     zstd_level: int      # zstd level of delta sections and raw tensors
     bits_per_lane: int   # information bits per rANS lane: more lanes decode more in parallel, each costs ~12 bytes
     try_delta: bool      # whether delta competes with the arrangement schemes
+    multiset_gain: float  # try multiset where repeated values save at least this share of exact's bits
     summary: str         # one line for --help and the spec
 
 
 LEVELS = {
-    "fast": Level("fast", 3, 1 << 12, False,
-                  "exact (multiset where a row repeats a value) only, many rANS lanes: fastest encode and decode"),
-    "default": Level("default", 19, 1 << 16, True,
-                     "delta at zstd 19, exact and (for repeated values) multiset; keeps the smallest"),
-    "max": Level("max", 22, 1 << 20, True,
-                 "as default, with zstd 22 and few rANS lanes: smallest files, slowest encode"),
+    "fast": Level("fast", 3, 1 << 12, False, 0.01,
+                  "exact only (multiset instead where repeated values save >= 1%), many rANS lanes: "
+                  "fastest encode and decode"),
+    "default": Level("default", 19, 1 << 16, True, 0.01,
+                     "exact, delta at zstd 19, and multiset where repeated values save >= 1%; keeps the smallest"),
+    "max": Level("max", 22, 1 << 20, True, 0.0,
+                 "exact, delta at zstd 22, multiset wherever values repeat, few rANS lanes: smallest files"),
 }
 DEFAULT_LEVEL = "default"
 
@@ -79,9 +81,12 @@ class PoolClasses:
         counts.scatter_add_(1, of_sorted, torch.ones_like(of_sorted))
         return cls(of_sorted, counts)
 
-    def has_repeats(self) -> bool:
+    def multiset_gain(self) -> float:
+        """The share of exact's bits that multiset saves: sum log2(m_v!) / (rows * log2(n!)); 0 without repeats."""
         rows, n = self.of_sorted.shape
-        return bool(rows and n and int(self.of_sorted[:, -1].min()) < n - 1)
+        if not rows or n < 2 or int(self.of_sorted[:, -1].min()) == n - 1:
+            return 0.0
+        return 1.0 - multiset_bound_bits(self.counts, n) / (rows * math.lgamma(n + 1) / math.log(2))
 
     def values(self, pool_sorted: torch.Tensor) -> torch.Tensor:
         """float32 [rows, K]: the value of each class (0.0 in the padding)."""
@@ -122,9 +127,10 @@ def encode_multiset(trained: perm.SortedRows, classes: PoolClasses, lanes: int) 
     return rans.encode_arrangement(symbols.numpy(), classes.counts.numpy(), lanes)
 
 
-def schemes_to_try(level: Level, repeats: bool) -> list[str]:
-    """In order of preference. multiset only pays where a row repeats a value; otherwise it equals exact."""
-    arrangement = [EXACT, MULTISET] if repeats else [EXACT]
+def schemes_to_try(level: Level, multiset_gain: float) -> list[str]:
+    """In order of preference. multiset saves only the bits of repeated values over exact, and its
+    decoder must sort and search, so it is tried only where that saving reaches the level's share."""
+    arrangement = [EXACT, MULTISET] if multiset_gain > level.multiset_gain else [EXACT]
     if not level.try_delta:
         return arrangement[-1:]
     return arrangement + [DELTA]
@@ -135,7 +141,11 @@ def encode_best(trained: perm.SortedRows, initial: perm.SortedRows, level: Level
     """(scheme, scheme_params, section) of the smallest scheme ``level`` tries, or of scheme ``only``."""
     rows, n = initial.rows.shape
     classes = PoolClasses.of(initial.pool())
-    wanted = [only] if only else schemes_to_try(level, classes.has_repeats())
+    wanted = [only] if only else schemes_to_try(level, classes.multiset_gain())
+    if n > rans.MAX_ROW_LENGTH:  # rANS needs every probability >= 2^-31
+        if only not in (None, DELTA):
+            raise SpecError(f"scheme {only!r} needs rows of at most 2^31 elements, found {n}")
+        wanted = [DELTA]
     found = []
     for scheme in wanted:
         if scheme == DELTA:
@@ -151,7 +161,7 @@ def encode_best(trained: perm.SortedRows, initial: perm.SortedRows, level: Level
 
 # ---------------------------------------------------------------- decoding
 
-def check_params(scheme: str, params, rows: int, what: str) -> None:
+def check_params(scheme: str, params, rows: int, n: int, what: str) -> None:
     if scheme not in SCHEMES:
         raise FormatError(f"{what}: unknown index scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     if scheme == DELTA:
@@ -164,6 +174,8 @@ def check_params(scheme: str, params, rows: int, what: str) -> None:
     if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= max(rows, 1):
         raise FormatError(f"{what}: lanes must be an integer in [1, {max(rows, 1)}] (the row count), "
                           f"found {lanes!r}")
+    if n > rans.MAX_ROW_LENGTH:
+        raise FormatError(f"{what}: scheme {scheme!r} needs rows of at most 2^31 elements, found {n}")
 
 
 def decode(scheme: str, params: dict, initial: torch.Tensor, section: bytes, what: str) -> torch.Tensor:
