@@ -18,25 +18,33 @@ _W0 = np.uint64(PHILOX_W0)
 _W1 = np.uint64(PHILOX_W1)
 _MASK = np.uint64(MASK32)
 _U32 = np.uint64(32)
+_U5 = np.uint64(5)
+_U6 = np.uint64(6)
+_U26 = np.uint64(26)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _philox(block, stream, substream, k0, k1):
+    index = np.uint64(block)
+    c0 = index & _MASK
+    c1 = index >> _U32
+    c2 = np.uint64(stream)
+    c3 = np.uint64(substream)
+    a = np.uint64(k0)
+    b = np.uint64(k1)
+    for _ in range(ROUNDS):
+        p0 = c0 * _M0
+        p1 = c2 * _M1
+        c0, c1, c2, c3 = (p1 >> _U32) ^ c1 ^ a, p1 & _MASK, (p0 >> _U32) ^ c3 ^ b, p0 & _MASK
+        a = (a + _W0) & _MASK
+        b = (b + _W1) & _MASK
+    return c0, c1, c2, c3
 
 
 @njit(cache=True, parallel=True)
 def _blocks(k0, k1, stream, substream, start, out):
-    count = out.shape[0]
-    for i in prange(count):
-        index = np.uint64(start + i)
-        c0 = index & _MASK
-        c1 = index >> _U32
-        c2 = np.uint64(stream)
-        c3 = np.uint64(substream)
-        a = np.uint64(k0)
-        b = np.uint64(k1)
-        for _ in range(ROUNDS):
-            p0 = c0 * _M0
-            p1 = c2 * _M1
-            c0, c1, c2, c3 = (p1 >> _U32) ^ c1 ^ a, p1 & _MASK, (p0 >> _U32) ^ c3 ^ b, p0 & _MASK
-            a = (a + _W0) & _MASK
-            b = (b + _W1) & _MASK
+    for i in prange(out.shape[0]):
+        c0, c1, c2, c3 = _philox(start + i, stream, substream, k0, k1)
         out[i, 0] = np.int64(c0)
         out[i, 1] = np.int64(c1)
         out[i, 2] = np.int64(c2)
@@ -48,4 +56,26 @@ def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int
     out = np.empty((count, 4), dtype=np.int64)
     if count:
         _blocks(seed & MASK32, seed >> 32, stream, substream, start, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _uniform53(k0, k1, stream, start, out):
+    count = out.shape[0]
+    first = start >> 1
+    for i in prange(((start + count - 1) >> 1) - first + 1):
+        c0, c1, c2, c3 = _philox(first + i, stream, 0, k0, k1)
+        even = 2 * (first + i) - start
+        if even >= 0:
+            out[even] = np.int64(((c0 >> _U5) << _U26) | (c1 >> _U6))
+        if even + 1 < count:
+            out[even + 1] = np.int64(((c2 >> _U5) << _U26) | (c3 >> _U6))
+
+
+def uniform53(seed: int, stream: int, start: int, count: int) -> np.ndarray:
+    """The 53-bit integers k of elements ``start .. start+count-1`` (specs/rng.md: words 2h, 2h+1 of
+    block i >> 1, k = (a >> 5) * 2^26 + (b >> 6)): int64 [count]."""
+    out = np.empty(count, dtype=np.int64)
+    if count:
+        _uniform53(seed & MASK32, seed >> 32, stream, start, out)
     return out

@@ -22,6 +22,7 @@ _UPROB = np.uint64(PROB_BITS)
 _LOW_MASK = np.uint64((1 << PROB_BITS) - 1)
 _WORD_MASK = np.uint64(0xFFFFFFFF)
 _L = np.uint64(STATE_LOW)
+_GROUP = 4  # lanes one thread decodes side by side
 
 
 @njit(cache=True, nogil=True)
@@ -203,33 +204,52 @@ def arrangement_model(symbols, counts):
 
 @njit(cache=True, parallel=True)
 def _decode_digits(words, starts, ends, rows, n, lanes, digits, status):
-    """Scheme exact: the uniform digits of every row; the digit is t itself (C = t, m = 1)."""
-    for j in prange(lanes):
-        pointer = starts[j]
-        x = (words[pointer] << _U32) | words[pointer + 1]
-        pointer += 2
-        if x < _L:
-            status[j] = 1
-            continue
-        for r in range(j, rows, lanes):
+    """Scheme exact: the uniform digits of every row; the digit is t itself (C = t, m = 1).
+
+    One division per position: with M = q Q + r, floor((t + 1) M / Q) is
+    floor(t M / Q) + q, plus one where the remainders carry.
+    """
+    whole = np.empty(n, np.int64)
+    extra = np.empty(n, np.int64)
+    for p in range(n):
+        whole[p] = (1 << PROB_BITS) // (n - p)
+        extra[p] = (1 << PROB_BITS) % (n - p)
+    groups = (lanes + _GROUP - 1) // _GROUP
+    for g in prange(groups):
+        first = g * _GROUP
+        width = min(_GROUP, lanes - first)
+        state = np.empty(_GROUP, np.uint64)
+        pointer = np.empty(_GROUP, np.int64)
+        for k in range(width):
+            j = first + k
+            pointer[k] = starts[j] + 2
+            state[k] = (words[starts[j]] << _U32) | words[starts[j] + 1]
+            if state[k] < _L:
+                status[j] = 1
+        for block_start in range(first, rows, lanes):
+            active = min(width, rows - block_start)
             for p in range(n - 1):
                 left = n - p
-                y = np.int64(x & _LOW_MASK)
-                t = ((y + 1) * left - 1) >> PROB_BITS
-                lo = (t << PROB_BITS) // left
-                f = ((t + 1) << PROB_BITS) // left - lo
-                x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
-                if x < _L:
-                    if pointer >= ends[j]:
-                        status[j] = 2
-                        break
-                    x = (x << _U32) | words[pointer]
-                    pointer += 1
-                digits[r, p] = t
-            if status[j]:
-                break
-        if status[j] == 0 and (x != _L or pointer != ends[j]):
-            status[j] = 3
+                for k in range(active):  # independent lanes side by side hide the division's latency
+                    x = state[k]
+                    y = np.int64(x & _LOW_MASK)
+                    t = ((y + 1) * left - 1) >> PROB_BITS
+                    scaled = t << PROB_BITS
+                    lo = scaled // left
+                    f = whole[p] + (scaled - lo * left + extra[p] >= left)
+                    x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
+                    if x < _L:
+                        if pointer[k] < ends[first + k]:
+                            x = (x << _U32) | words[pointer[k]]
+                            pointer[k] += 1
+                        elif status[first + k] == 0:
+                            status[first + k] = 2
+                    state[k] = x
+                    digits[block_start + k, p] = t
+        for k in range(width):
+            j = first + k
+            if status[j] == 0 and (state[k] != _L or pointer[k] != ends[j]):
+                status[j] = 3
 
 
 @njit(cache=True, parallel=True)

@@ -20,7 +20,7 @@ import torch
 
 from . import exactmath
 from .errors import SpecError
-from .rng import SUBSTREAM_MASK, SUBSTREAM_VALUES, philox_blocks
+from .rng import SUBSTREAM_MASK, SUBSTREAM_VALUES, check_seed, check_stream, compiled_kernel, philox_blocks
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 TWO_POW_32 = 1 << 32
@@ -218,16 +218,23 @@ def _blocks_for(seed, stream, substream, start, count, per_block, device):
     return words, start - first * per_block
 
 
-def unit_uniform(high_word: torch.Tensor, low_word: torch.Tensor) -> torch.Tensor:
-    """k * 2^-53 in [0, 1), k = (high_word >> 5) * 2^26 + (low_word >> 6)."""
-    k = ((high_word >> 5) << 26) | (low_word >> 6)
-    return k.to(torch.float64) * TWO_POW_MINUS_53
+def uniform53(high_word: torch.Tensor, low_word: torch.Tensor) -> torch.Tensor:
+    """k = (high_word >> 5) * 2^26 + (low_word >> 6), an integer in [0, 2^53)."""
+    return ((high_word >> 5) << 26) | (low_word >> 6)
+
+
+def uniform_integers(seed, stream, start, count, device) -> torch.Tensor:
+    """The 53-bit integer k of each element (words 2h, 2h+1 of block i >> 1); compiled on the CPU."""
+    kernel = compiled_kernel()
+    if kernel is not None and torch.device(device).type == "cpu":
+        return torch.from_numpy(kernel.uniform53(check_seed(seed), check_stream(stream), start, count))
+    words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, device)
+    pairs = words.reshape(-1, 2)[offset:offset + count]
+    return uniform53(pairs[:, 0], pairs[:, 1])
 
 
 def _uniform_f64(seed, stream, start, count, low, high, device):
-    words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, device)
-    pairs = words.reshape(-1, 2)[offset:offset + count]
-    u = unit_uniform(pairs[:, 0], pairs[:, 1])
+    u = uniform_integers(seed, stream, start, count, device).to(torch.float64) * TWO_POW_MINUS_53
     return u * (high - low) + low
 
 
