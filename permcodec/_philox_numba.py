@@ -21,6 +21,8 @@ _U32 = np.uint64(32)
 _U5 = np.uint64(5)
 _U6 = np.uint64(6)
 _U26 = np.uint64(26)
+# Below this many values a parallel region costs more to start than it saves.
+PARALLEL_MIN = 1 << 18
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -59,17 +61,28 @@ def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int
     return out
 
 
+@njit(cache=True, nogil=True)
+def _uniform_block(i, first, start, k0, k1, stream, out):
+    c0, c1, c2, c3 = _philox(first + i, stream, 0, k0, k1)
+    even = 2 * (first + i) - start
+    if even >= 0:
+        out[even] = np.int64(((c0 >> _U5) << _U26) | (c1 >> _U6))
+    if even + 1 < out.shape[0]:
+        out[even + 1] = np.int64(((c2 >> _U5) << _U26) | (c3 >> _U6))
+
+
 @njit(cache=True, parallel=True)
-def _uniform53(k0, k1, stream, start, out):
-    count = out.shape[0]
+def _uniform53_parallel(k0, k1, stream, start, out):
     first = start >> 1
-    for i in prange(((start + count - 1) >> 1) - first + 1):
-        c0, c1, c2, c3 = _philox(first + i, stream, 0, k0, k1)
-        even = 2 * (first + i) - start
-        if even >= 0:
-            out[even] = np.int64(((c0 >> _U5) << _U26) | (c1 >> _U6))
-        if even + 1 < count:
-            out[even + 1] = np.int64(((c2 >> _U5) << _U26) | (c3 >> _U6))
+    for i in prange(((start + out.shape[0] - 1) >> 1) - first + 1):
+        _uniform_block(i, first, start, k0, k1, stream, out)
+
+
+@njit(cache=True, nogil=True)
+def _uniform53_serial(k0, k1, stream, start, out):
+    first = start >> 1
+    for i in range(((start + out.shape[0] - 1) >> 1) - first + 1):
+        _uniform_block(i, first, start, k0, k1, stream, out)
 
 
 def uniform53(seed: int, stream: int, start: int, count: int) -> np.ndarray:
@@ -77,5 +90,6 @@ def uniform53(seed: int, stream: int, start: int, count: int) -> np.ndarray:
     block i >> 1, k = (a >> 5) * 2^26 + (b >> 6)): int64 [count]."""
     out = np.empty(count, dtype=np.int64)
     if count:
-        _uniform53(seed & MASK32, seed >> 32, stream, start, out)
+        kernel = _uniform53_parallel if count >= PARALLEL_MIN else _uniform53_serial
+        kernel(seed & MASK32, seed >> 32, stream, start, out)
     return out

@@ -23,6 +23,8 @@ _LOW_MASK = np.uint64((1 << PROB_BITS) - 1)
 _WORD_MASK = np.uint64(0xFFFFFFFF)
 _L = np.uint64(STATE_LOW)
 _GROUP = 4  # lanes one thread decodes side by side
+# Below this many elements a parallel region costs more to start than it saves.
+PARALLEL_MIN = 1 << 18
 
 
 @njit(cache=True, nogil=True)
@@ -143,22 +145,33 @@ def permutation_digits(pi):
     return digits
 
 
+@njit(cache=True, nogil=True)
+def _unswap_row(digits, out, r):
+    n = digits.shape[1]
+    for q in range(n):
+        out[r, q] = q
+    for p in range(n - 1):
+        at = p + digits[r, p]
+        moved = out[r, at]
+        out[r, at] = out[r, p]
+        out[r, p] = moved
+
+
 @njit(cache=True, parallel=True)
-def _unswap(digits, out):
-    rows, n = digits.shape
-    for r in prange(rows):
-        for q in range(n):
-            out[r, q] = q
-        for p in range(n - 1):
-            at = p + digits[r, p]
-            moved = out[r, at]
-            out[r, at] = out[r, p]
-            out[r, p] = moved
+def _unswap_parallel(digits, out):
+    for r in prange(digits.shape[0]):
+        _unswap_row(digits, out, r)
+
+
+@njit(cache=True, nogil=True)
+def _unswap_serial(digits, out):
+    for r in range(digits.shape[0]):
+        _unswap_row(digits, out, r)
 
 
 def permutations_of(digits):
     out = np.empty(digits.shape, np.int64)
-    _unswap(digits, out)
+    (_unswap_parallel if digits.size >= PARALLEL_MIN else _unswap_serial)(digits, out)
     return out
 
 
@@ -202,54 +215,73 @@ def arrangement_model(symbols, counts):
     return start, freq
 
 
-@njit(cache=True, parallel=True)
-def _decode_digits(words, starts, ends, rows, n, lanes, digits, status):
-    """Scheme exact: the uniform digits of every row; the digit is t itself (C = t, m = 1).
-
-    One division per position: with M = q Q + r, floor((t + 1) M / Q) is
-    floor(t M / Q) + q, plus one where the remainders carry.
-    """
+@njit(cache=True, nogil=True)
+def _digit_tables(n):
+    """M = whole[p] (n - p) + extra[p]: lets one division give both quotients of a position."""
     whole = np.empty(n, np.int64)
     extra = np.empty(n, np.int64)
     for p in range(n):
         whole[p] = (1 << PROB_BITS) // (n - p)
         extra[p] = (1 << PROB_BITS) % (n - p)
-    groups = (lanes + _GROUP - 1) // _GROUP
-    for g in prange(groups):
-        first = g * _GROUP
-        width = min(_GROUP, lanes - first)
-        state = np.empty(_GROUP, np.uint64)
-        pointer = np.empty(_GROUP, np.int64)
-        for k in range(width):
-            j = first + k
-            pointer[k] = starts[j] + 2
-            state[k] = (words[starts[j]] << _U32) | words[starts[j] + 1]
-            if state[k] < _L:
-                status[j] = 1
-        for block_start in range(first, rows, lanes):
-            active = min(width, rows - block_start)
-            for p in range(n - 1):
-                left = n - p
-                for k in range(active):  # independent lanes side by side hide the division's latency
-                    x = state[k]
-                    y = np.int64(x & _LOW_MASK)
-                    t = ((y + 1) * left - 1) >> PROB_BITS
-                    scaled = t << PROB_BITS
-                    lo = scaled // left
-                    f = whole[p] + (scaled - lo * left + extra[p] >= left)
-                    x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
-                    if x < _L:
-                        if pointer[k] < ends[first + k]:
-                            x = (x << _U32) | words[pointer[k]]
-                            pointer[k] += 1
-                        elif status[first + k] == 0:
-                            status[first + k] = 2
-                    state[k] = x
-                    digits[block_start + k, p] = t
-        for k in range(width):
-            j = first + k
-            if status[j] == 0 and (state[k] != _L or pointer[k] != ends[j]):
-                status[j] = 3
+    return whole, extra
+
+
+@njit(cache=True, nogil=True)
+def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra):
+    """Scheme exact: the uniform digits of lanes g*G .. g*G+G-1; the digit is t itself (C = t, m = 1).
+
+    One division per position: with M = q Q + r, floor((t + 1) M / Q) is
+    floor(t M / Q) + q, plus one where the remainders carry. The group's lanes
+    are independent, so decoding them side by side hides the division's latency.
+    """
+    first = g * _GROUP
+    width = min(_GROUP, lanes - first)
+    state = np.empty(_GROUP, np.uint64)
+    pointer = np.empty(_GROUP, np.int64)
+    for k in range(width):
+        j = first + k
+        pointer[k] = starts[j] + 2
+        state[k] = (words[starts[j]] << _U32) | words[starts[j] + 1]
+        if state[k] < _L:
+            status[j] = 1
+    for block_start in range(first, rows, lanes):
+        active = min(width, rows - block_start)
+        for p in range(n - 1):
+            left = n - p
+            for k in range(active):
+                x = state[k]
+                y = np.int64(x & _LOW_MASK)
+                t = ((y + 1) * left - 1) >> PROB_BITS
+                scaled = t << PROB_BITS
+                lo = scaled // left
+                f = whole[p] + (scaled - lo * left + extra[p] >= left)
+                x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
+                if x < _L:
+                    if pointer[k] < ends[first + k]:
+                        x = (x << _U32) | words[pointer[k]]
+                        pointer[k] += 1
+                    elif status[first + k] == 0:
+                        status[first + k] = 2
+                state[k] = x
+                digits[block_start + k, p] = t
+    for k in range(width):
+        j = first + k
+        if status[j] == 0 and (state[k] != _L or pointer[k] != ends[j]):
+            status[j] = 3
+
+
+@njit(cache=True, parallel=True)
+def _decode_digits_parallel(words, starts, ends, rows, n, lanes, digits, status):
+    whole, extra = _digit_tables(n)
+    for g in prange((lanes + _GROUP - 1) // _GROUP):
+        _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra)
+
+
+@njit(cache=True, nogil=True)
+def _decode_digits_serial(words, starts, ends, rows, n, lanes, digits, status):
+    whole, extra = _digit_tables(n)
+    for g in range((lanes + _GROUP - 1) // _GROUP):
+        _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra)
 
 
 @njit(cache=True, parallel=True)
@@ -301,7 +333,8 @@ def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status):
 def decode_digits(words, starts, ends, rows, n, lanes):
     status = np.zeros(lanes, dtype=np.int64)
     digits = np.zeros((rows, n), dtype=np.int64)
-    _decode_digits(words, starts.astype(np.int64), ends.astype(np.int64), rows, n, lanes, digits, status)
+    kernel = _decode_digits_parallel if rows * n >= PARALLEL_MIN else _decode_digits_serial
+    kernel(words, starts.astype(np.int64), ends.astype(np.int64), rows, n, lanes, digits, status)
     return digits, status
 
 

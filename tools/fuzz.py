@@ -537,6 +537,8 @@ BIG_SHAPES = st.sampled_from([[2**20 + 1], [1, 2**20], [2**10, 2**10], [2**20], 
                               [2**31 - 1], [2**32], [2**64 - 1]])
 DISTS = st.sampled_from(distributions.DISTRIBUTIONS)
 FRAMES = st.sampled_from(FRAME_KINDS)
+INDEX_SCHEMES = st.sampled_from(["delta", "delta", "exact", "multiset"])
+ARRANGEMENT_DAMAGE = ("valid", "valid", "flip", "truncate", "random")
 SHA_KINDS = st.sampled_from(["truth"] * 17 + ["random", "short", "junk"])
 METADATA = st.one_of(st.just({}), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2))
 
@@ -636,7 +638,9 @@ def tensor_records(draw, index: int, big: bool):
               "shape": draw(BIG_SHAPES) if big else draw(SMALL_SHAPES)}
     rng = random.Random(draw(SEEDS))
     if kind == "permuted":
-        record.update(init=init_record(draw(DISTS), rng), scheme="delta", scheme_params={})
+        record.update(init=init_record(draw(DISTS), rng), scheme=draw(INDEX_SCHEMES), scheme_params={})
+        if record["scheme"] != "delta":
+            record["scheme_params"] = {"lanes": rng.randint(1, 3)}
     else:
         record["codec"] = "shuffle-zstd"
     fault = draw(RECORD_FAULTS)
@@ -702,8 +706,44 @@ def raw_payload(dtype: str, size: int, rng: random.Random) -> bytes:
     return (pattern * (size // len(pattern) + 1))[:size]
 
 
+def arrangement_section(record: dict, rng: random.Random):
+    """(section, sha256 or None, how it was made) for scheme exact or multiset: a real encoding of a random
+    permutation (its lanes written into the record), damaged or not, or random words."""
+    import torch
+
+    how = rng.choice(ARRANGEMENT_DAMAGE)
+    section = None
+    try:
+        init = codec.init_of(record)
+        rows, n = perm.row_shape(init.shape)
+        if rows * n <= 4096 and how != "random":
+            initial = codec.initial_rows(init)
+            generator = torch.Generator().manual_seed(rng.randrange(2**63))
+            order = torch.argsort(torch.rand(rows, n, generator=generator), dim=1)
+            trained = initial.rows.gather(1, order)
+            _, params, section = schemes.encode_best(perm.SortedRows.of(trained), initial,
+                                                     schemes.LEVELS["fast"], record["scheme"])
+            record["scheme_params"] = params
+            truth = codec.sha256_of(trained.reshape(init.shape))
+    except Exception:  # noqa: BLE001 - the decoder judges this record; the generator only skips it
+        section = None
+    if section is None:
+        lanes = rng.randint(1, 3)
+        lengths = [rng.choice([0, 1, 2, 3, 5]) for _ in range(lanes)]
+        words = rng.randbytes(4 * sum(lengths) + rng.choice([0, 0, 1, 4]))
+        return struct.pack(f"<{lanes}I", *lengths) + words, None, "random"
+    if how == "flip":
+        at = rng.randrange(len(section))
+        return section[:at] + bytes([section[at] ^ (1 << rng.randrange(8))]) + section[at + 1:], None, how
+    if how == "truncate":
+        return section[:rng.randrange(len(section))], None, how
+    return section, truth, "valid"
+
+
 def section_for(record: dict, frame_kind: str, rng: random.Random):
     """(section, sha256 of the tensor a valid section decodes to or None, frame kind used)."""
+    if record.get("kind") == "permuted" and record.get("scheme") in ("exact", "multiset"):
+        return arrangement_section(record, rng)
     size, truth, payload = payload_size(record), None, None
     if size is not None and record.get("kind") == "permuted" and size <= 4 << 20:
         made = permuted_truth(record, rng)
