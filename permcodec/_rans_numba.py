@@ -28,17 +28,6 @@ PARALLEL_MIN = 1 << 18
 
 
 @njit(cache=True, nogil=True)
-def _build(tree, counts, k):
-    tree[0] = 0
-    for i in range(1, k + 1):
-        tree[i] = counts[i - 1]
-    for i in range(1, k + 1):
-        parent = i + (i & -i)
-        if parent <= k:
-            tree[parent] += tree[i]
-
-
-@njit(cache=True, nogil=True)
 def _prefix(tree, index):
     total = 0
     while index > 0:
@@ -76,7 +65,7 @@ def _find(tree, size, target):
 
 @njit(cache=True, nogil=True)
 def _build_padded(tree, counts, k, size):
-    """Fenwick tree over ``size`` >= k classes (a power of two), classes k .. size-1 empty."""
+    """Fenwick tree over ``size`` >= k classes, classes k .. size-1 empty (index 0 unused)."""
     tree[:] = 0
     for i in range(1, k + 1):
         tree[i] = counts[i - 1]
@@ -102,7 +91,7 @@ def _model_rows(symbols, counts, start, freq):
     for r in prange(rows):
         tree = np.empty(k + 1, np.int64)
         remaining = counts[r].copy()
-        _build(tree, remaining, k)
+        _build_padded(tree, remaining, k, k)
         live = 0
         for c in range(k):
             live += remaining[c] > 0
