@@ -64,6 +64,8 @@ def check_backend(backend: str | None) -> str:
 def encode_permutations(pi: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
     """Scheme exact: code each row of ``pi`` (int [rows, n], a permutation of 0 .. n-1 per row)."""
     pi = np.ascontiguousarray(pi, dtype=np.int64)
+    if pi.shape[0] == 0 or pi.shape[1] <= 1:
+        return nothing_coded_section(lanes)
     if check_backend(backend) == "numba":
         digits = _numba_kernels().permutation_digits(pi)
     else:
@@ -75,6 +77,8 @@ def decode_permutations(section: bytes, rows: int, n: int, lanes: int, what: str
                         backend: str | None = None) -> np.ndarray:
     """The int64 [rows, n] permutations coded in ``section``; FormatError if it is not a valid coding."""
     digits = decode_digits(section, rows, n, lanes, what, backend)
+    if rows == 0 or n <= 1:
+        return digits  # zeros: the only permutation of one element, or nothing at all
     if check_backend(backend) == "numba":
         return _numba_kernels().permutations_of(digits)
     return _permutations_of_numpy(digits)
@@ -85,6 +89,8 @@ def encode_digits(digits: np.ndarray, lanes: int, backend: str | None = None) ->
     digits = np.ascontiguousarray(digits, dtype=np.int64)
     rows, n = digits.shape
     assert 1 <= lanes <= max(rows, 1) and n <= MAX_ROW_LENGTH
+    if rows == 0 or n <= 1:
+        return nothing_coded_section(lanes)
     left = n - np.arange(n, dtype=np.int64)
     start = quantized(digits, left)
     freq = np.where(left > 1, quantized(digits + 1, left) - start, 0)
@@ -111,6 +117,8 @@ def encode_arrangement(symbols: np.ndarray, counts: np.ndarray, lanes: int, back
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     rows, n = symbols.shape
     assert 1 <= lanes <= max(rows, 1) and n <= MAX_ROW_LENGTH
+    if rows == 0 or n <= 1:
+        return nothing_coded_section(lanes)
     if check_backend(backend) == "numba":
         start, freq = _numba_kernels().arrangement_model(symbols, counts)
     else:
@@ -163,6 +171,12 @@ LANE_ERRORS = {
     2: "runs out of words before its last row",
     3: "does not end in the initial state 2^32 with every word used (corrupt coding)",
 }
+
+
+def nothing_coded_section(lanes: int) -> bytes:
+    """The section of a tensor with no coded position: every lane holds only the state L."""
+    lane = np.array([STATE_LOW >> 32, STATE_LOW & 0xFFFFFFFF], dtype="<u4").tobytes()
+    return np.full(lanes, 2, dtype="<u4").tobytes() + lane * lanes
 
 
 def nothing_coded(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import permcodec
-from permcodec import FormatError, container, indexcode
+from permcodec import FormatError, container, indexcode, rans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import fuzz  # noqa: E402
@@ -107,6 +107,20 @@ def test_empty_permuted_tensor_with_long_rows_allocates_nothing():
     except permcodec.PermcodecError:
         return
     assert tensors["weight"].shape == (0, 2**20, 2**20)
+
+
+@pytest.mark.parametrize("backend", rans.BACKENDS)
+@pytest.mark.parametrize("scheme", ["exact", "multiset"])
+def test_empty_arrangement_tensor_with_the_longest_rows_allocates_nothing(monkeypatch, backend, scheme):
+    """[0, 2^31 - 1] passes the default limits (a zero dimension counts as 1); nothing may be sized by n."""
+    monkeypatch.setenv("PERMCODEC_BACKEND", backend)
+    section = bytes.fromhex("02000000" "01000000" "00000000")
+
+    def edit(header):
+        header["tensors"] = [{**header["tensors"][0], "shape": [0, 2**31 - 1], "scheme": scheme,
+                              "scheme_params": {"lanes": 1}, "offset": 0, "length": len(section),
+                              "crc32": container.crc32(section), "sha256": hashlib.sha256(b"").digest()}]
+    assert permcodec.decode(tiny_with(edit, section))["weight"].shape == (0, 2**31 - 1)
 
 
 def test_skippable_frame_is_not_a_section():

@@ -161,3 +161,13 @@ def test_empty_rows_are_checked_without_walking_them():
     assert decode(section, None, 2**31 - 1, 0, 1, "t").shape == (2**31 - 1, 0)
     with pytest.raises(FormatError, match="lane 0 does not end in the initial state"):
         decode(bytes.fromhex("02000000" "01000000" "00000001"), None, 2**31 - 1, 0, 1, "t")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_tensor_with_huge_rows_encodes_without_allocating_per_position(backend):
+    section = bytes.fromhex("02000000" "01000000" "00000000")
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.int64), shape=(0, 2**31), strides=(8, 8))
+    assert rans.encode_permutations(huge, 1, backend) == section
+    assert rans.encode_arrangement(huge, np.zeros((0, 1), np.int64), 1, backend) == section
+    assert rans.decode_permutations(section, 0, 2**31, 1, "t", backend).shape == (0, 2**31)
+    assert rans.decode_arrangement(section, np.zeros((0, 1), np.int64), 0, 2**31, 1, "t", backend).shape == (0, 2**31)

@@ -1,18 +1,30 @@
-"""Size and speed of the .pc codec on trained Conv7 models, next to baselines measured in the same run.
+"""Size and speed of the .pc codec at every level, next to baselines measured in the same run.
 
-    python tools/bench_codec.py                       # trains Conv7 for 1 and 10 epochs (cached), then measures
-    python tools/bench_codec.py --epochs 1 10 --cache runs/bench --repeat 3
+    python tools/bench_codec.py                                 # every case (about 15 minutes on 2 cores)
+    python tools/bench_codec.py --cases conv7_e1 conv2 --repeat 3
 
-Sizes: the .pc file and the permuted weights' bits/weight, next to fp32 and fp16
-safetensors, zstd (level 19) of the fp32 bytes, and the information bound
-log2(n!/prod m_v!) per row. Speeds: encode and decode in weights/s (all
-tensors of the model) next to safetensors save/load of the same fp32 weights,
-on CPU and, when present, CUDA.
+Cases:
+  conv7_e1, conv7_e10       Conv7 trained for 1 / 10 epochs on the embedded mnist5k (trained once, cached)
+  conv2 conv4 conv13 resnet50
+                            the paper's CIFAR-10 shapes, he_uniform pools, uniformly random row permutations
+  conv4_sparse70            Conv4 shapes, sparse pools (70% zeros), random permutations
+  conv4_shared08            Conv4 shapes, shared-value pools (density 0.08), random permutations
+
+Per case and level: the schemes chosen, bits per permuted weight, the ratio to
+the information bound (sum over rows of log2(n!/prod m_v!)), and encode and
+decode speed in M stored elements/s, CPU and (when present) CUDA. Baselines in
+the same run: safetensors fp32 (size, load to the device), zstd-19 of the fp32
+bytes (size, decompression), and torch.rand of as many values. Decode speeds
+include the SHA-256 check of every tensor; encode runs once (it is slow at
+default and max), decode is the best of --repeat.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import time
+from collections import Counter
 from pathlib import Path
 
 import safetensors.torch
@@ -20,88 +32,135 @@ import torch
 import zstandard
 
 from benchutil import best_seconds
-from permcodec import codec
-from permcodec.fileinfo import describe
+from permcodec import codec, init_, perm, schemes
+from permcodec.fileinfo import bound_bits
 from permcodec.modelfile import read_model
+from permcodec.models import build_model
 from permcodec.train import TrainConfig, save_checkpoint, train
 
-# Scratch figures from the issue (a similar CNN): delta bits/weight after 1 and 10 epochs.
-REFERENCE_DELTA = {1: 7.99, 10: 9.59}
+CIFAR = ((3, 32, 32), 10)
+SYNTHETIC = {
+    "conv2": ("conv2", {}), "conv4": ("conv4", {}), "conv13": ("conv13", {}), "resnet50": ("resnet50", {}),
+    "conv4_sparse70": ("conv4", {"dist": "sparse", "density": 0.3}),
+    "conv4_shared08": ("conv4", {"dist": "shared", "value": 0.05, "density": 0.08}),
+}
+CASES = ["conv7_e1", "conv7_e10", *SYNTHETIC]
 
 
-def trained_checkpoint(epochs: int, cache: Path) -> Path:
+def trained_conv7(epochs: int, cache: Path):
     path = cache / f"conv7_e{epochs}.pt"
     if not path.exists():
         print(f"training conv7 for {epochs} epochs -> {path}", flush=True)
         state = train(TrainConfig(model="conv7", epochs=epochs, seed=0), progress=False, log=lambda r: None)
         cache.mkdir(parents=True, exist_ok=True)
         save_checkpoint(state, path)
-    return path
+    state, spec, _ = read_model(path)
+    return state, spec
 
 
-def size_rows(state: dict, pc_bytes: bytes, totals: dict) -> list[tuple[str, int, float]]:
-    weights = sum(t.numel() for t in state.values())
+def random_permutations(model_name: str, init_args: dict, seed: int = 0):
+    """A model of the paper's shapes whose every permuted row is a uniformly random permutation of its init."""
+    torch.manual_seed(seed)
+    model = build_model(model_name, *CIFAR)
+    spec = init_(model, seed, **init_args)
+    generator = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in spec.names():
+            rows = perm.as_rows(params[name].detach())
+            order = torch.argsort(torch.rand(rows.shape, generator=generator), dim=1)
+            params[name].copy_(torch.gather(rows, 1, order).reshape(params[name].shape))
+    return model.state_dict(), spec
+
+
+def load_case(case: str, cache: Path):
+    if case.startswith("conv7_e"):
+        return trained_conv7(int(case.removeprefix("conv7_e")), cache)
+    return random_permutations(*SYNTHETIC[case])
+
+
+def permuted_bound_bits(data: bytes) -> tuple[int, float]:
+    """(permuted weights, their information bound in bits) of an encoded file."""
+    f = codec.PCFile(io.BytesIO(data))
+    records = [f.record(name) for name in f.keys() if f.record(name)["kind"] == "permuted"]
+    return sum(int(torch.tensor(r["shape"]).prod()) for r in records), sum(bound_bits(r) for r in records)
+
+
+def level_row(state, spec, level: str, devices, repeat: int, bound: float, weights: int, elements: int) -> dict:
+    start = time.perf_counter()
+    data = codec.encode(state, spec, level=level)
+    encode_seconds = time.perf_counter() - start
+    f = codec.PCFile(io.BytesIO(data))
+    permuted = [f.record(name) for name in f.keys() if f.record(name)["kind"] == "permuted"]
+    used = Counter(r["scheme"] for r in permuted)
+    permuted_bytes = sum(r["length"] for r in permuted)
+    row = {"level": level, "schemes": " ".join(f"{s}:{k}" for s, k in sorted(used.items())),
+           "bits": 8 * permuted_bytes / weights, "ratio": 8 * permuted_bytes / bound,
+           "file_bytes": len(data), "encode": elements / encode_seconds / 1e6}
+    for device in devices:
+        row[f"decode_{device}"] = elements / best_seconds(lambda: codec.decode(data, device=device), repeat,
+                                                          device) / 1e6
+    return row
+
+
+def baseline_rows(state, devices, repeat: int, weights: int, elements: int) -> list[dict]:
     fp32 = safetensors.torch.save(state)
-    fp16 = safetensors.torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()})
     raw = b"".join(codec.tensor_bytes(t) for t in state.values())
     zstd_fp32 = zstandard.ZstdCompressor(level=19).compress(raw)
-    rows = [("fp32 safetensors", len(fp32)), ("fp16 safetensors", len(fp16)), ("zstd-19 of fp32 bytes", len(zstd_fp32)),
-            (".pc file (delta)", len(pc_bytes))]
-    out = [(what, size, 8 * size / weights) for what, size in rows]
-    out.append(("permuted weights only: .pc", totals["permuted_bytes"], totals["permuted_bits_per_weight"]))
-    out.append(("permuted weights only: bound", round(totals["bound_bits_per_weight"] * totals["permuted_weights"] / 8),
-                totals["bound_bits_per_weight"]))
-    return out
+    rows = [{"level": "safetensors fp32", "bits": 8 * len(fp32) / elements, "file_bytes": len(fp32)},
+            {"level": "zstd-19 of fp32", "bits": 8 * len(zstd_fp32) / elements, "file_bytes": len(zstd_fp32)},
+            {"level": "torch.rand"}]
+    decompressor = zstandard.ZstdDecompressor()
+    for device in devices:
+        def load_fp32():
+            return {k: v.to(device) for k, v in safetensors.torch.load(fp32).items()}
+        rows[0][f"decode_{device}"] = elements / best_seconds(load_fp32, repeat, device) / 1e6
+        rows[1][f"decode_{device}"] = elements / best_seconds(
+            lambda: torch.frombuffer(bytearray(decompressor.decompress(zstd_fp32)), dtype=torch.float32).to(device),
+            repeat, device) / 1e6
+        rows[2][f"decode_{device}"] = elements / best_seconds(lambda: torch.rand(elements, device=device), repeat,
+                                                              device) / 1e6
+    return rows
 
 
-def speed_rows(state: dict, spec, pc_bytes: bytes, device: str, repeat: int):
-    weights = sum(t.numel() for t in state.values())
-    on_device = {k: v.to(device) for k, v in state.items()}
-    fp32 = safetensors.torch.save(state)
-    timings = {
-        "encode .pc": lambda: codec.encode(state, spec),
-        "decode .pc (hash check)": lambda: codec.decode(pc_bytes, device=device),
-        "decode .pc (no hash check)": lambda: codec.decode(pc_bytes, device=device, verify=False),
-        "baseline: safetensors save fp32": lambda: safetensors.torch.save({k: v.cpu() for k, v in on_device.items()}),
-        "baseline: safetensors load fp32": lambda: {k: v.to(device) for k, v in safetensors.torch.load(fp32).items()},
-    }
-    if device == "cuda":
-        del timings["encode .pc"]  # the encoder runs on the CPU
-    return [(what, weights / best_seconds(fn, repeat, device)) for what, fn in timings.items()]
+def print_table(rows: list[dict], devices) -> None:
+    decode_heads = "".join(f" {'decode ' + d:>12} |" for d in devices)
+    print(f"| {'level / baseline':<17} | {'schemes':<30} | {'bits/weight':>11} | {'x bound':>7} | "
+          f"{'file bytes':>11} | {'encode':>7} |{decode_heads}")
+    print(f"|{'-' * 19}|{'-' * 32}|{'-' * 13}|{'-' * 9}|{'-' * 13}|{'-' * 9}|" + "".join(f"{'-' * 14}|" for _ in devices))
+    for row in rows:
+        def cell(key, fmt, width):
+            return f"{row[key]:{width}{fmt}}" if key in row else " " * width
+        decodes = "".join(f" {cell('decode_' + d, '.2f', 12)} |" for d in devices)
+        print(f"| {row['level']:<17} | {row.get('schemes', ''):<30} | {cell('bits', '.3f', 11)} | "
+              f"{cell('ratio', '.4f', 7)} | {cell('file_bytes', ',', 11)} | {cell('encode', '.2f', 7)} |{decodes}",
+              flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 10], help="Conv7 training lengths")
-    parser.add_argument("--cache", default="runs/bench", help="where trained checkpoints are kept")
-    parser.add_argument("--repeat", type=int, default=3, help="timed repeats; the best is reported")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES, metavar="CASE",
+                        help=f"which cases (default: all of {', '.join(CASES)})")
+    parser.add_argument("--levels", nargs="+", choices=list(schemes.LEVELS), default=list(schemes.LEVELS))
+    parser.add_argument("--cache", default="runs/bench", help="where trained Conv7 checkpoints are kept")
+    parser.add_argument("--repeat", type=int, default=3, help="timed decode repeats; the best is reported")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices: {', '.join(devices)}")
-    for epochs in args.epochs:
-        ckpt = trained_checkpoint(epochs, Path(args.cache))
-        state, spec, _ = read_model(ckpt)
-        pc_path = Path(args.cache) / f"conv7_e{epochs}.pc"
-        codec.save(state, pc_path, init=spec)
-        pc_bytes = pc_path.read_bytes()
-        acc = torch.load(ckpt, weights_only=True)["metrics"][-1]["test_acc"]
-        weights = sum(t.numel() for t in state.values())
-        print(f"\n### Conv7, {epochs} epoch(s) on mnist5k (test acc {acc:.3f}), {weights:,} stored elements\n")
-        print(f"| {'format':<30} | {'bytes':>10} | {'bits/weight':>11} |")
-        print(f"|{'-' * 32}|{'-' * 12}|{'-' * 13}|")
-        totals = describe(pc_path)["totals"]
-        for what, size, bpw in size_rows(state, pc_bytes, totals):
-            print(f"| {what:<30} | {size:>10,} | {bpw:>11.3f} |")
-        permuted_bpw = totals["permuted_bits_per_weight"]
-        if epochs in REFERENCE_DELTA:
-            ref = REFERENCE_DELTA[epochs]
-            print(f"\ndelta vs the issue's reference {ref} bits/weight: {permuted_bpw:.3f} "
-                  f"({100 * (permuted_bpw / ref - 1):+.1f}%; goal within 3%)")
-        print(f"\n| {'operation':<32} | {'device':<6} | {'M weights/s':>11} |")
-        print(f"|{'-' * 34}|{'-' * 8}|{'-' * 13}|")
-        for device in devices:
-            for what, rate in speed_rows(state, spec, pc_bytes, device, args.repeat):
-                print(f"| {what:<32} | {device:<6} | {rate / 1e6:>11.2f} |", flush=True)
+    from permcodec import rans
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices: {', '.join(devices)}, "
+          f"integer kernels: {rans.default_backend()}")
+    print("speeds in M stored elements/s (decode includes the SHA-256 check); bits/weight and x bound "
+          "count the permuted weights only")
+    for case in args.cases:
+        state, spec = load_case(case, Path(args.cache))
+        elements = sum(t.numel() for t in state.values())
+        probe = codec.encode(state, spec, level="fast")
+        weights, bound = permuted_bound_bits(probe)
+        print(f"\n### {case}: {weights:,} permuted weights of {elements:,} stored elements; "
+              f"bound {bound / weights:.3f} bits/weight\n")
+        rows = [level_row(state, spec, level, devices, args.repeat, bound, weights, elements)
+                for level in args.levels]
+        print_table(rows + baseline_rows(state, devices, args.repeat, weights, elements), devices)
 
 
 if __name__ == "__main__":

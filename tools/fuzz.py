@@ -716,7 +716,7 @@ def arrangement_section(record: dict, rng: random.Random):
     try:
         init = codec.init_of(record)
         rows, n = perm.row_shape(init.shape)
-        if rows * n <= 4096 and how != "random":
+        if rows * n <= 4096 and n <= 4096 and how != "random":
             initial = codec.initial_rows(init)
             generator = torch.Generator().manual_seed(rng.randrange(2**63))
             order = torch.argsort(torch.rand(rows, n, generator=generator), dim=1)
@@ -1039,9 +1039,18 @@ class Inflight:
 
 
 def warm_up(fixtures: list[Fixture]) -> None:
-    """Decode every golden file once, so that the baseline memory holds torch's own start-up."""
+    """Decode every golden file once, and a tensor of each scheme big enough for the parallel kernels,
+    so that the baseline memory holds torch's start-up and numba's compiled kernels (compiling one
+    costs a few hundred MB once; that is start-up, not decoding)."""
+    from torch import nn
+
     for fixture in fixtures:
         permcodec.decode(fixture.data, limits=FUZZ_LIMITS)
+    for dist, options in (("he_uniform", {}), ("sparse", {"density": 0.3})):
+        layer = nn.Linear(640, 512, bias=False)
+        permcodec.init_(layer, 1, dist=dist, **options)
+        for scheme in ("exact", "multiset"):
+            permcodec.decode(permcodec.encode(layer, scheme=scheme, level="fast"), limits=FUZZ_LIMITS)
 
 
 def cap_data_segment(ceiling: int) -> None:
