@@ -373,6 +373,8 @@ def _decode_digits_numpy(words, starts, ends, rows, n, lanes):
         row_ids = np.arange(first, min(rows, first + lanes))
         lane = row_ids - first
         for p in range(n - 1):
+            if status[lane].all():
+                break  # every lane of this block has failed: the section is rejected anyway
             left = np.int64(n - p)
             x = state[lane]
             y = (x & np.uint64(PROB_SCALE - 1)).astype(np.int64)
@@ -398,6 +400,8 @@ def _decode_arrangement_numpy(words, starts, ends, counts, n, lanes):
         live = (remaining > 0).sum(axis=1)
         local = np.arange(row_ids.size)
         for p in range(n):
+            if status[lane].all():
+                break  # every lane of this block has failed: the section is rejected anyway
             left = np.int64(n - p)
             x = state[lane]
             y = (x & np.uint64(PROB_SCALE - 1)).astype(np.int64)
