@@ -77,7 +77,7 @@ def test_codec_round_trip_on_cuda_for_every_distribution():
                     rows = perm.as_rows(param)
                     order = torch.argsort(torch.rand(rows.shape), dim=1)
                     param.copy_(torch.gather(rows, 1, order).reshape(param.shape))
-        data = permcodec.encode(model)
-        gpu = permcodec.decode(data, device="cuda")
-        for name, tensor in model.state_dict().items():
-            assert codec.tensor_bytes(tensor) == codec.tensor_bytes(gpu[name]), (dist, name)
+        for scheme in ("delta", "exact", "multiset"):
+            gpu = permcodec.decode(permcodec.encode(model, scheme=scheme), device="cuda")
+            for name, tensor in model.state_dict().items():
+                assert codec.tensor_bytes(tensor) == codec.tensor_bytes(gpu[name]), (dist, scheme, name)
