@@ -13,8 +13,8 @@ import zstandard
 
 from .errors import FormatError
 
-# zstd level of index planes and raw tensors: the size/speed balance measured
-# in tools/bench_codec.py (README); any level decodes at the same speed.
+# zstd level when a caller names none; the encoder passes its level's own
+# (schemes.LEVELS: 3, 19, 22). Any level decodes at the same speed.
 DEFAULT_ZSTD_LEVEL = 19
 ZSTD_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"  # RFC 8878 3.1.1; skippable frames have other magics
 

@@ -34,9 +34,9 @@ class Level:
 
     name: str
     zstd_level: int      # zstd level of delta sections and raw tensors
-    bits_per_lane: int   # information bits per rANS lane: more lanes decode more in parallel, each costs ~12 bytes
+    bits_per_lane: int   # information bits per rANS lane: more lanes decode more in parallel, each costs ~16 bytes
     try_delta: bool      # whether delta competes with the arrangement schemes
-    multiset_gain: float  # try multiset where repeated values save at least this share of exact's bits
+    multiset_gain: float  # try multiset where repeated values save more than this share of exact's bits
     summary: str         # one line for --help and the spec
 
 
