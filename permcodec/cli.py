@@ -93,7 +93,7 @@ def add_encode(sub) -> None:
     p.add_argument("--raw-fallback", action="store_true",
                    help="store a tensor that is not a permutation of its init losslessly instead of failing")
     p.add_argument("--level", choices=list(LEVELS), default=DEFAULT_LEVEL,
-                   help=f"how hard to try: fast, default or max (default {DEFAULT_LEVEL}; see below)")
+                   help=f"how hard to try, see 'levels' below (default: {DEFAULT_LEVEL})")
     p.add_argument("--scheme", choices=list(SCHEMES),
                    help="store every permuted tensor with this scheme instead of the smallest the level tries")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

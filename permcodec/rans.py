@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, SpecError
 
 PROB_BITS = 31
 PROB_SCALE = 1 << PROB_BITS        # M: quantized probabilities sum to this
@@ -49,6 +49,8 @@ BACKENDS = ("numba", "numpy") if numba is not None else ("numpy",)
 def default_backend() -> str:
     """numba when available, unless PERMCODEC_BACKEND=numpy asks for the pure fallback."""
     wanted = os.environ.get("PERMCODEC_BACKEND", BACKENDS[0])
+    if wanted not in ("numba", "numpy"):
+        raise SpecError(f"PERMCODEC_BACKEND must be 'numba' or 'numpy', found {wanted!r}")
     return wanted if wanted in BACKENDS else BACKENDS[0]
 
 

@@ -122,7 +122,10 @@ def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int
 
 def compiled_kernel():
     """The numba module, or None without numba or with PERMCODEC_BACKEND=numpy."""
-    if os.environ.get("PERMCODEC_BACKEND") == "numpy":
+    wanted = os.environ.get("PERMCODEC_BACKEND", "numba")
+    if wanted not in ("numba", "numpy"):
+        raise SpecError(f"PERMCODEC_BACKEND must be 'numba' or 'numpy', found {wanted!r}")
+    if wanted == "numpy":
         return None
     try:
         from . import _philox_numba

@@ -171,3 +171,12 @@ def test_an_empty_tensor_with_huge_rows_encodes_without_allocating_per_position(
     assert rans.encode_arrangement(huge, np.zeros((0, 1), np.int64), 1, backend) == section
     assert rans.decode_permutations(section, 0, 2**31, 1, "t", backend).shape == (0, 2**31)
     assert rans.decode_arrangement(section, np.zeros((0, 1), np.int64), 0, 2**31, 1, "t", backend).shape == (0, 2**31)
+
+
+def test_an_unknown_backend_in_the_environment_is_named(monkeypatch):
+    from permcodec import SpecError, rng
+    monkeypatch.setenv("PERMCODEC_BACKEND", "numby")
+    with pytest.raises(SpecError, match="PERMCODEC_BACKEND must be 'numba' or 'numpy', found 'numby'"):
+        rans.default_backend()
+    with pytest.raises(SpecError, match="PERMCODEC_BACKEND must be 'numba' or 'numpy', found 'numby'"):
+        rng.compiled_kernel()
