@@ -183,10 +183,8 @@ def nothing_coded_section(lanes: int) -> bytes:
 
 def nothing_coded(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Lane status when no position is coded: each lane must be exactly the state L, without walking rows."""
-    first = (words[starts] << np.uint64(32)) | words[starts + 1]
-    status = np.where(first < np.uint64(STATE_LOW), 1, 0)
-    status[(status == 0) & ((first != np.uint64(STATE_LOW)) | (ends - starts != 2))] = 3
-    return status
+    state, status, pointer = _initial_states(words, starts)
+    return _final_status(state, pointer, ends, status)
 
 
 def split_lanes(section: bytes, lanes: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -206,9 +204,9 @@ def split_lanes(section: bytes, lanes: int, what: str) -> tuple[np.ndarray, np.n
     return words, ends - lengths, ends
 
 
-def quantized(cum: np.ndarray, remaining: np.ndarray) -> np.ndarray:
-    """floor(cum * M / R), elementwise, exact in int64 (cum <= R <= 2^31)."""
-    return (cum << PROB_BITS) // remaining
+def quantized(cum: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """floor(cum * M / Q), elementwise, exact in int64 (cum <= Q <= 2^31)."""
+    return (cum << PROB_BITS) // left
 
 
 # ---------------------------------------------------------------- numpy backend
@@ -356,7 +354,7 @@ def _read_words(x, need, lane, pointer, ends, words, status):
     return x
 
 
-def _initial_states(words, starts, lanes):
+def _initial_states(words, starts):
     state = (words[starts] << np.uint64(32)) | words[starts + 1]
     status = np.where(state < np.uint64(STATE_LOW), 1, 0).astype(np.int64)
     return state, status, starts + 2
@@ -370,7 +368,7 @@ def _final_status(state, pointer, ends, status):
 def _decode_digits_numpy(words, starts, ends, rows, n, lanes):
     """Uniform digits lane by lane: the digit is t itself (C = t, m = 1), so no tree is needed."""
     digits = np.zeros((rows, n), dtype=np.int64)
-    state, status, pointer = _initial_states(words, starts, lanes)
+    state, status, pointer = _initial_states(words, starts)
     for first in range(0, rows, lanes):
         row_ids = np.arange(first, min(rows, first + lanes))
         lane = row_ids - first
@@ -393,7 +391,7 @@ def _decode_digits_numpy(words, starts, ends, rows, n, lanes):
 def _decode_arrangement_numpy(words, starts, ends, counts, n, lanes):
     rows = counts.shape[0]
     symbols = np.zeros((rows, n), dtype=np.int64)
-    state, status, pointer = _initial_states(words, starts, lanes)
+    state, status, pointer = _initial_states(words, starts)
     for first in range(0, rows, lanes):
         row_ids = np.arange(first, min(rows, first + lanes))
         lane = row_ids - first
@@ -423,12 +421,7 @@ def _decode_arrangement_numpy(words, starts, ends, counts, n, lanes):
 
 # ---------------------------------------------------------------- numba backend
 
-_KERNELS = None
-
-
 def _numba_kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        from . import _rans_numba
-        _KERNELS = _rans_numba
-    return _KERNELS
+    """The compiled kernels, imported on first use so that numba loads only when it is needed."""
+    from . import _rans_numba
+    return _rans_numba

@@ -83,22 +83,15 @@ class PoolClasses:
         counts.scatter_add_(1, of_sorted, torch.ones_like(of_sorted))
         return cls(of_sorted, counts)
 
-    def multiset_gain(self) -> float:
-        """The share of exact's bits that multiset saves: sum log2(m_v!) / (rows * log2(n!)); 0 without repeats."""
-        rows, n = self.of_sorted.shape
-        if not rows or n < 2 or int(self.of_sorted[:, -1].min()) == n - 1:
-            return 0.0
-        return 1.0 - multiset_bound_bits(self.counts, n) / (rows * math.lgamma(n + 1) / math.log(2))
-
     def values(self, pool_sorted: torch.Tensor) -> torch.Tensor:
         """float32 [rows, K]: the value of each class (0.0 in the padding)."""
         out = torch.zeros(self.counts.shape, dtype=pool_sorted.dtype, device=pool_sorted.device)
         return out.scatter_(1, self.of_sorted, pool_sorted)
 
 
-def multiset_bound_bits(counts: torch.Tensor, n: int) -> float:
-    rows = counts.shape[0]
-    return (rows * math.lgamma(n + 1) - torch.lgamma(counts.to(torch.float64) + 1).sum().item()) / math.log(2)
+def exact_bound_bits(rows: int, n: int) -> float:
+    """rows * log2(n!): what exact codes, and what multiset saves on."""
+    return rows * math.lgamma(n + 1) / math.log(2)
 
 
 def lanes_for(bound_bits: float, rows: int, level: Level) -> int:
@@ -142,8 +135,11 @@ def encode_best(trained: perm.SortedRows, initial: perm.SortedRows, level: Level
                 only: str | None = None) -> tuple[str, dict, bytes]:
     """(scheme, scheme_params, section) of the smallest scheme ``level`` tries, or of scheme ``only``."""
     rows, n = initial.rows.shape
-    classes = PoolClasses.of(initial.pool())
-    wanted = [only] if only else schemes_to_try(level, classes.multiset_gain())
+    pool = initial.pool()
+    exact_bits = exact_bound_bits(rows, n)
+    multiset_bits = perm.permutation_bound_bits(pool)
+    gain = 1.0 - multiset_bits / exact_bits if exact_bits else 0.0  # 0.0 exactly without repeated values
+    wanted = [only] if only else schemes_to_try(level, gain)
     if n > rans.MAX_ROW_LENGTH:  # rANS needs every probability >= 2^-31
         if only not in (None, DELTA):
             raise SpecError(f"scheme {only!r} needs rows of at most 2^31 elements, found {n}")
@@ -153,11 +149,11 @@ def encode_best(trained: perm.SortedRows, initial: perm.SortedRows, level: Level
         if scheme == DELTA:
             found.append((DELTA, {}, encode_delta(trained, initial, level.zstd_level)))
         elif scheme == EXACT:
-            lanes = lanes_for(rows * math.lgamma(n + 1) / math.log(2), rows, level)
+            lanes = lanes_for(exact_bits, rows, level)
             found.append((EXACT, {"lanes": lanes}, encode_exact(trained, initial, lanes)))
         else:
-            lanes = lanes_for(multiset_bound_bits(classes.counts, n), rows, level)
-            found.append((MULTISET, {"lanes": lanes}, encode_multiset(trained, classes, lanes)))
+            lanes = lanes_for(multiset_bits, rows, level)
+            found.append((MULTISET, {"lanes": lanes}, encode_multiset(trained, PoolClasses.of(pool), lanes)))
     return min(found, key=lambda item: len(item[2]))
 
 
