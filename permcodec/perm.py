@@ -46,6 +46,8 @@ def row_ranks(rows: torch.Tensor) -> torch.Tensor:
 
 def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
     """inverse[r, order[r, j]] = j for each row of an int64 permutation matrix."""
+    if order.numel() == 0:  # no rows: an arange of the row length would be sized by nothing real
+        return torch.empty_like(order)
     positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, positions)
 
@@ -88,7 +90,10 @@ class SortedRows:
 
     @classmethod
     def of(cls, rows: torch.Tensor) -> "SortedRows":
-        order = torch.argsort(rows, dim=1, stable=True)
+        if rows.numel() == 0:  # torch's argsort sizes work by the row length even with no rows
+            order = torch.empty(rows.shape, dtype=torch.int64, device=rows.device)
+        else:
+            order = torch.argsort(rows, dim=1, stable=True)
         return cls(rows, order, inverse_permutation(order))
 
     def pool(self) -> torch.Tensor:

@@ -16,6 +16,7 @@ import permcodec
 from permcodec import (FormatError, IntegrityError, LimitError, NotAPermutationError, SpecError,
                        UnsupportedVersionError, codec, container, init_, perm, schemes)
 from permcodec.container import Limits
+from permcodec.initspec import InitSpec, TensorInit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import make_fixtures  # noqa: E402
@@ -455,3 +456,12 @@ def test_limits_pass_at_the_limit_and_fail_one_below(field, limit_value):
     permcodec.decode(tiny_bytes(), limits=Limits(**{field: limit_value}))
     with pytest.raises(LimitError):
         permcodec.decode(tiny_bytes(), limits=Limits(**{field: limit_value - 1}))
+
+
+def test_forcing_an_arrangement_scheme_on_rows_longer_than_2_31_is_refused():
+    empty = torch.empty(0, 2**31 + 1)
+    record = TensorInit.from_dict({"name": "w", "shape": [0, 2**31 + 1], "seed": 1, "stream": 0,
+                                   "dist": "uniform", "params": {"low": -1.0, "high": 1.0}})
+    spec = InitSpec([record])
+    with pytest.raises(SpecError, match=r"scheme 'exact' needs rows of at most 2\^31 elements, found 2147483649"):
+        permcodec.encode({"w": empty}, spec, scheme="exact")

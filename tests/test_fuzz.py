@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 import permcodec
 from permcodec import FormatError, container, indexcode, rans
+from permcodec.container import Limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import fuzz  # noqa: E402
@@ -121,6 +122,21 @@ def test_empty_arrangement_tensor_with_the_longest_rows_allocates_nothing(monkey
                               "scheme_params": {"lanes": 1}, "offset": 0, "length": len(section),
                               "crc32": container.crc32(section), "sha256": hashlib.sha256(b"").digest()}]
     assert permcodec.decode(tiny_with(edit, section))["weight"].shape == (0, 2**31 - 1)
+
+
+@pytest.mark.parametrize("scheme", ["exact", "multiset"])
+def test_arrangement_rows_longer_than_2_31_are_refused_whatever_the_limits(scheme):
+    """specs/format.md 9.3: rANS needs n <= 2^31, so a decoder with larger caps must still refuse."""
+    section = bytes.fromhex("02000000" "01000000" "00000000")
+
+    def edit(header):
+        header["tensors"] = [{**header["tensors"][0], "shape": [0, 2**31 + 1], "scheme": scheme,
+                              "scheme_params": {"lanes": 1}, "offset": 0, "length": len(section),
+                              "crc32": container.crc32(section), "sha256": hashlib.sha256(b"").digest()}]
+    roomy = Limits(max_dim=2**32, max_tensor_elements=2**32)
+    with pytest.raises(FormatError, match=f"tensor 'weight': scheme '{scheme}' needs rows of at most 2\\^31 "
+                                          f"elements, found 2147483649"):
+        permcodec.decode(tiny_with(edit, section), limits=roomy)
 
 
 def test_skippable_frame_is_not_a_section():

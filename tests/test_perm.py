@@ -78,3 +78,7 @@ def test_is_row_permutation_compares_bits():
 def test_sync_shape_mismatch():
     with pytest.raises(SpecError, match=r"sorted pool has shape \(2, 3\), rows are \(3, 2\)"):
         perm.sync(torch.zeros(3, 2), torch.zeros(2, 3))
+
+
+def test_inverse_of_no_rows_with_huge_rows_allocates_nothing():
+    assert perm.inverse_permutation(torch.empty(0, 2**40, dtype=torch.int64)).shape == (0, 2**40)
