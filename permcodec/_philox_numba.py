@@ -1,15 +1,15 @@
-"""numba kernel of Philox4x32-10 (permcodec.rng): integer-only, so compiled words equal the torch ones."""
+"""numba kernel of Philox4x32-10 (permcodec.rng): integer-only, so compiled words equal the torch ones.
+
+The kernels are serial and release the GIL; ``parallel.run_over`` splits
+their block ranges across threads (see there for why not numba's prange).
+"""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-# numba's OpenMP layer and torch's own OpenMP runtime spin against each other
-# on few cores (decode ran 6x slower); the workqueue layer does not.
-numba.config.THREADING_LAYER = "workqueue"
-
+from .parallel import run_over
 from .rng import MASK32, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, ROUNDS
 
 _M0 = np.uint64(PHILOX_M0)
@@ -21,8 +21,6 @@ _U32 = np.uint64(32)
 _U5 = np.uint64(5)
 _U6 = np.uint64(6)
 _U26 = np.uint64(26)
-# Below this many values a parallel region costs more to start than it saves.
-PARALLEL_MIN = 1 << 18
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -43,9 +41,9 @@ def _philox(block, stream, substream, k0, k1):
     return c0, c1, c2, c3
 
 
-@njit(cache=True, parallel=True)
-def _blocks(k0, k1, stream, substream, start, out):
-    for i in prange(out.shape[0]):
+@njit(cache=True, nogil=True)
+def _blocks(k0, k1, stream, substream, start, out, lo, hi):
+    for i in range(lo, hi):
         c0, c1, c2, c3 = _philox(start + i, stream, substream, k0, k1)
         out[i, 0] = np.int64(c0)
         out[i, 1] = np.int64(c1)
@@ -56,8 +54,7 @@ def _blocks(k0, k1, stream, substream, start, out):
 def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int) -> np.ndarray:
     """Output words of blocks ``start .. start+count-1``: int64 [count, 4] of 32-bit values."""
     out = np.empty((count, 4), dtype=np.int64)
-    if count:
-        _blocks(seed & MASK32, seed >> 32, stream, substream, start, out)
+    run_over(_blocks, count, seed & MASK32, seed >> 32, stream, substream, start, out)
     return out
 
 
@@ -71,17 +68,10 @@ def _uniform_block(i, first, start, k0, k1, stream, out):
         out[even + 1] = np.int64(((c2 >> _U5) << _U26) | (c3 >> _U6))
 
 
-@njit(cache=True, parallel=True)
-def _uniform53_parallel(k0, k1, stream, start, out):
-    first = start >> 1
-    for i in prange(((start + out.shape[0] - 1) >> 1) - first + 1):
-        _uniform_block(i, first, start, k0, k1, stream, out)
-
-
 @njit(cache=True, nogil=True)
-def _uniform53_serial(k0, k1, stream, start, out):
+def _uniform53(k0, k1, stream, start, out, lo, hi):
     first = start >> 1
-    for i in range(((start + out.shape[0] - 1) >> 1) - first + 1):
+    for i in range(lo, hi):
         _uniform_block(i, first, start, k0, k1, stream, out)
 
 
@@ -90,6 +80,6 @@ def uniform53(seed: int, stream: int, start: int, count: int) -> np.ndarray:
     block i >> 1, k = (a >> 5) * 2^26 + (b >> 6)): int64 [count]."""
     out = np.empty(count, dtype=np.int64)
     if count:
-        kernel = _uniform53_parallel if count >= PARALLEL_MIN else _uniform53_serial
-        kernel(seed & MASK32, seed >> 32, stream, start, out)
+        blocks = ((start + count - 1) >> 1) - (start >> 1) + 1
+        run_over(_uniform53, blocks, seed & MASK32, seed >> 32, stream, start, out, work=count)
     return out

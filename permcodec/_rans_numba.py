@@ -1,19 +1,17 @@
-"""numba kernels of permcodec.rans: the same integer steps as its numpy backend, one lane per thread.
+"""numba kernels of permcodec.rans: the same integer steps as its numpy backend, lanes and rows in parallel.
 
 Only integer arithmetic happens here, so compiled and interpreted code agree
-bit for bit. Imported lazily by rans; compiled on first use and cached.
+bit for bit. Imported lazily by rans; compiled on first use and cached. Each
+kernel is serial over a range ``[lo, hi)`` of rows, lanes or lane groups and
+releases the GIL; ``parallel.run_over`` splits the range across threads.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-# numba's OpenMP layer and torch's own OpenMP runtime spin against each other
-# on few cores (decode ran 6x slower); the workqueue layer does not.
-numba.config.THREADING_LAYER = "workqueue"
-
+from .parallel import run_over
 from .rans import PROB_BITS, STATE_LOW
 
 _U32 = np.uint64(32)
@@ -23,8 +21,6 @@ _LOW_MASK = np.uint64((1 << PROB_BITS) - 1)
 _WORD_MASK = np.uint64(0xFFFFFFFF)
 _L = np.uint64(STATE_LOW)
 _GROUP = 4  # lanes one thread decodes side by side
-# Below this many elements a parallel region costs more to start than it saves.
-PARALLEL_MIN = 1 << 18
 
 
 @njit(cache=True, nogil=True)
@@ -83,12 +79,12 @@ def _padded_size(k):
     return size
 
 
-@njit(cache=True, parallel=True)
-def _model_rows(symbols, counts, start, freq):
-    """(start, freq) of every position (freq 0: not coded), one row per thread."""
-    rows, n = symbols.shape
+@njit(cache=True, nogil=True)
+def _model_rows(symbols, counts, start, freq, lo, hi):
+    """(start, freq) of every position of rows lo .. hi-1 (freq 0: not coded)."""
+    n = symbols.shape[1]
     k = counts.shape[1]
-    for r in prange(rows):
+    for r in range(lo, hi):
         tree = np.empty(k + 1, np.int64)
         remaining = counts[r].copy()
         _build_padded(tree, remaining, k, k)
@@ -110,11 +106,11 @@ def _model_rows(symbols, counts, start, freq):
             live -= remaining[c] == 0
 
 
-@njit(cache=True, parallel=True)
-def _swap_digits(pi, digits):
-    """Swap code, one row per thread: d_p = (where pi[p] sits now) - p, then swap it to p."""
-    rows, n = pi.shape
-    for r in prange(rows):
+@njit(cache=True, nogil=True)
+def _swap_digits(pi, digits, lo, hi):
+    """Swap code of rows lo .. hi-1: d_p = (where pi[p] sits now) - p, then swap it to p."""
+    n = pi.shape[1]
+    for r in range(lo, hi):
         current = np.arange(n)
         where = np.arange(n)
         for p in range(n):
@@ -130,45 +126,33 @@ def _swap_digits(pi, digits):
 
 def permutation_digits(pi):
     digits = np.empty(pi.shape, np.int64)
-    _swap_digits(pi, digits)
+    run_over(_swap_digits, pi.shape[0], pi, digits, work=pi.size)
     return digits
 
 
 @njit(cache=True, nogil=True)
-def _unswap_row(digits, out, r):
+def _unswap_rows(digits, out, lo, hi):
     n = digits.shape[1]
-    for q in range(n):
-        out[r, q] = q
-    for p in range(n - 1):
-        at = p + digits[r, p]
-        moved = out[r, at]
-        out[r, at] = out[r, p]
-        out[r, p] = moved
-
-
-@njit(cache=True, parallel=True)
-def _unswap_parallel(digits, out):
-    for r in prange(digits.shape[0]):
-        _unswap_row(digits, out, r)
-
-
-@njit(cache=True, nogil=True)
-def _unswap_serial(digits, out):
-    for r in range(digits.shape[0]):
-        _unswap_row(digits, out, r)
+    for r in range(lo, hi):
+        for q in range(n):
+            out[r, q] = q
+        for p in range(n - 1):
+            at = p + digits[r, p]
+            moved = out[r, at]
+            out[r, at] = out[r, p]
+            out[r, p] = moved
 
 
 def permutations_of(digits):
     out = np.empty(digits.shape, np.int64)
-    (_unswap_parallel if digits.size >= PARALLEL_MIN else _unswap_serial)(digits, out)
+    run_over(_unswap_rows, digits.shape[0], digits, out, work=digits.size)
     return out
 
 
-@njit(cache=True, parallel=True)
-def _encode_lanes(start, freq, lanes, out, out_start):
+@njit(cache=True, nogil=True)
+def _encode_lanes(start, freq, lanes, out, out_start, used, lo, hi):
     rows, n = start.shape
-    used = np.zeros(lanes, np.int64)
-    for j in prange(lanes):
+    for j in range(lo, hi):
         x = _L
         w = out_start[j]
         last = j + ((rows - 1 - j) // lanes) * lanes
@@ -185,7 +169,6 @@ def _encode_lanes(start, freq, lanes, out, out_start):
         out[w] = x & _WORD_MASK
         out[w + 1] = x >> _U32
         used[j] = w + 2 - out_start[j]
-    return used
 
 
 def encode_lanes(start, freq, lanes: int) -> list[np.ndarray]:
@@ -193,14 +176,16 @@ def encode_lanes(start, freq, lanes: int) -> list[np.ndarray]:
     per_lane = np.array([((rows - j + lanes - 1) // lanes) * n + 2 for j in range(lanes)], dtype=np.int64)
     out_start = np.concatenate([[0], np.cumsum(per_lane)[:-1]]).astype(np.int64)
     out = np.empty(int(per_lane.sum()), dtype=np.uint64)
-    used = _encode_lanes(np.ascontiguousarray(start), np.ascontiguousarray(freq), lanes, out, out_start)
+    used = np.zeros(lanes, np.int64)
+    run_over(_encode_lanes, lanes, np.ascontiguousarray(start), np.ascontiguousarray(freq), lanes, out, out_start,
+             used, work=start.size)
     return [out[s:s + u][::-1].copy() for s, u in zip(out_start, used)]
 
 
 def arrangement_model(symbols, counts):
     start = np.zeros(symbols.shape, np.int64)
     freq = np.zeros(symbols.shape, np.int64)
-    _model_rows(symbols, counts, start, freq)
+    run_over(_model_rows, symbols.shape[0], symbols, counts, start, freq, work=symbols.size)
     return start, freq
 
 
@@ -259,25 +244,17 @@ def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, 
             status[j] = 3
 
 
-@njit(cache=True, parallel=True)
-def _decode_digits_parallel(words, starts, ends, rows, n, lanes, digits, status):
-    whole, extra = _digit_tables(n)
-    for g in prange((lanes + _GROUP - 1) // _GROUP):
+@njit(cache=True, nogil=True)
+def _decode_digit_groups(words, starts, ends, rows, n, lanes, digits, status, whole, extra, lo, hi):
+    for g in range(lo, hi):
         _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra)
 
 
 @njit(cache=True, nogil=True)
-def _decode_digits_serial(words, starts, ends, rows, n, lanes, digits, status):
-    whole, extra = _digit_tables(n)
-    for g in range((lanes + _GROUP - 1) // _GROUP):
-        _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra)
-
-
-@njit(cache=True, parallel=True)
-def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status):
+def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status, lo, hi):
     rows, k = counts.shape
     size = _padded_size(k)
-    for j in prange(lanes):
+    for j in range(lo, hi):
         tree = np.empty(size + 1, np.int64)
         remaining = np.empty(k, np.int64)
         pointer = starts[j]
@@ -322,13 +299,15 @@ def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status):
 def decode_digits(words, starts, ends, rows, n, lanes):
     status = np.zeros(lanes, dtype=np.int64)
     digits = np.zeros((rows, n), dtype=np.int64)
-    kernel = _decode_digits_parallel if rows * n >= PARALLEL_MIN else _decode_digits_serial
-    kernel(words, starts.astype(np.int64), ends.astype(np.int64), rows, n, lanes, digits, status)
+    whole, extra = _digit_tables(n)
+    run_over(_decode_digit_groups, (lanes + _GROUP - 1) // _GROUP, words, starts.astype(np.int64),
+             ends.astype(np.int64), rows, n, lanes, digits, status, whole, extra, work=rows * n)
     return digits, status
 
 
 def decode_arrangement(words, starts, ends, counts, n, lanes):
     status = np.zeros(lanes, dtype=np.int64)
     symbols = np.zeros((counts.shape[0], n), dtype=np.int64)
-    _decode_lanes(words, starts.astype(np.int64), ends.astype(np.int64), counts, n, lanes, symbols, status)
+    run_over(_decode_lanes, lanes, words, starts.astype(np.int64), ends.astype(np.int64), counts, n, lanes,
+             symbols, status, work=counts.shape[0] * n)
     return symbols, status

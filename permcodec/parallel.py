@@ -1,0 +1,87 @@
+"""Run a compiled kernel over an index range on one shared pool of threads.
+
+The kernels of ``_philox_numba`` and ``_rans_numba`` are serial ``nogil``
+functions over a range ``[lo, hi)`` of blocks, rows or lanes. This module
+splits the range into pieces and runs them side by side.
+
+Why not numba's own parallel regions (``prange``): its ``workqueue`` layer
+aborts the whole process when two Python threads enter parallel code at once
+("Concurrent access has been detected"), and its OpenMP layer spins against
+torch's OpenMP runtime on few cores (decoding ran 6x slower). A plain thread
+pool has neither problem: any number of caller threads may share it, pieces
+never wait on other pieces (so it cannot deadlock), and the pieces of
+concurrent calls interleave instead of being serialised behind a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+# Below this many elements a split costs more to hand out than it saves.
+PARALLEL_MIN = 1 << 18
+PIECES_PER_WORKER = 2  # a little slack for uneven pieces (lanes of different lengths)
+
+
+def worker_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
+
+
+WORKERS = worker_count()
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_split_calls = 0  # calls that ran in pieces; tests read it through split_calls()
+
+
+def _forget_pool_in_child() -> None:
+    """A forked child has none of its parent's threads: it builds its own pool on first use."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def shared_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="permcodec")
+        return _pool
+
+
+def split_calls() -> int:
+    """How many kernel calls have run in pieces on the pool in this process."""
+    return _split_calls
+
+
+def pieces(count: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, count)`` cut into at most ``parts`` contiguous, non-empty, near-equal ranges."""
+    parts = max(1, min(parts, count))
+    return [(count * i // parts, count * (i + 1) // parts) for i in range(parts) if count]
+
+
+def run_over(kernel, count: int, *args, work: int | None = None) -> None:
+    """``kernel(*args, lo, hi)`` over ``[0, count)``; in pieces on the pool when ``work`` (elements,
+    default ``count``) is large enough to pay for the hand-out. The caller runs the first piece."""
+    global _split_calls
+    work = count if work is None else work
+    if WORKERS == 1 or count < 2 or work < PARALLEL_MIN:
+        if count:
+            kernel(*args, 0, count)
+        return
+    first, *rest = pieces(count, WORKERS * PIECES_PER_WORKER)
+    futures = [shared_pool().submit(kernel, *args, lo, hi) for lo, hi in rest]
+    with _pool_lock:
+        _split_calls += 1
+    try:
+        kernel(*args, *first)
+    finally:
+        wait(futures)  # never return while a piece still writes into the caller's arrays
+    for future in futures:
+        future.result()
