@@ -8,6 +8,7 @@ stream id, distribution and its float32 parameters. From a record alone,
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -136,9 +137,12 @@ class InitSpec:
 
 
 def init_targets(module: nn.Module, bias: bool) -> list[tuple[str, torch.Tensor]]:
-    """The (name, parameter) pairs ``init_`` draws: Conv/Linear weights, and their biases if asked."""
+    """The (name, parameter) pairs ``init_`` draws: Conv/Linear weights, and their biases if asked.
+
+    Every name is listed, so a layer registered twice appears twice (and is then refused as tied).
+    """
     targets = []
-    for prefix, layer in module.named_modules():
+    for prefix, layer in module.named_modules(remove_duplicate=False):
         if not isinstance(layer, WEIGHTED_LAYERS):
             continue
         dot = f"{prefix}." if prefix else ""
@@ -148,16 +152,69 @@ def init_targets(module: nn.Module, bias: bool) -> list[tuple[str, torch.Tensor]
     return targets
 
 
+# ---------------------------------------------------------------- tied and aliased tensors
+
+def _memory_span(tensor: torch.Tensor):
+    """(storage key, first byte, end byte) of the memory ``tensor`` can read; None where none is visible.
+
+    Meta, empty and non-strided tensors have no span; they alias only themselves.
+    """
+    if tensor.layout != torch.strided or tensor.device.type == "meta" or tensor.numel() == 0:
+        return None
+    size = tensor.element_size()
+    extent = 1 + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride()))
+    start = tensor.storage_offset() * size
+    return (tensor.device, tensor.untyped_storage().data_ptr()), start, start + extent * size
+
+
+def aliased_pairs(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, str]]:
+    """Every pair of names (earlier, later) whose tensors are one object or overlap in one storage.
+
+    Overlap is judged by byte ranges, so two interleaved views count as aliased. Non-tensor values are skipped.
+    """
+    earlier: dict = {}
+    for name, tensor in named_tensors:
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        span = _memory_span(tensor)
+        bucket = earlier.setdefault(span[0] if span else ("object", id(tensor)), [])
+        for other_name, other, other_span in bucket:
+            if other is tensor or (span and other_span[1] < span[2] and span[1] < other_span[2]):
+                yield other_name, name
+        bucket.append((name, tensor, span))
+
+
+def refuse_aliased(named_tensors: Iterable[tuple[str, torch.Tensor]], names=None) -> None:
+    """Raise ``SpecError`` on the first aliased pair (only pairs with a member in ``names``, if given)."""
+    names = None if names is None else set(names)
+    for a, b in aliased_pairs(named_tensors):
+        if names is None or a in names or b in names:
+            raise SpecError(f"parameters {a!r} and {b!r} are the same tensor (tied or aliased); permcodec stores "
+                            f"each permuted tensor once and cannot store tied weights: untie them or leave one "
+                            f"out of init_")
+
+
+def refuse_tied_targets(module: nn.Module, targets: list[tuple[str, torch.Tensor]]) -> None:
+    """Raise ``SpecError`` if a target shares memory with another target or any parameter or buffer of ``module``."""
+    names = {name for name, _ in targets}
+    others = [(name, t) for name, t in module.named_parameters(remove_duplicate=False) if name not in names]
+    others += [(name, t) for name, t in module.named_buffers(remove_duplicate=False) if name not in names]
+    refuse_aliased(targets + others, names)
+
+
 def init_(module: nn.Module, seed: int, dist: str = "he_uniform", *, bias: bool = False,
           **params) -> InitSpec:
     """Draw every Conv/Linear weight of ``module`` (and bias, if ``bias``) from ``dist``; returns the spec.
 
     Streams are numbered 0, 1, 2, ... in module order. The spec is attached to
     the module, where ``LaPerm`` and ``save`` find it. torch's RNG is not used.
+    Tied or aliased targets are refused before any value changes.
     """
     seed = check_seed(seed)
+    targets = init_targets(module, bias)
+    refuse_tied_targets(module, targets)
     records = []
-    for stream, (name, tensor) in enumerate(init_targets(module, bias)):
+    for stream, (name, tensor) in enumerate(targets):
         if tensor.dtype != torch.float32:
             raise SpecError(f"tensor {name!r} has dtype {tensor.dtype}; permcodec pools are float32")
         record_params = distributions.make_params(dist, tensor.shape, **params)
@@ -166,7 +223,7 @@ def init_(module: nn.Module, seed: int, dist: str = "he_uniform", *, bias: bool 
         raise SpecError(f"module {type(module).__name__} has no Conv/Linear layer to initialize")
     spec = InitSpec(records)
     with torch.no_grad():
-        for (_, tensor), record in zip(init_targets(module, bias), records):
+        for (_, tensor), record in zip(targets, records):
             tensor.copy_(record.regenerate(device=tensor.device))
     setattr(module, INIT_ATTRIBUTE, spec)
     return spec

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import perm
 from .errors import SpecError
-from .initspec import InitSpec, attached_spec, init_targets
+from .initspec import InitSpec, attached_spec, init_targets, refuse_tied_targets
 
 
 def _check_k(k) -> int | Callable[[int], int]:
@@ -35,6 +35,7 @@ class LaPerm:
 
     The permuted tensors are those of ``init`` (or the spec ``init_`` attached to
     the model); without any spec, the Conv/Linear weights as they are now.
+    Tied or aliased permuted tensors are refused (``SpecError`` naming both).
     ``reset_bn`` sets BatchNorm gamma to 1 and beta to 0 at every sync.
     """
 
@@ -52,9 +53,12 @@ class LaPerm:
         self.syncs = 0
 
     def _targets(self) -> list[tuple[str, nn.Parameter]]:
-        if self.spec is None:
-            return init_targets(self.model, bias=False)
-        params = dict(self.model.named_parameters())
+        targets = self._spec_targets() if self.spec is not None else init_targets(self.model, bias=False)
+        refuse_tied_targets(self.model, targets)
+        return targets
+
+    def _spec_targets(self) -> list[tuple[str, nn.Parameter]]:
+        params = dict(self.model.named_parameters(remove_duplicate=False))
         targets = []
         for record in self.spec:
             if record.name not in params:

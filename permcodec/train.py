@@ -132,11 +132,19 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def ranks_agree(model: nn.Module, ranks: Ranks) -> bool:
-    """Whether every rank holds bit-identical weights."""
+    """Whether every rank holds bit-identical weights.
+
+    The digest is gathered on the model's device: nccl accepts only CUDA tensors, gloo CPU ones.
+    """
     if ranks.world == 1:
         return True
-    digest = torch.tensor(list(bytes.fromhex(weights_digest(model))), dtype=torch.int64)
+    digest = torch.tensor(list(bytes.fromhex(weights_digest(model))), dtype=torch.int64, device=model_device(model))
     gathered = [torch.empty_like(digest) for _ in range(ranks.world)]
     torch.distributed.all_gather(gathered, digest)
     return all(torch.equal(g, gathered[0]) for g in gathered)

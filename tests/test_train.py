@@ -9,10 +9,12 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from permcodec import InitSpec, perm
+from permcodec import train as trainer
 from permcodec.cli import main
-from permcodec.train import TrainConfig, checkpoint, save_checkpoint, train
+from permcodec.train import Ranks, TrainConfig, checkpoint, ranks_agree, save_checkpoint, train
 
 
 def assert_rows_are_permutations_of_init(ckpt):
@@ -147,3 +149,66 @@ def test_ddp_two_processes_stay_bit_identical(tmp_path):
     final = json.loads(result.stdout.strip().splitlines()[-1])
     assert final["ranks"] == 2 and final["ranks_identical"] is True and final["syncs"] == 2, diagnosis
     assert_rows_are_permutations_of_init(torch.load(out, weights_only=True))
+
+
+class FakeAllGather:
+    """Stands in for torch.distributed.all_gather: records the devices it is given; rank r sends the
+    caller's digest plus r * ``skew`` (0: every rank agrees). With ``stop``, it records and raises Gathered."""
+
+    def __init__(self, skew=0, stop=False):
+        self.skew, self.stop, self.calls = skew, stop, []
+
+    def __call__(self, outputs, tensor, group=None, async_op=False):
+        self.calls.append((tensor.device, tensor.dtype, tuple(tensor.shape), [out.device for out in outputs]))
+        if self.stop:
+            raise Gathered
+        for rank, out in enumerate(outputs):
+            out.copy_(tensor + rank * self.skew)
+
+
+class Gathered(Exception):
+    pass
+
+
+def two_ranks(monkeypatch, fake):
+    monkeypatch.setattr(torch.distributed, "all_gather", fake)
+    return Ranks(rank=0, world=2)
+
+
+def test_ranks_agree_gathers_on_the_model_device_cpu(monkeypatch):
+    model, fake = nn.Linear(3, 2), FakeAllGather()
+    assert ranks_agree(model, two_ranks(monkeypatch, fake)) is True
+    cpu = torch.device("cpu")
+    assert fake.calls == [(cpu, torch.int64, (32,), [cpu, cpu])]
+
+
+def test_ranks_that_disagree(monkeypatch):
+    fake = FakeAllGather(skew=1)
+    assert ranks_agree(nn.Linear(3, 2), two_ranks(monkeypatch, fake)) is False
+    assert len(fake.calls) == 1
+
+
+def test_one_rank_gathers_nothing(monkeypatch):
+    fake = FakeAllGather()
+    monkeypatch.setattr(torch.distributed, "all_gather", fake)
+    assert ranks_agree(nn.Linear(3, 2), Ranks()) is True
+    assert fake.calls == []
+
+
+def test_ranks_agree_follows_the_model_off_the_cpu(monkeypatch):
+    """A meta model stands in for a CUDA one: the digest must go where the parameters are, not to the CPU."""
+    model, fake = nn.Linear(3, 2, device="meta"), FakeAllGather(stop=True)
+    monkeypatch.setattr(trainer, "weights_digest", lambda m: "ab" * 32)  # meta tensors have no bytes to hash
+    with pytest.raises(Gathered):
+        ranks_agree(model, two_ranks(monkeypatch, fake))
+    meta = torch.device("meta")
+    assert fake.calls == [(meta, torch.int64, (32,), [meta, meta])]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ranks_agree_gathers_on_cuda(monkeypatch):
+    """What nccl needs: CUDA tensors in and out (a real nccl run needs two GPUs)."""
+    model, fake = nn.Linear(3, 2).cuda(), FakeAllGather()
+    assert ranks_agree(model, two_ranks(monkeypatch, fake)) is True
+    device = next(model.parameters()).device
+    assert fake.calls == [(device, torch.int64, (32,), [device, device])]
