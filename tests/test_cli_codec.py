@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from permcodec import codec, init_
+from permcodec import IntegrityError, codec, init_
 from permcodec.cli import main
 from permcodec.modelfile import SAFETENSORS_INIT_KEY
 
@@ -171,13 +171,59 @@ def test_help_explains_each_command():
         assert result.returncode == 0 and "usage: permcodec " + command in result.stdout
 
 
+def integer_bits(tensor):
+    """The tensor's bytes as an integer tensor: equal iff the bits are equal (-0.0 != 0.0, NaN payloads count)."""
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
+def assert_same_bits(got, expected):
+    assert sorted(got) == sorted(expected)  # safetensors stores names sorted
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape, name
+        assert torch.equal(integer_bits(got[name]), integer_bits(tensor)), name
+
+
 def test_demo_round_trip_is_bit_exact(tmp_path):
     from permcodec.demo import run_demo
 
     summary = run_demo(tmp_path, epochs=1, steps=3, progress=False, log=lambda line: None)
-    assert summary["bit_exact"] and summary["test_acc_decoded"] == summary["test_acc_trained"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoded.safetensors", "model.fp32.safetensors",
                                                           "model.pc", "model.pt"]
+    # the comparison, done here from the files: decoded weights vs the trained checkpoint and its fp32 copy
+    trained = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    decoded = safetensors.torch.load_file(tmp_path / "decoded.safetensors")
+    assert len(trained) == 16 and all(t.dtype == torch.float32 for t in trained.values())
+    assert_same_bits(decoded, trained)
+    assert_same_bits(safetensors.torch.load_file(tmp_path / "model.fp32.safetensors"), trained)
+    assert summary["bit_exact"] is True and summary["test_acc_decoded"] == summary["test_acc_trained"]
+
+
+def test_demo_refuses_a_decode_that_changed_a_bit(tmp_path, monkeypatch):
+    from permcodec import demo
+
+    real_load = codec.load
+
+    def load_one_bit_off(*args, **kwargs):
+        state = real_load(*args, **kwargs)
+        state["layers.9.bias"].view(torch.int32)[5] ^= 1
+        return state
+
+    monkeypatch.setattr(codec, "load", load_one_bit_off)
+    with pytest.raises(IntegrityError) as err:
+        demo.run_demo(tmp_path, epochs=1, steps=1, progress=False, log=lambda line: None)
+    assert str(err.value) == "tensor(s) 'layers.9.bias' did not survive the round trip"
+
+
+def test_demo_comparison_names_every_mismatch():
+    from permcodec.demo import mismatched_tensors
+
+    trained = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([float("nan")]), "c": torch.tensor([2.0])}
+    assert mismatched_tensors({k: v.clone() for k, v in trained.items()}, trained) == []
+    other_nan = torch.tensor([0x7FC00001], dtype=torch.int32).view(torch.float32)
+    decoded = {"a": torch.tensor([-0.0, 1.0]), "b": other_nan, "d": torch.tensor([2.0])}
+    assert mismatched_tensors(decoded, trained) == ["a", "b", "c", "d"]
+    assert mismatched_tensors({**trained, "c": trained["c"].double()}, trained) == ["c"]
+    assert mismatched_tensors({**trained, "c": trained["c"].reshape(1, 1)}, trained) == ["c"]
 
 
 @pytest.mark.parametrize("command", [["train", "--model", "mlp", "--steps", "1", "-q"], ["encode", "MODEL"],

@@ -4,6 +4,8 @@ import hashlib
 import math
 import subprocess
 import sys
+from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +170,99 @@ def test_compiled_uniform_integers_equal_the_torch_path(monkeypatch, start, coun
     compiled = D.uniform_integers(2**64 - 5, 17, start, count, "cpu")
     monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
     assert torch.equal(compiled, D.uniform_integers(2**64 - 5, 17, start, count, "cpu"))
+
+
+# ---------------------------------------------------------------- subnormal outputs
+# Parameters so small that the float32 results are subnormal (below 2^-126). specs/rng.md §4 rule 2: the one
+# rounding to f32 keeps subnormals. The expected bits come from tools/spec_decoder.py (written from the spec
+# alone, numpy only) for the f64 value, rounded to f32 here with integer arithmetic only, so that neither
+# permcodec nor a flush-to-zero mode of the FPU can reach the reference.
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import spec_decoder  # noqa: E402
+
+SMALLEST_NORMAL_F32 = 2.0**-126
+
+
+def f32_bits_exact(x: float) -> int:
+    """Bits of the float32 nearest to the float64 x (ties to even, subnormals kept, -0.0 -> +0.0), in integers."""
+    magnitude = Fraction(abs(x))
+    if magnitude == 0:
+        return 0
+    exponent = math.frexp(abs(x))[1] - 1  # 2^exponent <= |x| < 2^(exponent + 1)
+    quantum = max(exponent - 23, -149)  # the f32 spacing at |x|: 24 significant bits, or 2^-149 below 2^-126
+    k = round(magnitude / Fraction(2) ** quantum)  # Fraction rounds half to even
+    if k == 0:
+        return 0
+    bits = k if k < 2**23 else ((quantum + 150) << 23) + (k - 2**23)
+    return bits | (0x80000000 if x < 0 else 0)
+
+
+def reference_bits(dist, params, seed, stream, count):
+    params = {k: float(v) for k, v in params.items()}
+    if dist == "uniform":
+        x = spec_decoder.uniform_f64(seed, stream, count, params["low"], params["high"])
+    elif dist == "he_uniform":
+        x = spec_decoder.uniform_f64(seed, stream, count, -params["bound"], params["bound"])
+    else:
+        x = spec_decoder.normal_f64(seed, stream, count, params.get("mean", 0.0), params["std"])
+    return torch.tensor([f32_bits_exact(v) for v in x.tolist()], dtype=torch.int64).to(torch.int32)
+
+
+def test_exact_f32_rounding_reference():
+    """The reference rounding itself, on values whose f32 bits are known by construction."""
+    assert f32_bits_exact(2.0**-149) == 1 and f32_bits_exact(-(2.0**-149)) == 0x80000001
+    assert f32_bits_exact(2.0**-150) == 0  # a tie between 0 and 2^-149: even is 0
+    assert f32_bits_exact(3 * 2.0**-150) == 2  # a tie between 1 and 2 quanta: even is 2
+    assert f32_bits_exact(2.0**-150 + 2.0**-200) == 1
+    assert f32_bits_exact(-(2.0**-151)) == 0  # rounds to -0.0, canonical +0.0
+    assert f32_bits_exact(2.0**-126 - 2.0**-160) == 0x00800000  # rounds up to the smallest normal
+    assert f32_bits_exact((2**23 - 1) * 2.0**-149) == 0x007FFFFF  # the largest subnormal
+    assert f32_bits_exact(1.0) == 0x3F800000 and f32_bits_exact(-2.5) == 0xC0200000
+    assert f32_bits_exact(1.0 + 2.0**-24) == 0x3F800000 and f32_bits_exact(1.0 + 3 * 2.0**-24) == 0x3F800002
+
+
+@pytest.mark.parametrize("dist,params", [
+    ("uniform", {"low": D.to_float32(1e-40), "high": D.to_float32(3e-40)}),
+    ("uniform", {"low": D.to_float32(-2e-39), "high": D.to_float32(1e-39)}),
+    ("he_uniform", {"bound": D.to_float32(1e-44)}),
+    ("normal", {"mean": 0.0, "std": D.to_float32(1e-42)}),
+    ("normal", {"mean": D.to_float32(5e-40), "std": D.to_float32(1e-40)}),
+    ("he_normal", {"std": D.to_float32(3e-45)}),
+], ids=["uniform-1e-40", "uniform-around-0", "he_uniform-1e-44", "normal-1e-42", "normal-mean-5e-40",
+        "he_normal-3e-45"])
+def test_subnormal_outputs_are_kept_bit_exactly(dist, params):
+    params = D.validate(dist, params, "t")
+    count = 4001  # odd: the last normal pair is half used
+    values = D.sample(dist, params, 2020, 11, 0, count)
+    expected = reference_bits(dist, params, 2020, 11, count)
+    magnitude = expected & 0x7FFFFFFF
+    assert int(((magnitude > 0) & (magnitude < 0x00800000)).sum()) > count // 2, "the case has too few subnormals"
+    assert bool(((values.abs() > 0) & (values.abs() < SMALLEST_NORMAL_F32)).any()), "subnormals were flushed"
+    assert torch.equal(values.view(torch.int32), expected)
+    # slices start mid-stream: the same bits
+    assert torch.equal(D.sample(dist, params, 2020, 11, 1001, 999).view(torch.int32), expected[1001:2000])
+
+
+@pytest.mark.parametrize("base", ["uniform", "normal"])
+def test_sparse_subnormal_base_values_are_kept(base):
+    base_params = {"low": D.to_float32(-1e-41), "high": D.to_float32(1e-41)} if base == "uniform" else \
+        {"mean": 0.0, "std": D.to_float32(1e-42)}
+    params = D.validate("sparse", {"density": D.to_float32(0.5), "keep_below": 2**31,
+                                   "base": {"dist": base, "params": base_params}}, "t")
+    count = 3000
+    got = D.sample("sparse", params, 9, 4, 0, count).view(torch.int32)
+    kept = torch.from_numpy(spec_decoder.keep_mask(9, 4, count, 2**31))
+    expected = torch.where(kept, reference_bits(base, base_params, 9, 4, count), torch.zeros((), dtype=torch.int32))
+    assert 0 < int(((expected & 0x7FFFFFFF) > 0).sum()) < count
+    assert torch.equal(got, expected)
+
+
+def test_shared_smallest_subnormal_value():
+    value = D.to_float32(1e-45)
+    assert value == 2.0**-149  # the smallest positive subnormal float32
+    params = D.make_params("shared", (1,), value=1e-45, density=0.25)
+    got = D.sample("shared", params, 3, 8, 0, 4000).view(torch.int32)
+    kept = torch.from_numpy(spec_decoder.keep_mask(3, 8, 4000, params["keep_below"]))
+    assert 800 < int(kept.sum()) < 1200
+    assert torch.equal(got, torch.where(kept, torch.ones((), dtype=torch.int32), torch.zeros((), dtype=torch.int32)))

@@ -41,10 +41,66 @@ def test_kat_numpy_reference(counter, key, expected):
     assert tuple(int(w) for w in out[0]) == expected
 
 
+# Block ranges crossing CHUNK_BLOCKS (65536) boundaries at odd starts, the 32-bit carry into c1
+# (2^32 lies inside the second chunk of the second case) and the top of the block range.
+TORCH_RANGES = [
+    (0, 0, 0, 0, 70_001),
+    (0xDEADBEEF12345678, 12, 0, 12_345, 2 * 65_536 + 777),
+    (2**64 - 1, 2**32 - 1, 1, 2**32 - 70_003, 2 * 65_536 + 5),
+    (0x0123456789ABCDEF, 7, 1, 2**32 - 3, 65_536 + 11),
+    (1, 2**31, 0, 2**40 + 7, 3 * 65_536 - 1),
+    (2**63 + 5, 3, 1, 2**63 - 65_536 - 10, 65_536 + 9),  # up to block 2^63 - 2
+]
+
+
+def torch_path_blocks(monkeypatch, seed, stream, substream, start, count):
+    """philox_blocks with the numba kernel switched off, counting the passes of the torch int64 rounds."""
+    monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
+    assert rng.compiled_kernel() is None
+    passes = []
+    real_rounds = rng.philox_rounds_torch
+
+    def counted(c0, *rest):
+        passes.append(c0.numel())
+        return real_rounds(c0, *rest)
+
+    monkeypatch.setattr(rng, "philox_rounds_torch", counted)
+    words = rng.philox_blocks(seed, stream, substream, start, count)
+    full, tail = divmod(count, rng.CHUNK_BLOCKS)
+    assert passes == [rng.CHUNK_BLOCKS] * full + ([tail] if tail else [])
+    return words
+
+
+@pytest.mark.parametrize("seed,stream,substream,start,count", TORCH_RANGES)
+def test_torch_matches_numpy_reference(monkeypatch, seed, stream, substream, start, count):
+    """The torch int64 path (what CUDA runs) on the CPU, over several chunks, word for word."""
+    assert rng.CHUNK_BLOCKS == 65_536 and count > rng.CHUNK_BLOCKS
+    got = torch_path_blocks(monkeypatch, seed, stream, substream, start, count).numpy().astype(np.uint64)
+    assert np.array_equal(got, rng.philox_blocks_numpy(seed, stream, substream, start, count))
+
+
+def test_torch_path_reaches_the_last_block(monkeypatch):
+    """torch.arange(start, start + n) would need the exclusive end 2^63, which overflows int64 (a bug once)."""
+    start, count = 2**63 - 65_536 - 9, 65_536 + 9
+    got = torch_path_blocks(monkeypatch, 5, 3, 1, start, count).numpy().astype(np.uint64)
+    assert np.array_equal(got, rng.philox_blocks_numpy(5, 3, 1, start, count))
+
+
 @pytest.mark.parametrize("seed,stream,substream,start", [
-    (0, 0, 0, 0), (2**64 - 1, 2**32 - 1, 1, 2**40 - 5), (0xDEADBEEF12345678, 12, 0, 999_999)])
-def test_torch_matches_numpy_reference(seed, stream, substream, start):
-    count = 70_001  # crosses a CHUNK_BLOCKS boundary
+    (0, 0, 0, 12_345), (2**64 - 1, 2**32 - 1, 1, 2**32 - 3), (0xDEADBEEF12345678, 12, 0, 2**40 + 7)])
+def test_torch_rounds_match_numpy_rounds_on_raw_counters(seed, stream, substream, start):
+    """philox_rounds_torch itself, on counters with every bit pattern of c0 near the 2^32 carry."""
+    index = np.arange(start, start + 5000, dtype=np.uint64)
+    counter = np.stack([index & np.uint64(0xFFFFFFFF), index >> np.uint64(32),
+                        np.full(5000, stream, np.uint64), np.full(5000, substream, np.uint64)], axis=1)
+    words = rng.philox_rounds_torch(*[torch.from_numpy(counter[:, i].astype(np.int64)) for i in range(4)], seed)
+    got = torch.stack(words, dim=1).numpy().astype(np.uint64)
+    assert np.array_equal(got, rng.philox_numpy(counter, seed))
+
+
+@pytest.mark.skipif(rng.compiled_kernel() is None, reason="numba is not installed")
+@pytest.mark.parametrize("seed,stream,substream,start,count", TORCH_RANGES)
+def test_compiled_matches_numpy_reference(seed, stream, substream, start, count):
     got = rng.philox_blocks(seed, stream, substream, start, count).numpy().astype(np.uint64)
     assert np.array_equal(got, rng.philox_blocks_numpy(seed, stream, substream, start, count))
 

@@ -1,12 +1,16 @@
 """Write the golden .pc files under tests/fixtures/ and the SHA-256 of every decoded tensor.
 
-    python tools/make_fixtures.py            # write missing fixtures, refresh fixtures.json
-    python tools/make_fixtures.py --rewrite  # rewrite every fixture (only for a new format version)
+    python tools/make_fixtures.py            # write missing fixtures, add their expectations, check the rest
+    python tools/make_fixtures.py --rewrite  # rewrite every fixture and expectation (only for a new format version)
 
-The tests decode the committed files on every run, so the format can never
-drift silently: an existing fixture is never rewritten by default. (The first
-five were written before each case seeded torch, so their raw biases differ
-from what a rewrite gives; their bytes are still the golden ones.)
+The tests decode the committed files on every run and compare with the
+SHA-256 values in fixtures.json, so the format can never drift silently. By
+default nothing that exists is rewritten: a new fixture gets its file and an
+entry holding the hashes of the tensors it was encoded from (the decoder must
+agree with them); an existing entry is kept as it is, and if the current
+decoder disagrees with it the script prints the difference and exits 1. (The
+first five fixtures were written before each case seeded torch, so their raw
+biases differ from what a rewrite gives; their bytes are still the golden ones.)
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -111,24 +116,70 @@ CASES = {
 }
 
 
-def main() -> None:
+def digests_of(state: dict) -> dict[str, str]:
+    return {name: hashlib.sha256(codec.tensor_bytes(t)).hexdigest() for name, t in state.items()}
+
+
+def state_of(obj) -> dict:
+    return obj.state_dict() if isinstance(obj, nn.Module) else dict(obj)
+
+
+def differences(expected: dict, found: dict) -> list[str]:
+    names = sorted(set(expected) | set(found))
+    return [f"{t}: expected {expected.get(t, 'no tensor')}, found {found.get(t, 'no tensor')}"
+            for t in names if expected.get(t) != found.get(t)]
+
+
+def write_fixture(name: str, path: Path) -> dict[str, str]:
+    """Encode case ``name`` to ``path``; the hashes of the tensors that went in."""
+    build, options = CASES[name]
+    torch.manual_seed(0)  # the raw biases come from torch's default generator
+    obj, spec = build()
+    codec.save(obj, path, init=spec, **options)
+    return digests_of(state_of(obj))
+
+
+def check_case(name: str, stored: dict, rewrite: bool) -> tuple[dict | None, list[str]]:
+    """The expectation to store for ``name`` and the problems found (an empty list if none)."""
+    path = FIXTURES / f"{name}.pc"
+    source = write_fixture(name, path) if rewrite or not path.exists() else None
+    decoded = codec.load(path)
+    found = digests_of(decoded)
+    schemes = sorted({r["scheme"] for r in codec.safe_open(path).header["tensors"] if "scheme" in r})
+    print(f"{path.name}: {path.stat().st_size} bytes, {len(decoded)} tensors, schemes {', '.join(schemes)}")
+    if source is not None and found != source:
+        return None, [f"{name}: the decoder does not reproduce the encoded tensors"] + differences(source, found)
+    if name in stored and not rewrite:
+        problems = differences(stored[name], found)
+        return stored[name], ([f"{name}: the decoder disagrees with fixtures.json"] + problems) if problems else []
+    if source is None:
+        print(f"{name}: new entry from the decoder (the file predates its entry; no source tensors to compare)")
+    return found, []
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rewrite", action="store_true", help="rewrite fixtures that already exist")
+    parser.add_argument("--rewrite", action="store_true", help="rewrite fixtures and expectations that already exist")
     args = parser.parse_args()
     FIXTURES.mkdir(parents=True, exist_ok=True)
-    digests = {}
-    for name, (build, options) in CASES.items():
-        path = FIXTURES / f"{name}.pc"
-        if args.rewrite or not path.exists():
-            torch.manual_seed(0)  # the raw biases come from torch's default generator
-            obj, spec = build()
-            codec.save(obj, path, init=spec, **options)
-        decoded = codec.load(path)
-        digests[name] = {t: hashlib.sha256(codec.tensor_bytes(v)).hexdigest() for t, v in decoded.items()}
-        schemes = sorted({r["scheme"] for r in codec.safe_open(path).header["tensors"] if "scheme" in r})
-        print(f"{path.name}: {path.stat().st_size} bytes, {len(decoded)} tensors, schemes {', '.join(schemes)}")
-    (FIXTURES / "fixtures.json").write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+    table = FIXTURES / "fixtures.json"
+    stored = json.loads(table.read_text()) if table.exists() else {}
+    digests, problems = dict(stored), []
+    for name in CASES:
+        expected, found_problems = check_case(name, stored, args.rewrite)
+        problems += found_problems
+        if expected is not None:
+            digests[name] = expected
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        print("fixtures.json left unchanged; run with --rewrite only for a new format version", file=sys.stderr)
+        return 1
+    if digests != stored:
+        table.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+        print(f"fixtures.json: {len(set(digests) - set(stored))} entries added"
+              + (", existing entries rewritten" if args.rewrite else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
