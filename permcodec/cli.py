@@ -182,16 +182,21 @@ def run_info(args) -> None:
         return
     print(f"{'tensor':<28} {'shape':<18} {'scheme':<13} {'bytes':>10} {'bits/w':>7} {'bound':>7} {'x fp32':>7}")
     for t in info["tensors"]:
-        bound = f"{t['bound_bits_per_weight']:.2f}" if t["bound_bits_per_weight"] is not None else "-"
         print(f"{t['name']:<28} {str(tuple(t['shape'])):<18} {t['scheme']:<13} {t['bytes']:>10,} "
-              f"{t['bits_per_weight']:>7.2f} {bound:>7} {t['ratio_to_fp32']:>7.3f}")
+              f"{_number(t['bits_per_weight'], '.2f'):>7} {_number(t['bound_bits_per_weight'], '.2f'):>7} "
+              f"{_number(t['ratio_to_fp32'], '.3f'):>7}")
     tot = info["totals"]
     print(f"{tot['tensors']} tensors, {tot['elements']:,} elements, file {info['file_bytes']:,} bytes "
-          f"({tot['ratio_to_fp32']:.3f} x fp32)")
-    if tot["permuted_weights"]:
+          f"({_number(tot['ratio_to_fp32'], '.3f')} x fp32)")
+    if tot["permuted_tensors"]:
         print(f"permuted: {tot['permuted_tensors']} tensors, {tot['permuted_weights']:,} weights, "
-              f"{tot['permuted_bits_per_weight']:.3f} bits/weight, bound {tot['bound_bits_per_weight']:.3f} "
-              f"({tot['ratio_to_bound']:.3f} x bound)")
+              f"{_number(tot['permuted_bits_per_weight'], '.3f')} bits/weight, "
+              f"bound {_number(tot['bound_bits_per_weight'], '.3f')} ({_number(tot['ratio_to_bound'], '.3f')} x bound)")
+
+
+def _number(value: float | None, spec: str) -> str:
+    """A figure of ``info``, or '-' where it does not exist (an empty tensor has no bits per weight)."""
+    return "-" if value is None else format(value, spec)
 
 
 def add_verify(sub) -> None:

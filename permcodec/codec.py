@@ -15,8 +15,12 @@ byte-shuffled and zstd-compressed ("raw"). See specs/format.md.
 from __future__ import annotations
 
 import hashlib
+import math
 import io
-from collections.abc import Mapping
+import os
+import threading
+from collections.abc import Callable, Mapping
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,16 +28,11 @@ import torch
 from torch import nn
 
 from . import container, indexcode, perm, schemes
-from .container import DEFAULT_LIMITS, Limits
+from .container import RAW_CODEC, Limits
 from .errors import FormatError, IntegrityError, NotAPermutationError, SpecError
 from .fileio import atomic_write_bytes
-from .initspec import InitSpec, TensorInit, attached_spec
+from .initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
 from .rng import RNG_NAME
-
-RAW_CODEC = "shuffle-zstd"
-PERMUTED_KEYS = container.COMMON_RECORD_KEYS | {"init", "scheme", "scheme_params"}
-RAW_KEYS = container.COMMON_RECORD_KEYS | {"codec"}
-INIT_KEYS = {"rng", "seed", "stream", "dist", "params"}
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
@@ -44,9 +43,23 @@ DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 # ---------------------------------------------------------------- shared helpers
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """The tensor's elements in C order as little-endian bytes."""
+    """The tensor's elements in C order as little-endian bytes, whatever the host's byte order."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+    if not flat.numel():
+        return b""
+    if sys.byteorder == "big" and flat.element_size() > 1:
+        return flat.view(torch.uint8).numpy().reshape(-1, flat.element_size())[:, ::-1].tobytes()
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def tensor_from_bytes(data: bytes, dtype: str, shape) -> torch.Tensor:
+    """The CPU tensor whose C-order little-endian element bytes are ``data`` (the inverse of tensor_bytes)."""
+    torch_dtype, itemsize = TORCH_DTYPES[dtype], container.DTYPE_SIZES[dtype]
+    if not data:
+        return torch.empty(shape, dtype=torch_dtype)
+    if sys.byteorder == "big" and itemsize > 1:
+        data = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)[:, ::-1].tobytes()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(torch_dtype).reshape(shape)
 
 
 def sha256_of(tensor: torch.Tensor) -> bytes:
@@ -84,6 +97,7 @@ def resolve(obj, init) -> tuple[dict[str, torch.Tensor], InitSpec]:
     missing = [name for name in spec.names() if name not in state]
     if missing:
         raise SpecError(f"init spec names tensor(s) the state_dict lacks: {', '.join(missing)}")
+    refuse_aliased(state.items(), names=spec.names())
     return dict(state), spec
 
 
@@ -188,58 +202,39 @@ def save(obj, path, init=None, **options) -> None:
 
 # ---------------------------------------------------------------- decoding
 
-def check_record_keys(record: dict) -> None:
-    expected = PERMUTED_KEYS if record["kind"] == "permuted" else RAW_KEYS
-    if set(record) != expected:
-        raise FormatError(f"tensor {record['name']!r}: a {record['kind']} record must have keys "
-                          f"{sorted(expected)}, found {sorted(record)}")
-
-
 def init_of(record: dict) -> TensorInit:
-    """The TensorInit of a permuted record, with every field checked."""
-    name, init = record["name"], record["init"]
-    if not isinstance(init, dict) or set(init) != INIT_KEYS:
-        raise FormatError(f"tensor {name!r}: init must be a map with keys {sorted(INIT_KEYS)}")
-    if init["rng"] != RNG_NAME:
-        raise FormatError(f"tensor {name!r}: unknown rng {init['rng']!r} (this decoder knows {RNG_NAME!r})")
-    if record["dtype"] != "float32":
-        raise FormatError(f"tensor {name!r}: permuted tensors are float32, found {record['dtype']!r}")
-    if not record["shape"]:
-        raise FormatError(f"tensor {name!r}: a permuted tensor needs at least one dimension")
-    rows, n = perm.row_shape(record["shape"])
-    schemes.check_params(record["scheme"], record["scheme_params"], rows, n, f"tensor {name!r}")
+    """The TensorInit of a permuted record (whose fields ``container.parse_header`` has checked)."""
+    init = record["init"]
     fields = {key: init[key] for key in ("seed", "stream", "dist", "params")}
     try:
-        return TensorInit.from_dict({"name": name, "shape": record["shape"], **fields})
+        return TensorInit.from_dict({"name": record["name"], "shape": record["shape"], **fields})
     except SpecError as err:
         raise FormatError(f"bad init record: {err}") from None
 
 
 def decode_permuted(record: dict, section: bytes, device) -> torch.Tensor:
+    what = f"tensor {record['name']!r}"
+    rows, n = perm.row_shape(record["shape"])
+    if rows * n == 0:  # nothing to regenerate: only the section's own bytes are checked
+        schemes.check_empty_section(record["scheme"], record["scheme_params"], section, what)
+        return torch.empty(record["shape"], dtype=torch.float32, device=device)
     init = init_of(record)
-    initial = init.regenerate(device).reshape(perm.row_shape(init.shape))
-    rows = schemes.decode(record["scheme"], record["scheme_params"], initial, section, f"tensor {record['name']!r}")
-    return rows.reshape(init.shape)
+    initial = init.regenerate(device).reshape(rows, n)
+    return schemes.decode(record["scheme"], record["scheme_params"], initial, section, what).reshape(init.shape)
 
 
 def decode_raw(record: dict, section: bytes, device) -> torch.Tensor:
     name, dtype = record["name"], record["dtype"]
-    if record["codec"] != RAW_CODEC:
-        raise FormatError(f"tensor {name!r}: unknown raw codec {record['codec']!r} (expected {RAW_CODEC!r})")
     itemsize = container.DTYPE_SIZES[dtype]
-    count = int(np.prod(record["shape"], dtype=np.int64))
+    count = math.prod(record["shape"])
     data = indexcode.unshuffle_bytes(
         indexcode.decompress_exact(section, count * itemsize, f"tensor {name!r}"), itemsize)
-    if dtype == "bool" and any(b > 1 for b in set(data)):
+    if dtype == "bool" and data.translate(None, b"\x00\x01"):
         raise FormatError(f"tensor {name!r}: bool tensor holds bytes other than 0 and 1")
-    if count == 0:
-        return torch.empty(record["shape"], dtype=TORCH_DTYPES[dtype], device=device)
-    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(TORCH_DTYPES[dtype])
-    return flat.reshape(record["shape"]).to(device)
+    return tensor_from_bytes(data, dtype, record["shape"]).to(device)
 
 
 def decode_record(record: dict, section: bytes, device, verify: bool) -> torch.Tensor:
-    check_record_keys(record)
     container.check_section(record, section)
     if record["kind"] == "permuted":
         tensor = decode_permuted(record, section, device)
@@ -250,16 +245,61 @@ def decode_record(record: dict, section: bytes, device, verify: bool) -> torch.T
     return tensor
 
 
-class PCFile:
-    """Lazy access to a .pc file, the safetensors ``safe_open`` way: only the header is read up front."""
+def positional_reader(source) -> tuple[int, Callable[[int, int], bytes]]:
+    """(size, read_at) of a bytes-like object or a seekable binary stream.
 
-    def __init__(self, stream, device="cpu", verify: bool = True, limits: Limits = DEFAULT_LIMITS,
+    ``read_at(offset, length)`` keeps no position between calls, so any number
+    of threads may read one file at once: a slice of in-memory bytes, ``os.pread``
+    on a real file, and a lock around seek-and-read for any other stream.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source).cast("B")
+        return len(view), lambda offset, length: bytes(view[offset:offset + length])
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = None
+    if fd is not None and hasattr(os, "pread"):
+        return os.fstat(fd).st_size, lambda offset, length: _pread_exactly(fd, offset, length)
+    lock = threading.Lock()
+
+    def read_at(offset: int, length: int) -> bytes:
+        with lock:
+            source.seek(offset)
+            return source.read(length)
+
+    with lock:
+        return source.seek(0, io.SEEK_END), read_at
+
+
+def _pread_exactly(fd: int, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+    chunks = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(chunks)
+
+
+class PCFile:
+    """Lazy access to a .pc file, the safetensors ``safe_open`` way: only the header is read up front.
+
+    ``source`` is a bytes-like object or a seekable binary stream. Every method
+    may be called from several threads at once.
+    """
+
+    def __init__(self, source, device="cpu", verify: bool = True, limits: Limits | None = None,
                  owns_stream: bool = False):
-        self._stream = stream
+        self._stream = source
         self._owns_stream = owns_stream
         self.device = torch.device(device)
         self.verify = verify
-        self.header, self._data_start = read_header(stream, limits)
+        size, self._read_at = positional_reader(source)
+        self.header, self._data_start = read_header(size, self._read_at, limits)
         self._records = {record["name"]: record for record in self.header["tensors"]}
 
     def __enter__(self):
@@ -285,24 +325,20 @@ class PCFile:
 
     def read_section(self, name: str) -> bytes:
         record = self.record(name)
-        self._stream.seek(self._data_start + record["offset"])
-        return self._stream.read(record["length"])
+        return self._read_at(self._data_start + record["offset"], record["length"])
 
     def get_tensor(self, name: str) -> torch.Tensor:
         return decode_record(self.record(name), self.read_section(name), self.device, self.verify)
 
 
-def read_header(stream, limits: Limits) -> tuple[dict, int]:
-    """Parse preamble and header from a seekable binary stream; check the file's exact length."""
-    stream.seek(0, io.SEEK_END)
-    file_size = stream.tell()
-    stream.seek(0)
-    header_length, header_crc = container.parse_preamble(stream.read(container.PREAMBLE_SIZE), limits)
+def read_header(file_size: int, read_at, limits: Limits | None) -> tuple[dict, int]:
+    """Parse preamble and header through ``read_at(offset, length)``; check the file's exact length."""
+    header_length, header_crc = container.parse_preamble(read_at(0, container.PREAMBLE_SIZE), limits)
     data_start = container.PREAMBLE_SIZE + header_length
     if data_start > file_size:
         raise FormatError(f"truncated file: header_length {header_length} runs past the end of the "
                           f"{file_size}-byte file")
-    header = container.parse_header(stream.read(header_length), header_crc, limits)
+    header = container.parse_header(read_at(container.PREAMBLE_SIZE, header_length), header_crc, limits)
     expected = data_start + container.data_size(header)
     if file_size < expected:
         raise FormatError(f"truncated file: {file_size} bytes, the header describes {expected}")
@@ -311,7 +347,7 @@ def read_header(stream, limits: Limits) -> tuple[dict, int]:
     return header, data_start
 
 
-def safe_open(path, device="cpu", verify: bool = True, limits: Limits = DEFAULT_LIMITS) -> PCFile:
+def safe_open(path, device="cpu", verify: bool = True, limits: Limits | None = None) -> PCFile:
     """Open a .pc file for lazy per-tensor reads; use as a context manager."""
     stream = open(path, "rb")
     try:
@@ -321,13 +357,16 @@ def safe_open(path, device="cpu", verify: bool = True, limits: Limits = DEFAULT_
         raise
 
 
-def decode(data: bytes, device="cpu", verify: bool = True, limits: Limits = DEFAULT_LIMITS,
+def decode(data: bytes, device="cpu", verify: bool = True, limits: Limits | None = None,
            progress: bool = False) -> dict[str, torch.Tensor]:
     """All tensors of a .pc file given as bytes."""
-    return _decode_all(PCFile(io.BytesIO(data), device, verify, limits), progress)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SpecError(f"decode takes the bytes of a .pc file, not {type(data).__name__}; "
+                        f"to read a file by its path use permcodec.load(path)")
+    return _decode_all(PCFile(data, device, verify, limits), progress)
 
 
-def load(path, device="cpu", verify: bool = True, limits: Limits = DEFAULT_LIMITS,
+def load(path, device="cpu", verify: bool = True, limits: Limits | None = None,
          progress: bool = False) -> dict[str, torch.Tensor]:
     """All tensors of the .pc file at ``path``, rebuilt bit-exactly on ``device``."""
     with safe_open(path, device, verify, limits) as f:

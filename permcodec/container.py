@@ -6,6 +6,11 @@ See specs/format.md. Everything read here is untrusted: lengths are checked
 against limits and against the bytes actually present before anything is
 allocated, msgpack is parsed with strict bounds and no extension types, and
 each section's CRC-32 is checked when it is read.
+
+``parse_header`` validates every field of every record, the kind-specific
+ones included (init record, scheme and its parameters, raw codec), once.
+Whatever reads a parsed header (decode, lazy reads, info, verify) can rely on
+it and never meets a field of the wrong key set, type or range.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ from dataclasses import dataclass
 
 import msgpack
 
-from .errors import FormatError, IntegrityError, LimitError, UnsupportedVersionError
+from . import distparams
+from .errors import FormatError, IntegrityError, LimitError, SpecError, UnsupportedVersionError
+from .rans import MAX_ROW_LENGTH
+from .rng import RNG_NAME, check_seed, check_stream
+from .rows import row_shape
 
 MAGIC = b"\x89PCODEC\n"
 FORMAT_NAME = "permcodec"
@@ -30,6 +39,17 @@ DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64":
 KINDS = ("permuted", "raw")
 HEADER_KEYS = {"format", "version", "tensors", "metadata"}
 COMMON_RECORD_KEYS = {"name", "kind", "dtype", "shape", "offset", "length", "crc32", "sha256"}
+RECORD_KEYS = {"permuted": COMMON_RECORD_KEYS | {"init", "scheme", "scheme_params"},
+               "raw": COMMON_RECORD_KEYS | {"codec"}}
+INIT_KEYS = {"rng", "seed", "stream", "dist", "params"}
+# Index schemes of permuted records (specs/format.md Sections 8-11) and codecs of raw ones (Section 13).
+DELTA, EXACT, MULTISET = "delta", "exact", "multiset"
+SCHEMES = (DELTA, EXACT, MULTISET)
+RAW_CODEC = "shuffle-zstd"
+# Containers (arrays and maps) a header may hold per tensor: the record, its shape, init, params,
+# a sparse base and its params, scheme_params. Beyond this the header cannot be valid; the cap stops
+# a header of empty containers from growing ~60x in memory while it is parsed.
+CONTAINERS_PER_TENSOR = 8
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,11 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def limits_or_default(limits: Limits | None) -> Limits:
+    """``limits``, or DEFAULT_LIMITS as it is at call time (a fuzzer may lower it process-wide)."""
+    return DEFAULT_LIMITS if limits is None else limits
 
 
 def crc32(data) -> int:
@@ -68,12 +93,13 @@ def pack(tensors: list[dict], sections: list[bytes], metadata: dict[str, str] | 
 
 # ---------------------------------------------------------------- reading
 
-def parse_preamble(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[int, int]:
+def parse_preamble(data: bytes, limits: Limits | None = None) -> tuple[int, int]:
     """(header_length, header_crc32) from the first 20 bytes."""
     if len(data) < PREAMBLE_SIZE:
         if not MAGIC.startswith(bytes(data[:len(MAGIC)])) or len(data) == 0:
             raise FormatError("not a permcodec file: bad magic")
         raise FormatError(f"truncated file: {len(data)} bytes, the preamble alone is {PREAMBLE_SIZE}")
+    limits = limits_or_default(limits)
     magic, version, flags, header_length, header_crc = PREAMBLE.unpack(bytes(data[:PREAMBLE_SIZE]))
     if magic != MAGIC:
         hint = "; it looks like a torch checkpoint: 'permcodec encode' turns it into one" \
@@ -102,18 +128,44 @@ def _unique_map(pairs):
     return result
 
 
+class _ContainerBudget:
+    """msgpack hooks that count the header's arrays and maps and stop the parse past ``cap``."""
+
+    def __init__(self, cap: int):
+        self.left = cap
+
+    def _spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise FormatError("header holds more arrays and maps than its tensors can use")
+
+    def array(self, items: list) -> list:
+        self._spend()
+        return items
+
+    def map(self, pairs) -> dict:
+        self._spend()
+        return _unique_map(pairs)
+
+
 def _reject_ext(code, data):
     raise FormatError(f"header holds a msgpack extension type ({code}); none is allowed")
 
 
-def parse_header(raw: bytes, header_crc: int, limits: Limits = DEFAULT_LIMITS) -> dict:
+def parse_header(raw: bytes, header_crc: int, limits: Limits | None = None) -> dict:
     """Check the CRC, unpack the msgpack header strictly and validate its structure and limits."""
+    limits = limits_or_default(limits)
     if crc32(raw) != header_crc:
         raise IntegrityError(f"header CRC-32 mismatch: stored {header_crc:#010x}, computed {crc32(raw):#010x}")
+    budget = _ContainerBudget(CONTAINERS_PER_TENSOR * limits.max_tensors + 16)
     try:
-        # unpackb caps every string, array and map length at len(raw).
+        # unpackb caps every string and map length at len(raw); arrays are capped lower, at the longest
+        # a valid header holds, so that a claimed count never sizes an allocation.
         header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext,
-                                 object_pairs_hook=_unique_map)
+                                 object_pairs_hook=budget.map, list_hook=budget.array,
+                                 max_array_len=min(len(raw), max(limits.max_tensors, limits.max_dims) + 1))
+    except msgpack.ExtraData as err:
+        raise FormatError(f"header holds {len(err.extra)} bytes after its map, within header_length") from None
     except (ValueError, msgpack.UnpackException) as err:
         if isinstance(err, FormatError):
             raise
@@ -192,6 +244,53 @@ def _check_record(record, index: int, limits: Limits) -> None:
         raise FormatError(f"{where}: crc32 must be a 32-bit unsigned integer, found {record['crc32']!r}")
     if not isinstance(record["sha256"], bytes) or len(record["sha256"]) != 32:
         raise FormatError(f"{where}: sha256 must be 32 bytes")
+    expected = RECORD_KEYS[record["kind"]]
+    if set(record) != expected:
+        raise FormatError(f"{where}: a {record['kind']} record must have keys {sorted(expected)}, "
+                          f"found {sorted(record)}")
+    if record["kind"] == "raw":
+        if record["codec"] != RAW_CODEC:
+            raise FormatError(f"{where}: unknown raw codec {record['codec']!r} (expected {RAW_CODEC!r})")
+        return
+    if record["dtype"] != "float32":
+        raise FormatError(f"{where}: permuted tensors are float32, found {record['dtype']!r}")
+    if not shape:
+        raise FormatError(f"{where}: a permuted tensor needs at least one dimension")
+    rows, n = row_shape(shape)
+    check_scheme_params(record["scheme"], record["scheme_params"], rows, n, where)
+    record["init"] = checked_init(record["init"], where)
+
+
+def checked_init(init, where: str) -> dict:
+    """A permuted record's ``init`` map with every field checked (specs/rng.md §7); float params as floats."""
+    if not isinstance(init, dict) or set(init) != INIT_KEYS:
+        raise FormatError(f"{where}: init must be a map with keys {sorted(INIT_KEYS)}")
+    if init["rng"] != RNG_NAME:
+        raise FormatError(f"{where}: unknown rng {init['rng']!r} (this decoder knows {RNG_NAME!r})")
+    try:
+        if not isinstance(init["dist"], str):
+            raise SpecError(f"{where}: dist must be a string, found {init['dist']!r}")
+        return {"rng": RNG_NAME, "seed": check_seed(init["seed"]), "stream": check_stream(init["stream"]),
+                "dist": init["dist"], "params": distparams.validate(init["dist"], init["params"], where)}
+    except SpecError as err:
+        raise FormatError(f"bad init record: {err}") from None
+
+
+def check_scheme_params(scheme, params, rows: int, n: int, where: str) -> None:
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
+        raise FormatError(f"{where}: unknown index scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    if scheme == DELTA:
+        if params != {}:
+            raise FormatError(f"{where}: scheme 'delta' takes no parameters, found {params!r}")
+        return
+    if not isinstance(params, dict) or set(params) != {"lanes"}:
+        raise FormatError(f"{where}: scheme {scheme!r} takes exactly the parameter 'lanes', found {params!r}")
+    lanes = params["lanes"]
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= max(rows, 1):
+        raise FormatError(f"{where}: lanes must be an integer in [1, {max(rows, 1)}] (the row count), "
+                          f"found {lanes!r}")
+    if n > MAX_ROW_LENGTH:
+        raise FormatError(f"{where}: scheme {scheme!r} needs rows of at most 2^31 elements, found {n}")
 
 
 def data_size(header: dict) -> int:

@@ -19,29 +19,17 @@ import numpy as np
 import torch
 
 from . import exactmath
+from .distparams import DENSE, DISTRIBUTIONS, MASKED, keep_below, to_float32, validate  # noqa: F401 (re-exported)
 from .errors import SpecError
 from .rng import SUBSTREAM_MASK, SUBSTREAM_VALUES, check_seed, check_stream, compiled_kernel, philox_blocks
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-TWO_POW_32 = 1 << 32
 TWO_POW_MINUS_52 = 2.0**-52
 TWO_POW_MINUS_53 = 2.0**-53
-# |z| of a Box-Muller draw is at most sqrt(-2 ln 2^-53) < 8.6; mean + 16 std must stay finite.
-NORMAL_SPAN = 16.0
 # Elements sampled per pass, so float64 temporaries stay bounded for huge tensors.
 CHUNK_ELEMENTS = 1 << 20
 
-DENSE = ("uniform", "normal", "he_uniform", "glorot_uniform", "he_normal", "glorot_normal")
-MASKED = ("sparse", "shared")
-DISTRIBUTIONS = DENSE + MASKED
-
 
 # ---------------------------------------------------------------- parameters
-
-def to_float32(x: float) -> float:
-    """The float32 nearest to x (round half to even), as a Python float."""
-    return float(np.float32(x))
-
 
 def fans(shape) -> tuple[int, int]:
     """torch's fan_in/fan_out for dim >= 2; fan_in = fan_out = length for 1-D tensors (the Keras rule)."""
@@ -52,101 +40,6 @@ def fans(shape) -> tuple[int, int]:
         return shape[0], shape[0]
     receptive = math.prod(shape[2:])
     return shape[1] * receptive, shape[0] * receptive
-
-
-def keep_below(density: float) -> int:
-    """Mask threshold: an element is kept iff its mask word < round(density * 2^32)."""
-    return round(density * TWO_POW_32)
-
-
-def _number(params: dict, key: str, where: str) -> float:
-    value = params.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{where}: parameter {key!r} must be a number, found {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:
-        raise SpecError(f"{where}: parameter {key!r} must be finite, found an integer of {value.bit_length()} bits") from None
-    if not math.isfinite(value):
-        raise SpecError(f"{where}: parameter {key!r} must be finite, found {value}")
-    if abs(value) > FLOAT32_MAX or to_float32(value) != value:
-        raise SpecError(f"{where}: parameter {key!r} must be a float32 value, found {value!r}")
-    return value
-
-
-def _exact_keys(params: dict, expected: set, where: str) -> None:
-    if not isinstance(params, dict):
-        raise SpecError(f"{where}: params must be a map, found {type(params).__name__}")
-    if set(params) != expected:
-        raise SpecError(f"{where}: params must have keys {sorted(expected)}, found {sorted(map(str, params))}")
-
-
-def _check_density(density: float, where: str) -> None:
-    if not 0.0 < density <= 1.0:
-        raise SpecError(f"{where}: density must be in (0, 1], found {density}")
-    if keep_below(density) < 1:
-        raise SpecError(f"{where}: density {density} is too small (keeps no 32-bit mask word)")
-
-
-def _check_positive(value: float, key: str, where: str) -> None:
-    if not value > 0.0:
-        raise SpecError(f"{where}: {key} must be > 0, found {value}")
-
-
-def validate(dist: str, params: dict, where: str = "init") -> dict:
-    """Check a stored (dist, params) pair strictly; returns the params with every float field as a float.
-
-    Raises SpecError. Float fields may arrive as integers (JSON, msgpack); they
-    are converted here so that sampling only ever sees Python floats.
-    """
-    if dist not in DISTRIBUTIONS:
-        raise SpecError(f"{where}: unknown distribution {dist!r}; known: {', '.join(DISTRIBUTIONS)}")
-    if dist == "uniform":
-        _exact_keys(params, {"low", "high"}, where)
-        low, high = _number(params, "low", where), _number(params, "high", where)
-        if not low < high:
-            raise SpecError(f"{where}: uniform needs low < high, found low={low} high={high}")
-    elif dist in ("he_uniform", "glorot_uniform"):
-        _exact_keys(params, {"bound"}, where)
-        _check_positive(_number(params, "bound", where), "bound", where)
-    elif dist in ("normal", "he_normal", "glorot_normal"):
-        keys = {"mean", "std"} if dist == "normal" else {"std"}
-        _exact_keys(params, keys, where)
-        std = _number(params, "std", where)
-        mean = _number(params, "mean", where) if dist == "normal" else 0.0
-        _check_positive(std, "std", where)
-        if abs(mean) + NORMAL_SPAN * std > FLOAT32_MAX:
-            raise SpecError(f"{where}: |mean| + {NORMAL_SPAN} * std must stay below the float32 maximum")
-    elif dist == "sparse":
-        _exact_keys(params, {"density", "keep_below", "base"}, where)
-        _validate_mask(params, where)
-        base = params["base"]
-        if not isinstance(base, dict) or set(base) != {"dist", "params"}:
-            raise SpecError(f"{where}: sparse base must be a map with keys ['dist', 'params']")
-        if base["dist"] not in DENSE:
-            raise SpecError(f"{where}: sparse base must be one of {', '.join(DENSE)}, found {base['dist']!r}")
-        base = {"dist": base["dist"], "params": validate(base["dist"], base["params"], f"{where} (sparse base)")}
-        return {**_floats(params, ("density",)), "base": base}
-    else:  # shared
-        _exact_keys(params, {"value", "density", "keep_below"}, where)
-        _validate_mask(params, where)
-        if _number(params, "value", where) == 0.0:
-            raise SpecError(f"{where}: shared value must be non-zero")
-        return _floats(params, ("value", "density"))
-    return _floats(params, tuple(params))
-
-
-def _floats(params: dict, keys: tuple) -> dict:
-    return {key: float(value) if key in keys else value for key, value in params.items()}
-
-
-def _validate_mask(params: dict, where: str) -> None:
-    density = _number(params, "density", where)
-    _check_density(density, where)
-    threshold = params["keep_below"]
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold != keep_below(density):
-        raise SpecError(f"{where}: keep_below must be round(density * 2^32) = {keep_below(density)}, "
-                        f"found {threshold!r}")
 
 
 def make_params(dist: str, shape, **user) -> dict:

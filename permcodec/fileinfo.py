@@ -8,39 +8,48 @@ import os
 import torch
 
 from . import codec, perm
+from .container import Limits
 from .errors import IntegrityError
 from .modelfile import read_tensors
 
 
 def bound_bits(record: dict) -> float:
     """log2(n! / prod m_v!) summed over the rows of a permuted tensor's pool."""
+    if math.prod(record["shape"]) == 0:
+        return 0.0  # and nothing regenerated: an empty shape may have 2^31 - 1 rows or a row that long
     initial = codec.initial_rows(codec.init_of(record))
     return perm.permutation_bound_bits(initial.pool())
 
 
-def describe(path) -> dict:
+def ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator, or None where the denominator is 0 (shown as '-')."""
+    return numerator / denominator if denominator else None
+
+
+def describe(path, limits: Limits | None = None) -> dict:
     """Per-tensor sizes and bounds, and totals, of the .pc file at ``path``."""
-    with codec.safe_open(path) as f:
+    with codec.safe_open(path, limits=limits) as f:
         records = [f.record(name) for name in f.keys()]
         metadata = f.metadata()
     tensors = []
+    bound_total = 0.0
     for record in records:
         numel = math.prod(record["shape"])
         permuted = record["kind"] == "permuted"
         bound = bound_bits(record) if permuted else None
+        bound_total += bound or 0.0
         tensors.append({
             "name": record["name"], "kind": record["kind"], "dtype": record["dtype"], "shape": record["shape"],
             "scheme": record["scheme"] if permuted else record["codec"],
-            "bytes": record["length"], "bits_per_weight": 8 * record["length"] / numel if numel else 0.0,
-            "bound_bits_per_weight": bound / numel if permuted and numel else None,
-            "ratio_to_bound": 8 * record["length"] / bound if permuted and bound else None,
-            "ratio_to_fp32": record["length"] / (4 * numel) if numel else 0.0,
+            "bytes": record["length"], "bits_per_weight": ratio(8 * record["length"], numel),
+            "bound_bits_per_weight": ratio(bound, numel) if permuted else None,
+            "ratio_to_bound": ratio(8 * record["length"], bound) if permuted else None,
+            "ratio_to_fp32": ratio(record["length"], 4 * numel),
             "init": record.get("init"),
         })
     permuted = [t for t in tensors if t["kind"] == "permuted"]
     permuted_weights = sum(math.prod(t["shape"]) for t in permuted)
     permuted_bytes = sum(t["bytes"] for t in permuted)
-    bound_total = sum(t["bound_bits_per_weight"] * math.prod(t["shape"]) for t in permuted)
     all_elements = sum(math.prod(t["shape"]) for t in tensors)
     file_bytes = os.path.getsize(path)
     return {
@@ -48,18 +57,18 @@ def describe(path) -> dict:
         "totals": {
             "tensors": len(tensors), "permuted_tensors": len(permuted), "elements": all_elements,
             "permuted_weights": permuted_weights, "permuted_bytes": permuted_bytes,
-            "permuted_bits_per_weight": 8 * permuted_bytes / permuted_weights if permuted_weights else None,
-            "bound_bits_per_weight": bound_total / permuted_weights if permuted_weights else None,
-            "ratio_to_bound": 8 * permuted_bytes / bound_total if bound_total else None,
-            "file_bits_per_element": 8 * file_bytes / all_elements if all_elements else None,
-            "ratio_to_fp32": file_bytes / (4 * all_elements) if all_elements else None,
+            "permuted_bits_per_weight": ratio(8 * permuted_bytes, permuted_weights),
+            "bound_bits_per_weight": ratio(bound_total, permuted_weights),
+            "ratio_to_bound": ratio(8 * permuted_bytes, bound_total),
+            "file_bits_per_element": ratio(8 * file_bytes, all_elements),
+            "ratio_to_fp32": ratio(file_bytes, 4 * all_elements),
         },
     }
 
 
-def verify(path, against=None, device="cpu") -> dict:
+def verify(path, against=None, device="cpu", limits: Limits | None = None) -> dict:
     """Decode every tensor with checksum and hash checks; with ``against``, compare bits to a model file."""
-    tensors = codec.load(path, device=device, verify=True)
+    tensors = codec.load(path, device=device, verify=True, limits=limits)
     report = {"tensors": len(tensors), "hashes": "ok"}
     if against is not None:
         expected = read_tensors(against)

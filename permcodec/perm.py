@@ -1,11 +1,6 @@
-"""Rows, ranks and the LaPerm sync: the one place that defines what a row of a tensor is.
+"""Rows, ranks and the LaPerm sync, shared by the trainer and the codec.
 
-A row is one output unit's weight vector:
-- 1-D tensor [n]            -> one row of n
-- Linear [out, in]          -> out rows of in
-- Conv [out, in, *kernel]   -> out rows of in * prod(kernel), in row-major order
-
-Ranks use a canonical tie rule: equal values are ranked by position (a stable
+What a row is (``row_shape``) is defined in ``rows``. Ranks use a canonical tie rule: equal values are ranked by position (a stable
 sort), so the rank vector of a row is unique on every device. Everything is
 vectorized over rows and runs on the tensor's device.
 """
@@ -18,19 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SpecError
-
-
-def row_shape(shape) -> tuple[int, int]:
-    """(rows, row length) of a tensor of this shape."""
-    shape = tuple(shape)
-    if len(shape) == 0:
-        raise SpecError("a 0-D tensor has no row definition; rows need a tensor of dim >= 1")
-    if len(shape) == 1:
-        return 1, shape[0]
-    length = 1
-    for size in shape[1:]:
-        length *= size
-    return shape[0], length
+from .rows import row_shape  # noqa: F401 (the one definition of a row; re-exported)
 
 
 def as_rows(tensor: torch.Tensor) -> torch.Tensor:

@@ -181,6 +181,12 @@ def nothing_coded_section(lanes: int) -> bytes:
     return np.full(lanes, 2, dtype="<u4").tobytes() + lane * lanes
 
 
+def check_nothing_coded(section: bytes, lanes: int, what: str) -> None:
+    """FormatError unless every lane of ``section`` is exactly the state L (a tensor with nothing coded)."""
+    words, starts, ends = split_lanes(section, lanes, what)
+    check_status(nothing_coded(words, starts, ends), what)
+
+
 def nothing_coded(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Lane status when no position is coded: each lane must be exactly the state L, without walking rows."""
     state, status, pointer = _initial_states(words, starts)

@@ -22,11 +22,14 @@ Three implementations give identical words:
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    import torch
 
 RNG_NAME = "philox4x32-10"
 
@@ -76,7 +79,7 @@ _M0_HI, _M0_LO = _split_multiplier(PHILOX_M0)
 _M1_HI, _M1_LO = _split_multiplier(PHILOX_M1)
 
 
-def _mulhilo_torch(a: torch.Tensor, m_hi: int, m_lo: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _mulhilo_torch(a: "torch.Tensor", m_hi: int, m_lo: int) -> tuple["torch.Tensor", "torch.Tensor"]:
     """High and low 32-bit words of a * (m_hi * 2^16 + m_lo), for int64 a in [0, 2^32).
 
     Each partial product stays below 2^48, so nothing overflows int64.
@@ -99,8 +102,10 @@ def philox_rounds_torch(c0, c1, c2, c3, seed: int):
 
 
 def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int,
-                  device="cpu") -> torch.Tensor:
+                  device="cpu") -> "torch.Tensor":
     """Output words of blocks ``start .. start+count-1`` as an int64 tensor [count, 4] of 32-bit values."""
+    import torch  # here, so that the header checks (container) can use this module without torch
+
     seed = check_seed(seed)
     stream = check_stream(stream)
     if start < 0 or count < 0 or start + count > MAX_BLOCKS:
@@ -110,7 +115,7 @@ def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int
     out = torch.empty((count, 4), dtype=torch.int64, device=device)
     for first in range(0, count, CHUNK_BLOCKS):
         n = min(CHUNK_BLOCKS, count - first)
-        index = torch.arange(start + first, start + first + n, dtype=torch.int64, device=device)
+        index = torch.arange(n, dtype=torch.int64, device=device) + (start + first)  # an end of 2^63 overflows int64
         c0 = index & MASK32
         c1 = (index >> 32) & MASK32
         c2 = torch.full_like(c0, stream)

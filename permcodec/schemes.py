@@ -21,11 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from . import indexcode, perm, rans
+from .container import DELTA, EXACT, MULTISET, SCHEMES  # noqa: F401 (the ids are the format's; re-exported)
 from .errors import FormatError, SpecError
-
-DELTA, EXACT, MULTISET = "delta", "exact", "multiset"
-SCHEMES = (DELTA, EXACT, MULTISET)
-PREFERENCE = (EXACT, MULTISET, DELTA)  # on equal sizes: the fastest to decode first
 
 
 @dataclass(frozen=True)
@@ -159,25 +156,19 @@ def encode_best(trained: perm.SortedRows, initial: perm.SortedRows, level: Level
 
 # ---------------------------------------------------------------- decoding
 
-def check_params(scheme: str, params, rows: int, n: int, what: str) -> None:
-    if scheme not in SCHEMES:
-        raise FormatError(f"{what}: unknown index scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+def check_empty_section(scheme: str, params: dict, section: bytes, what: str) -> None:
+    """The checks a section of a tensor without elements must pass; nothing is sized by its shape."""
     if scheme == DELTA:
-        if params != {}:
-            raise FormatError(f"{what}: scheme 'delta' takes no parameters, found {params!r}")
-        return
-    if not isinstance(params, dict) or set(params) != {"lanes"}:
-        raise FormatError(f"{what}: scheme {scheme!r} takes exactly the parameter 'lanes', found {params!r}")
-    lanes = params["lanes"]
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= max(rows, 1):
-        raise FormatError(f"{what}: lanes must be an integer in [1, {max(rows, 1)}] (the row count), "
-                          f"found {lanes!r}")
-    if n > rans.MAX_ROW_LENGTH:
-        raise FormatError(f"{what}: scheme {scheme!r} needs rows of at most 2^31 elements, found {n}")
+        indexcode.decompress_exact(section, 0, what)
+    else:
+        rans.check_nothing_coded(section, params["lanes"], what)
 
 
 def decode(scheme: str, params: dict, initial: torch.Tensor, section: bytes, what: str) -> torch.Tensor:
-    """The trained rows [rows, n] from the initial rows (on the target device) and the section."""
+    """The trained rows [rows, n] from the initial rows (on the target device) and the section.
+
+    ``scheme`` and ``params`` were checked with the header (``container.check_scheme_params``).
+    """
     rows, n = initial.shape
     if scheme == DELTA:
         return decode_delta(initial, section, what)

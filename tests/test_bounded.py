@@ -1,0 +1,129 @@
+"""Work bounded by what is stored: files of empty tensors with the longest rows, or the most rows.
+
+A tensor of shape [0, 2^31 - 1] or [2^31 - 1, 0] holds no element, yet a
+decoder that sizes anything by its rows or row length allocates gigabytes.
+Each file below is written by ``encode`` from a module whose tensor has that
+shape, then read by every entry point in a child process under a 2 GiB
+address-space cap (RLIMIT_AS), each read timed against 2 s after the imports.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import permcodec
+
+LONGEST = 2**31 - 1
+SHAPES = {"no-rows": (0, LONGEST), "empty-rows": (LONGEST, 0)}
+KINDS = ("delta", "exact", "multiset", "raw")
+ADDRESS_SPACE = 2 << 30
+SECONDS = 2.0
+
+CHILD = textwrap.dedent("""
+    import contextlib, io, json, resource, sys, time
+    import permcodec
+    from permcodec import cli
+
+    paths = json.loads(sys.argv[1])
+    warm = permcodec.load(paths[0])  # imports and first-use costs are paid before the clock and the cap
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        cli.main(["info", paths[0]])
+    resource.setrlimit(resource.RLIMIT_AS, ({cap}, resource.RLIM_INFINITY))
+
+    def run(label, path, call):
+        started = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+                result = call(path)
+            outcome = {{"result": result, "stdout": out.getvalue(), "stderr": err.getvalue()}}
+        except permcodec.PermcodecError as error:
+            outcome = {{"refused": f"{{type(error).__name__}}: {{error}}"}}
+        except BaseException as error:
+            outcome = {{"crashed": f"{{type(error).__name__}}: {{error}}"}}
+        outcome.update(label=label, path=path, seconds=time.perf_counter() - started)
+        print(json.dumps(outcome), flush=True)
+
+    def safe_open_all(path):
+        with permcodec.safe_open(path) as f:
+            return {{name: list(f.get_tensor(name).shape) for name in f.keys()}}
+
+    for path in paths:
+        run("load", path, lambda p: {{k: list(v.shape) for k, v in permcodec.load(p).items()}})
+        run("safe_open", path, safe_open_all)
+        run("info", path, lambda p: cli.main(["info", p]))
+        run("info --json", path, lambda p: cli.main(["info", "--json", p]))
+        run("verify", path, lambda p: cli.main(["verify", p]))
+""")
+
+
+def empty_model(shape, kind: str):
+    """A module whose one tensor has ``shape``: a Linear weight (permuted) or a buffer (raw)."""
+    if kind == "raw":
+        module = nn.Module()
+        module.register_buffer("weight", torch.empty(shape))
+        return module, None
+    layer = nn.Linear(shape[1], shape[0], bias=False)  # weight [out, in] = shape; nothing is allocated
+    spec = permcodec.init_(layer, seed=1, dist="uniform")
+    return layer, spec
+
+
+@pytest.fixture(scope="module")
+def empty_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("empty")
+    paths = []
+    for label, shape in SHAPES.items():
+        for kind in KINDS:
+            module, spec = empty_model(shape, kind)
+            options = {} if kind == "raw" else {"scheme": kind}
+            path = folder / f"{label}-{kind}.pc"
+            permcodec.save(module.state_dict(), path, init=spec or permcodec.InitSpec(), **options)
+            paths.append(str(path))
+    return paths
+
+
+def shape_of(path: str) -> tuple:
+    return SHAPES["no-rows" if "no-rows" in path else "empty-rows"]
+
+
+def test_encode_writes_each_empty_tensor_with_the_kind_asked_for(empty_files):
+    for path in empty_files:
+        with permcodec.safe_open(path) as f:
+            record = f.record("weight")
+        kind = path.rsplit("-", 1)[1].removesuffix(".pc")
+        assert record.get("scheme", record["kind"]) == kind
+        assert tuple(record["shape"]) == shape_of(path)
+
+
+def test_every_entry_point_reads_empty_tensor_files_in_2_s_under_2_gib(empty_files):
+    child = subprocess.run([sys.executable, "-c", CHILD.format(cap=ADDRESS_SPACE), json.dumps(empty_files)],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    outcomes = [json.loads(line) for line in child.stdout.splitlines()]
+    assert len(outcomes) == 5 * len(empty_files)
+    for outcome in outcomes:
+        where = f"{outcome['label']} {outcome['path']}"
+        assert "crashed" not in outcome and "refused" not in outcome, f"{where}: {outcome}"
+        assert outcome["seconds"] <= SECONDS, f"{where}: {outcome['seconds']:.2f} s"
+        if outcome["label"] in ("load", "safe_open"):
+            assert [tuple(shape) for shape in outcome["result"].values()] == [shape_of(outcome["path"])], where
+        else:
+            assert outcome["result"] == 0, f"{where}: {outcome['stderr']}"
+
+
+def test_the_cap_is_real(tmp_path):
+    """The same child, asked to allocate 3 GiB under the cap, fails: the cap binds."""
+    script = textwrap.dedent(f"""
+        import resource, torch
+        resource.setrlimit(resource.RLIMIT_AS, ({ADDRESS_SPACE}, resource.RLIM_INFINITY))
+        try:
+            torch.empty(3 << 30, dtype=torch.uint8).fill_(1)
+        except RuntimeError:
+            print("refused")
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.stdout.strip() == "refused"
