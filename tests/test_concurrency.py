@@ -1,0 +1,130 @@
+"""Readers and writers under threads: every public entry point, hammered at once, gives single-threaded bits.
+
+Each file holds tensors of 2^18 elements, the size at which the compiled kernels
+split their work across the shared pool (``parallel.PARALLEL_MIN``), so the
+parallel path runs under contention too; the test asserts that it did.
+"""
+
+import hashlib
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from torch import nn
+
+import permcodec
+from permcodec import parallel, rans
+
+THREADS = 8
+CALLS_PER_THREAD = 200
+SIDE = 512  # Linear(512, 512): 2^18 weights
+SCHEMES = {"exact": ("he_uniform", {}), "multiset": ("sparse", {"density": 0.3}), "delta": ("he_uniform", {})}
+
+
+def digest(tensors: dict) -> dict:
+    """name -> SHA-256 of the tensor's bytes: bits, not values."""
+    return {name: hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+            for name, t in tensors.items()}
+
+
+def model_for(scheme: str) -> nn.Module:
+    """A permuted weight of the scheme's pool and a raw tensor, 2^18 elements each."""
+    dist, params = SCHEMES[scheme]
+    model = nn.Sequential(nn.Linear(SIDE, SIDE, bias=False), nn.Linear(SIDE, SIDE, bias=False))
+    spec = permcodec.init_(model[0], seed=11, dist=dist, **params)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        weight = model[0].weight
+        weight.copy_(torch.gather(weight, 1, torch.argsort(torch.rand(weight.shape, generator=generator), dim=1)))
+        model[1].weight.copy_(torch.randn(SIDE, SIDE, generator=generator))
+    state = {"weight": model[0].weight.detach().clone(), "raw": model[1].weight.detach().clone()}
+    return state, spec
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("threads")
+    made = {}
+    for scheme in SCHEMES:
+        state, spec = model_for(scheme)
+        data = permcodec.encode(state, init=spec, scheme=scheme, level="fast")
+        path = folder / f"{scheme}.pc"
+        path.write_bytes(data)
+        made[scheme] = {"path": path, "state": state, "spec": spec, "data": data,
+                        "digest": digest(permcodec.load(path))}
+        assert made[scheme]["digest"] == digest(state)
+    return made
+
+
+def hammer(files, calls_per_thread: int) -> list[str]:
+    """Mixed load / shared-handle get_tensor / own-handle get_tensor / encode from THREADS threads."""
+    shared = {scheme: permcodec.safe_open(f["path"]) for scheme, f in files.items()}
+    errors = []
+    start = threading.Barrier(THREADS)
+
+    def worker(index: int) -> None:
+        rng = random.Random(index)
+        start.wait()
+        for _ in range(calls_per_thread):
+            scheme = rng.choice(list(files))
+            f = files[scheme]
+            action = rng.choice(["load", "shared", "own", "encode"])
+            try:
+                if action == "load":
+                    got = digest(permcodec.load(f["path"]))
+                    ok = got == f["digest"]
+                elif action in ("shared", "own"):
+                    name = rng.choice(list(f["digest"]))
+                    if action == "shared":
+                        tensor = shared[scheme].get_tensor(name)
+                    else:
+                        with permcodec.safe_open(f["path"]) as own:
+                            tensor = own.get_tensor(name)
+                    ok = digest({name: tensor}) == {name: f["digest"][name]}
+                else:
+                    ok = permcodec.encode(f["state"], init=f["spec"], scheme=scheme, level="fast") == f["data"]
+                if not ok:
+                    errors.append(f"{action} {scheme}: bits differ from the single-threaded result")
+            except Exception as err:  # noqa: BLE001 - every failure is collected and reported
+                errors.append(f"{action} {scheme}: {type(err).__name__}: {err}")
+
+    try:
+        with ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(worker, range(THREADS)))
+    finally:
+        for handle in shared.values():
+            handle.close()
+    return errors
+
+
+@pytest.mark.parametrize("backend", rans.BACKENDS)
+def test_threads_hammering_every_entry_point_see_single_threaded_bits(files, monkeypatch, backend):
+    monkeypatch.setenv("PERMCODEC_BACKEND", backend)
+    splits_before = parallel.split_calls()
+    errors = hammer(files, CALLS_PER_THREAD)
+    assert errors == []
+    if backend == "numba" and parallel.WORKERS > 1:
+        assert parallel.split_calls() > splits_before, "the kernels never split their work across the pool"
+
+
+def test_the_pool_splits_work_from_2_18_elements():
+    assert parallel.PARALLEL_MIN == SIDE * SIDE
+    assert parallel.pieces(10, 4) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert parallel.pieces(3, 8) == [(0, 1), (1, 2), (2, 3)]
+    assert parallel.pieces(0, 4) == []
+
+
+def test_a_failing_piece_raises_in_the_caller_after_every_piece_ended(monkeypatch):
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    finished = []
+
+    def kernel(lo, hi):
+        if lo == 0:
+            raise ValueError("piece 0 failed")
+        finished.append((lo, hi))
+
+    with pytest.raises(ValueError, match="piece 0 failed"):
+        parallel.run_over(kernel, 8, work=parallel.PARALLEL_MIN)
+    assert sorted(finished) == [(2, 4), (4, 6), (6, 8)]
