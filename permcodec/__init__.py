@@ -1,7 +1,7 @@
 """permcodec: store LaPerm models as an RNG spec plus one permutation per row."""
 
-from .errors import (FormatError, IntegrityError, LimitError, NotAPermutationError, PermcodecError,
-                     SpecError, UnsupportedVersionError)
+from .errors import (FormatError, IntegrityError, LimitError, MemoryLimitError, NotAPermutationError,
+                     PermcodecError, SpecError, UnsupportedVersionError)
 from .initspec import InitSpec, TensorInit, init_
 from .laperm import LaPerm
 from .codec import PCFile, decode, encode, load, load_into, safe_open, save
@@ -9,7 +9,7 @@ from .codec import PCFile, decode, encode, load, load_into, safe_open, save
 __version__ = "0.1.0"
 
 __all__ = [
-    "PermcodecError", "SpecError", "FormatError", "UnsupportedVersionError", "LimitError",
+    "PermcodecError", "SpecError", "FormatError", "UnsupportedVersionError", "LimitError", "MemoryLimitError",
     "IntegrityError", "NotAPermutationError",
     "InitSpec", "TensorInit", "init_", "LaPerm",
     "encode", "decode", "save", "load", "load_into", "safe_open", "PCFile",

@@ -20,6 +20,7 @@ import io
 import os
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 import sys
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from torch import nn
 
 from . import container, indexcode, perm, schemes
 from .container import RAW_CODEC, Limits
-from .errors import FormatError, IntegrityError, NotAPermutationError, SpecError
+from .errors import FormatError, IntegrityError, MemoryLimitError, NotAPermutationError, SpecError
 from .fileio import atomic_write_bytes
 from .initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
 from .rng import RNG_NAME
@@ -236,13 +237,32 @@ def decode_raw(record: dict, section: bytes, device) -> torch.Tensor:
 
 def decode_record(record: dict, section: bytes, device, verify: bool) -> torch.Tensor:
     container.check_section(record, section)
-    if record["kind"] == "permuted":
-        tensor = decode_permuted(record, section, device)
-    else:
-        tensor = decode_raw(record, section, device)
-    if verify and sha256_of(tensor) != record["sha256"]:
-        raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
+    with memory_errors_named(record):
+        if record["kind"] == "permuted":
+            tensor = decode_permuted(record, section, device)
+        else:
+            tensor = decode_raw(record, section, device)
+        if verify and sha256_of(tensor) != record["sha256"]:
+            raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
     return tensor
+
+
+@contextmanager
+def memory_errors_named(record: dict):
+    """Turn running out of memory on a tensor the file declares into a MemoryLimitError naming it."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, MemoryLimitError) or not is_out_of_memory(err):
+            raise
+        detail = str(err).splitlines()[0] if str(err) else "no details"
+        raise MemoryLimitError(f"tensor {record['name']!r}: not enough memory for its "
+                               f"{math.prod(record['shape']):,} elements ({type(err).__name__}: {detail})") from None
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """numpy's and Python's MemoryError, torch's CPU allocator failure, or CUDA's out-of-memory error."""
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
 
 
 def positional_reader(source) -> tuple[int, Callable[[int, int], bytes]]:

@@ -25,6 +25,10 @@ class LimitError(FormatError):
     """A file that exceeds a decoder limit (header size, tensor count, element count, ...)."""
 
 
+class MemoryLimitError(LimitError, MemoryError):
+    """The machine ran out of memory for a tensor the file declares (a MemoryError too)."""
+
+
 class IntegrityError(PermcodecError):
     """A checksum or content hash that does not match."""
 

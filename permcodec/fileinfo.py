@@ -17,8 +17,9 @@ def bound_bits(record: dict) -> float:
     """log2(n! / prod m_v!) summed over the rows of a permuted tensor's pool."""
     if math.prod(record["shape"]) == 0:
         return 0.0  # and nothing regenerated: an empty shape may have 2^31 - 1 rows or a row that long
-    initial = codec.initial_rows(codec.init_of(record))
-    return perm.permutation_bound_bits(initial.pool())
+    with codec.memory_errors_named(record):
+        initial = codec.initial_rows(codec.init_of(record))
+        return perm.permutation_bound_bits(initial.pool())
 
 
 def ratio(numerator: float, denominator: float) -> float | None:

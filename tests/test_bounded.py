@@ -11,16 +11,19 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import permcodec
+from permcodec import codec, container, distributions, indexcode, schemes
 
 LONGEST = 2**31 - 1
 SHAPES = {"no-rows": (0, LONGEST), "empty-rows": (LONGEST, 0)}
 KINDS = ("delta", "exact", "multiset", "raw")
+FIXTURE_FOR_WARMUP = Path(__file__).parent / "fixtures" / "tiny_linear.pc"
 ADDRESS_SPACE = 2 << 30
 SECONDS = 2.0
 
@@ -127,3 +130,31 @@ def test_the_cap_is_real(tmp_path):
     """)
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert child.stdout.strip() == "refused"
+
+
+def test_running_out_of_memory_on_a_declared_tensor_is_a_named_memory_limit_error(tmp_path):
+    """A valid 2^25-element tensor under a cap too small for it: a PermcodecError (and a MemoryError)."""
+    shape = (2**12, 2**13)
+    init = permcodec.TensorInit("weight", shape, 3, 0, "he_uniform", distributions.make_params("he_uniform", shape))
+    record = codec.permuted_record("weight", init.regenerate(), init, "delta", {})  # trained = initial
+    section = indexcode.compress(bytes(shape[0] * shape[1] * schemes.index_width(shape[1])), 3)  # all deltas 0
+    path = tmp_path / "big.pc"
+    path.write_bytes(container.pack([record], [section]))
+    script = textwrap.dedent(f"""
+        import re, resource, permcodec, permcodec.cli
+        permcodec.load({str(FIXTURE_FOR_WARMUP)!r})
+        size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) << 10
+        resource.setrlimit(resource.RLIMIT_AS, (size + (64 << 20), resource.RLIM_INFINITY))
+        for call in (lambda: permcodec.load({str(path)!r}), lambda: permcodec.cli.main(["info", {str(path)!r}])):
+            try:
+                call()
+            except permcodec.MemoryLimitError as error:
+                assert isinstance(error, MemoryError)
+                print("MemoryLimitError:", error)
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert child.stdout.startswith("MemoryLimitError: tensor 'weight': not enough memory for its 33,554,432 "
+                                   "elements ("), child.stdout
+    assert "error: tensor 'weight': not enough memory for its 33,554,432 elements" in child.stderr
+    assert permcodec.load(path)["weight"].shape == shape  # the file itself is valid
