@@ -15,25 +15,26 @@ byte-shuffled and zstd-compressed ("raw"). See specs/format.md.
 from __future__ import annotations
 
 import hashlib
-import math
 import io
+import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import container, indexcode, perm, schemes
-from .container import RAW_CODEC, Limits
+from . import perm
 from .errors import FormatError, IntegrityError, MemoryLimitError, NotAPermutationError, SpecError
 from .fileio import atomic_write_bytes
-from .initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
-from .rng import RNG_NAME
+from .format import container, indexcode, schemes
+from .format.container import RAW_CODEC, Limits
+from .init.initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
+from .init.rng import RNG_NAME
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,

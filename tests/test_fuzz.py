@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import permcodec
-from permcodec import FormatError, container, indexcode, rans
-from permcodec.container import Limits
+from permcodec import FormatError
+from permcodec.format import container, indexcode, rans
+from permcodec.format.container import Limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import fuzz  # noqa: E402

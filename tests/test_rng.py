@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from permcodec import SpecError, rng
+from permcodec import SpecError
+from permcodec.init import rng
 
 # Known-answer vectors from DEShawResearch/random123, tests/kat_vectors
 # (lines "philox4x32 10 <ctr0..3> <key0..1> <expected0..3>").

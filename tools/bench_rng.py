@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from benchutil import best_seconds
-from permcodec import distributions as D
-from permcodec import rng
+
+from permcodec.init import distributions as D
+from permcodec.init import rng
 
 DIST_ARGS = {
     "uniform": {}, "normal": {}, "he_uniform": {}, "glorot_uniform": {}, "he_normal": {},

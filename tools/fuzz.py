@@ -53,8 +53,10 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import permcodec
-from permcodec import codec, container, distributions, indexcode, perm, schemes
-from permcodec.container import Limits
+from permcodec import codec, perm
+from permcodec.format import container, indexcode, schemes
+from permcodec.init import distributions
+from permcodec.format.container import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

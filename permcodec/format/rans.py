@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from .errors import FormatError, SpecError
+from ..errors import FormatError, SpecError
 
 PROB_BITS = 31
 PROB_SCALE = 1 << PROB_BITS        # M: quantized probabilities sum to this

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import indexcode, perm, rans
+from .. import perm
+from ..errors import FormatError, SpecError
+from . import indexcode, rans
 from .container import DELTA, EXACT, MULTISET, SCHEMES  # noqa: F401 (the ids are the format's; re-exported)
-from .errors import FormatError, SpecError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import SpecError
+from ..errors import SpecError
 
 if TYPE_CHECKING:
     import torch

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SpecError
+from ..fileio import atomic_write
+from ..init.initspec import InitSpec, init_
 from . import data as datasets
-from .errors import SpecError
-from .fileio import atomic_write
-from .initspec import InitSpec, init_
 from .laperm import LaPerm
 from .models import MODELS, build_model
 

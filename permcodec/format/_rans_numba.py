@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .parallel import run_over
+from ..parallel import run_over
 from .rans import PROB_BITS, STATE_LOW
 
 _U32 = np.uint64(32)
