@@ -34,7 +34,7 @@ from .fileio import atomic_write_bytes
 from .format import container, indexcode, schemes
 from .format.container import RAW_CODEC, Limits
 from .init.initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
-from .init.rng import RNG_NAME
+from .init.philox import RNG_NAME
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,

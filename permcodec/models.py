@@ -3,5 +3,4 @@
 The module lives in ``permcodec.train.models``.
 """
 
-from .train.models import *  # noqa: F401,F403
-from .train.models import MODELS, build_model  # noqa: F401
+from .train.models import MODELS, build_model, count_weights, same_padded_conv  # noqa: F401 (re-exported)

@@ -24,7 +24,7 @@ import msgpack
 
 from ..errors import FormatError, IntegrityError, LimitError, SpecError, UnsupportedVersionError
 from ..init import distparams
-from ..init.rng import RNG_NAME, check_seed, check_stream
+from ..init.philox import RNG_NAME, check_seed, check_stream
 from ..rows import row_shape
 from .rans import MAX_ROW_LENGTH
 

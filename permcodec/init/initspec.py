@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import SpecError
 from . import distributions
-from .rng import RNG_NAME, check_seed, check_stream
+from .philox import RNG_NAME, check_seed, check_stream
 
 SPEC_FORMAT = "permcodec-init"
 SPEC_VERSION = 1
