@@ -219,8 +219,8 @@ def init_of(record: dict) -> TensorInit:
 def decode_permuted(record: dict, section: bytes, device) -> torch.Tensor:
     what = f"tensor {record['name']!r}"
     rows, n = perm.row_shape(record["shape"])
-    if rows * n == 0:  # nothing to regenerate: only the section's own bytes are checked
-        schemes.check_empty_section(record["scheme"], record["scheme_params"], section, what)
+    schemes.check_layout(record["scheme"], record["scheme_params"], rows, n, section, what)
+    if rows * n == 0:  # nothing to regenerate: the section's own bytes were all there was to check
         return torch.empty(record["shape"], dtype=torch.float32, device=device)
     init = init_of(record)
     initial = init.regenerate(device).reshape(rows, n)

@@ -184,3 +184,25 @@ def test_encoding_empty_tensors_is_bounded_too(tmp_path):
     lines = child.stdout.splitlines()
     assert len(lines) == len(SHAPES) * len(KINDS)
     assert all(float(line.rsplit(" ", 1)[1]) <= SECONDS for line in lines), lines
+
+
+@pytest.mark.parametrize("scheme,section,message", [
+    ("exact", b"\x03\x00\x00\x00", "section of 4 bytes cannot hold 3 lane lengths"),
+    ("multiset", b"\x05\x00\x00\x00" * 3 + b"\x00" * 8, "lane lengths add up to 15 words, the section holds 2"),
+    ("delta", indexcode.compress(b"\x00" * 10), "zstd frame declares 10 bytes, header says 8388608 bytes"),
+])
+def test_a_malformed_section_is_refused_before_its_pool_is_drawn(monkeypatch, scheme, section, message):
+    """Drawing a 4M-element pool costs far more than reading a section's layout: the layout is checked first."""
+    shape = (2048, 2048)
+    init = permcodec.TensorInit("weight", shape, 3, 0, "normal", {"mean": 0.0, "std": 1.0})
+    record = {"name": "weight", "kind": "permuted", "dtype": "float32", "shape": list(shape), "sha256": bytes(32),
+              "init": {"rng": "philox4x32-10", "seed": 3, "stream": 0, "dist": "normal", "params": init.params},
+              "scheme": scheme, "scheme_params": {} if scheme == "delta" else {"lanes": 3}}
+    data = container.pack([record], [section])
+
+    def refuse_to_draw(*args, **kwargs):
+        raise AssertionError("the pool was drawn before the section's layout was checked")
+
+    monkeypatch.setattr(permcodec.TensorInit, "regenerate", refuse_to_draw)
+    with pytest.raises(permcodec.FormatError, match=message):
+        permcodec.decode(data)

@@ -72,16 +72,7 @@ def compress(data: bytes, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
 
 def decompress_exact(frame: bytes, size: int, what: str) -> bytes:
     """Decode one zstd frame that must declare and yield exactly ``size`` bytes, with nothing after it."""
-    if bytes(frame[:4]) != ZSTD_FRAME_MAGIC:
-        raise FormatError(f"{what}: section does not start with a zstd frame (magic {bytes(frame[:4]).hex()}, "
-                          f"expected {ZSTD_FRAME_MAGIC.hex()}; skippable frames are not allowed)")
-    try:
-        declared = zstandard.get_frame_parameters(frame).content_size
-    except zstandard.ZstdError as err:
-        raise FormatError(f"{what}: not a zstd frame ({err})") from None
-    if declared != size:
-        shown = "no size" if declared == zstandard.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
-        raise FormatError(f"{what}: zstd frame declares {shown}, header says {size} bytes")
+    check_frame_size(frame, size, what)
     decompressor = zstandard.ZstdDecompressor().decompressobj()
     try:
         out = decompressor.decompress(frame)
@@ -92,3 +83,17 @@ def decompress_exact(frame: bytes, size: int, what: str) -> bytes:
     if decompressor.unused_data:
         raise FormatError(f"{what}: {len(decompressor.unused_data)} bytes after the zstd frame")
     return out
+
+
+def check_frame_size(frame: bytes, size: int, what: str) -> None:
+    """The frame starts with the zstd magic and declares exactly ``size`` bytes (checked before decompressing)."""
+    if bytes(frame[:4]) != ZSTD_FRAME_MAGIC:
+        raise FormatError(f"{what}: section does not start with a zstd frame (magic {bytes(frame[:4]).hex()}, "
+                          f"expected {ZSTD_FRAME_MAGIC.hex()}; skippable frames are not allowed)")
+    try:
+        declared = zstandard.get_frame_parameters(frame).content_size
+    except zstandard.ZstdError as err:
+        raise FormatError(f"{what}: not a zstd frame ({err})") from None
+    if declared != size:
+        shown = "no size" if declared == zstandard.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
+        raise FormatError(f"{what}: zstd frame declares {shown}, header says {size} bytes")

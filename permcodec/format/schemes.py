@@ -157,12 +157,23 @@ def encode_best(trained: perm.SortedRows, initial: perm.SortedRows, level: Level
 
 # ---------------------------------------------------------------- decoding
 
-def check_empty_section(scheme: str, params: dict, section: bytes, what: str) -> None:
-    """The checks a section of a tensor without elements must pass; nothing is sized by its shape."""
+def check_layout(scheme: str, params: dict, rows: int, n: int, section: bytes, what: str) -> None:
+    """The checks of a section that need no regenerated pool, done before any is regenerated.
+
+    A tensor without elements is checked completely here (and nothing is sized
+    by its shape); otherwise the frame's declared size (delta) or the lanes'
+    word counts (exact, multiset) are checked, so a malformed section is
+    refused in microseconds rather than after its pool is drawn.
+    """
     if scheme == DELTA:
-        indexcode.decompress_exact(section, 0, what)
-    else:
+        if rows * n == 0:
+            indexcode.decompress_exact(section, 0, what)
+        else:
+            indexcode.check_frame_size(section, rows * n * index_width(n), what)
+    elif rows * n == 0:
         rans.check_nothing_coded(section, params["lanes"], what)
+    else:
+        rans.split_lanes(section, params["lanes"], what)
 
 
 def decode(scheme: str, params: dict, initial: torch.Tensor, section: bytes, what: str) -> torch.Tensor:
