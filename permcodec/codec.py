@@ -14,7 +14,6 @@ byte-shuffled and zstd-compressed ("raw"). See specs/format.md.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from . import perm
+from .bits import sha256_of, tensor_bytes  # noqa: F401 (part of the codec's API)
 from .errors import FormatError, IntegrityError, MemoryLimitError, NotAPermutationError, SpecError
 from .fileio import atomic_write_bytes
 from .format import container, indexcode, schemes
@@ -44,16 +44,6 @@ DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 
 # ---------------------------------------------------------------- shared helpers
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """The tensor's elements in C order as little-endian bytes, whatever the host's byte order."""
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    if not flat.numel():
-        return b""
-    if sys.byteorder == "big" and flat.element_size() > 1:
-        return flat.view(torch.uint8).numpy().reshape(-1, flat.element_size())[:, ::-1].tobytes()
-    return flat.view(torch.uint8).numpy().tobytes()
-
-
 def tensor_from_bytes(data: bytes, dtype: str, shape) -> torch.Tensor:
     """The CPU tensor whose C-order little-endian element bytes are ``data`` (the inverse of tensor_bytes)."""
     torch_dtype, itemsize = TORCH_DTYPES[dtype], container.DTYPE_SIZES[dtype]
@@ -62,10 +52,6 @@ def tensor_from_bytes(data: bytes, dtype: str, shape) -> torch.Tensor:
     if sys.byteorder == "big" and itemsize > 1:
         data = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)[:, ::-1].tobytes()
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(torch_dtype).reshape(shape)
-
-
-def sha256_of(tensor: torch.Tensor) -> bytes:
-    return hashlib.sha256(tensor_bytes(tensor)).digest()
 
 
 def dtype_name(tensor: torch.Tensor, name: str) -> str:
