@@ -1,10 +1,18 @@
 """permcodec: store LaPerm models as an RNG spec plus one permutation per row."""
 
-from .errors import (FormatError, IntegrityError, LimitError, MemoryLimitError, NotAPermutationError,
-                     PermcodecError, SpecError, UnsupportedVersionError)
-from .initspec import InitSpec, TensorInit, init_
-from .laperm import LaPerm
 from .codec import PCFile, decode, encode, load, load_into, safe_open, save
+from .errors import (
+                     FormatError,
+                     IntegrityError,
+                     LimitError,
+                     MemoryLimitError,
+                     NotAPermutationError,
+                     PermcodecError,
+                     SpecError,
+                     UnsupportedVersionError,
+)
+from .init.initspec import InitSpec, TensorInit, init_
+from .train.laperm import LaPerm
 
 __version__ = "0.1.0"
 

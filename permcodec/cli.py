@@ -12,9 +12,9 @@ EXIT_ERROR = 1
 
 
 def add_train(sub) -> None:
-    from .data import KNOWN_DATASETS
-    from .models import MODELS
-    from .train import DEFAULT_LR, TrainConfig
+    from .train.data import KNOWN_DATASETS
+    from .train.loop import DEFAULT_LR, TrainConfig
+    from .train.models import MODELS
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -56,7 +56,7 @@ def add_train(sub) -> None:
 def run_train(args) -> None:
     from .errors import SpecError
     from .fileio import check_output_path
-    from .train import TrainConfig, save_checkpoint, train
+    from .train.loop import TrainConfig, save_checkpoint, train
 
     output = check_output_path(args.output)  # before training, so a finished run is never lost
     if output.suffix.lower() not in (".pt", ".pth"):
@@ -72,7 +72,7 @@ def run_train(args) -> None:
 
 
 def add_encode(sub) -> None:
-    from .schemes import DEFAULT_LEVEL, LEVELS, SCHEMES
+    from .format.schemes import DEFAULT_LEVEL, LEVELS, SCHEMES
 
     levels = "\n".join(f"  {name:<8} {level.summary}" for name, level in LEVELS.items())
     p = sub.add_parser(

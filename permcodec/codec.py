@@ -14,26 +14,27 @@ byte-shuffled and zstd-compressed ("raw"). See specs/format.md.
 
 from __future__ import annotations
 
-import hashlib
-import math
 import io
+import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import container, indexcode, perm, schemes
-from .container import RAW_CODEC, Limits
+from . import perm
+from .bits import sha256_of, tensor_bytes  # noqa: F401 (part of the codec's API)
 from .errors import FormatError, IntegrityError, MemoryLimitError, NotAPermutationError, SpecError
 from .fileio import atomic_write_bytes
-from .initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
-from .rng import RNG_NAME
+from .format import container, indexcode, schemes
+from .format.container import RAW_CODEC, Limits
+from .init.initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
+from .init.philox import RNG_NAME
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
@@ -43,16 +44,6 @@ DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 
 # ---------------------------------------------------------------- shared helpers
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """The tensor's elements in C order as little-endian bytes, whatever the host's byte order."""
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    if not flat.numel():
-        return b""
-    if sys.byteorder == "big" and flat.element_size() > 1:
-        return flat.view(torch.uint8).numpy().reshape(-1, flat.element_size())[:, ::-1].tobytes()
-    return flat.view(torch.uint8).numpy().tobytes()
-
-
 def tensor_from_bytes(data: bytes, dtype: str, shape) -> torch.Tensor:
     """The CPU tensor whose C-order little-endian element bytes are ``data`` (the inverse of tensor_bytes)."""
     torch_dtype, itemsize = TORCH_DTYPES[dtype], container.DTYPE_SIZES[dtype]
@@ -61,10 +52,6 @@ def tensor_from_bytes(data: bytes, dtype: str, shape) -> torch.Tensor:
     if sys.byteorder == "big" and itemsize > 1:
         data = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)[:, ::-1].tobytes()
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(torch_dtype).reshape(shape)
-
-
-def sha256_of(tensor: torch.Tensor) -> bytes:
-    return hashlib.sha256(tensor_bytes(tensor)).digest()
 
 
 def dtype_name(tensor: torch.Tensor, name: str) -> str:

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 from . import codec
-from .data import get_dataset
 from .errors import IntegrityError
 from .fileinfo import describe, same_bits
-from .models import build_model
 from .modelfile import write_tensors
-from .train import TrainConfig, evaluate, save_checkpoint, train
+from .train.data import get_dataset
+from .train.loop import TrainConfig, evaluate, save_checkpoint, train
+from .train.models import build_model
 
 
 def mismatched_tensors(decoded: dict, trained: dict) -> list[str]:

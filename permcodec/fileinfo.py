@@ -8,8 +8,8 @@ import os
 import torch
 
 from . import codec, perm
-from .container import Limits
 from .errors import IntegrityError
+from .format.container import Limits
 from .modelfile import read_tensors
 
 

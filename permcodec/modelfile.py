@@ -16,10 +16,10 @@ import safetensors
 import safetensors.torch
 import torch
 
-from .container import MAGIC
 from .errors import FormatError, SpecError
 from .fileio import atomic_write, check_output_path
-from .initspec import InitSpec
+from .format.container import MAGIC
+from .init.initspec import InitSpec
 
 SAFETENSORS_INIT_KEY = "permcodec.init"
 OUTPUT_SUFFIXES = (".safetensors", ".pt")

@@ -83,6 +83,14 @@ class SortedRows:
         return torch.gather(self.rows, 1, self.order)
 
 
+def class_starts(pool_sorted: torch.Tensor) -> torch.Tensor:
+    """Bool [rows, n]: where a run of equal bits (a class of the pool) begins; every row's first position."""
+    bits = pool_sorted.contiguous().view(torch.int32)
+    starts = torch.ones_like(bits, dtype=torch.bool)
+    starts[:, 1:] = bits[:, 1:] != bits[:, :-1]
+    return starts
+
+
 def permutation_bound_bits(pool_sorted: torch.Tensor) -> float:
     """Information bound of the row permutations: sum over rows of log2(n! / prod_v m_v!).
 
@@ -92,10 +100,7 @@ def permutation_bound_bits(pool_sorted: torch.Tensor) -> float:
     rows, n = pool_sorted.shape
     if rows == 0 or n == 0:
         return 0.0
-    bits = pool_sorted.contiguous().view(torch.int32)
-    starts = torch.ones_like(bits, dtype=torch.bool)
-    starts[:, 1:] = bits[:, 1:] != bits[:, :-1]
-    run_ids = torch.cumsum(starts.reshape(-1).to(torch.int64), 0) - 1
+    run_ids = torch.cumsum(class_starts(pool_sorted).reshape(-1).to(torch.int64), 0) - 1
     lengths = torch.bincount(run_ids).to(torch.float64)
     nats = rows * math.lgamma(n + 1) - torch.lgamma(lengths + 1).sum().item()
     return nats / math.log(2)

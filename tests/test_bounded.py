@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 import permcodec
-from permcodec import codec, container, distributions, indexcode, schemes
+from permcodec import codec
+from permcodec.format import container, indexcode, schemes
+from permcodec.init import distributions
 
 LONGEST = 2**31 - 1
 SHAPES = {"no-rows": (0, LONGEST), "empty-rows": (LONGEST, 0)}

@@ -5,19 +5,18 @@ import os
 import pickle
 import struct
 import subprocess
-import time
 import sys
+import time
 
 import pytest
 import safetensors.torch
 import torch
+from test_codec import make_fixtures, tiny_bytes
 from torch import nn
 
 from permcodec import IntegrityError, codec, init_
 from permcodec.cli import main
 from permcodec.modelfile import SAFETENSORS_INIT_KEY
-
-from test_codec import make_fixtures, tiny_bytes
 
 
 def model_and_spec():

@@ -14,10 +14,21 @@ import torch
 from torch import nn
 
 import permcodec
-from permcodec import (FormatError, IntegrityError, LimitError, NotAPermutationError, SpecError,
-                       UnsupportedVersionError, codec, container, init_, perm, schemes)
-from permcodec.container import Limits
-from permcodec.initspec import InitSpec, TensorInit
+from permcodec import (
+    FormatError,
+    IntegrityError,
+    LimitError,
+    NotAPermutationError,
+    SpecError,
+    UnsupportedVersionError,
+    codec,
+    container,
+    init_,
+    perm,
+    schemes,
+)
+from permcodec.format.container import Limits
+from permcodec.init.initspec import InitSpec, TensorInit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import make_fixtures  # noqa: E402

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import permcodec
-from permcodec import parallel, rans
+from permcodec import parallel
+from permcodec.format import rans
 
 THREADS = 8
 CALLS_PER_THREAD = 200

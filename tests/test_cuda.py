@@ -7,8 +7,9 @@ Skipped without a CUDA device (CI has none); run on a GPU machine with
 import pytest
 import torch
 
-from permcodec import distributions as D
-from permcodec import perm, rng
+from permcodec import perm
+from permcodec.init import distributions as D
+from permcodec.init import rng
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

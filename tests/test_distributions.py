@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from permcodec import SpecError, exactmath, rng
-from permcodec import distributions as D
+from permcodec import SpecError
+from permcodec.init import distributions as D
+from permcodec.init import exactmath, rng
 
 GOLDEN_SHAPE = (64, 3, 5, 5)
 GOLDEN_CASES = {

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 import permcodec
-from permcodec import FormatError, LimitError, cli, container, indexcode, rans
-from permcodec.container import Limits
+from permcodec import FormatError, LimitError, cli
+from permcodec.format import container, indexcode, rans
+from permcodec.format.container import Limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import fuzz  # noqa: E402

@@ -12,14 +12,14 @@ import pytest
 import safetensors.torch
 import torch
 import zstandard
+from test_codec import make_fixtures, repack, tiny_bytes
 from torch import nn
 
 import permcodec
-from permcodec import FormatError, LimitError, PermcodecError, codec, container, init_, perm, schemes
+from permcodec import FormatError, LimitError, PermcodecError, codec, init_, perm
 from permcodec.cli import main
 from permcodec.fileio import TEMP_MARK
-
-from test_codec import make_fixtures, repack, tiny_bytes
+from permcodec.format import container, schemes
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -297,7 +297,7 @@ def test_version_must_be_the_integer_1(version):
 def test_param_beyond_float32_range_is_refused_without_a_warning():
     import warnings
 
-    from permcodec import distributions as D
+    from permcodec.init import distributions as D
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

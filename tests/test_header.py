@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import permcodec
-from permcodec import FormatError, LimitError, SpecError, cli, codec, container
-from permcodec.container import Limits
+from permcodec import FormatError, LimitError, SpecError, cli, codec
+from permcodec.format import container, indexcode
+from permcodec.format.container import Limits
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_linear.pc"
 DATA = FIXTURE.read_bytes()
@@ -191,10 +192,10 @@ def test_the_per_file_element_cap_counts_elements_not_extents():
     """An empty [0, 5] tensor adds nothing to the file's count, though it counts 5 against the per-tensor cap."""
     def edit(header):
         empty = {**header["tensors"][1], "name": "empty", "shape": [0, 5], "offset": len(DATA_AREA),
-                 "length": len(permcodec.indexcode.compress(b"")),
-                 "crc32": zlib.crc32(permcodec.indexcode.compress(b"")), "sha256": codec.sha256_of(torch.empty(0))}
+                 "length": len(indexcode.compress(b"")),
+                 "crc32": zlib.crc32(indexcode.compress(b"")), "sha256": codec.sha256_of(torch.empty(0))}
         header["tensors"].append(empty)
-    data = file_with(pack(_header_with(edit)), DATA_AREA + permcodec.indexcode.compress(b""))
+    data = file_with(pack(_header_with(edit)), DATA_AREA + indexcode.compress(b""))
     assert permcodec.decode(data, limits=Limits(max_total_elements=8))["empty"].shape == (0, 5)
     assert refused(data, LimitError, Limits(max_total_elements=7)) == \
         "total element count exceeds the limit of 7"

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from permcodec import InitSpec, SpecError, TensorInit, init_
-from permcodec import distributions as D
-from permcodec.initspec import attached_spec
+from permcodec.init import distributions as D
+from permcodec.init.initspec import attached_spec
 
 
 def small_model():

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from permcodec import SpecError, init_
-from permcodec import perm
+from permcodec import SpecError, init_, perm
 
 
 @pytest.mark.parametrize("layer,rows", [

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from permcodec import FormatError, rans
+from permcodec import FormatError
+from permcodec.format import rans
 
 BACKENDS = rans.BACKENDS
 numba_only = pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
@@ -174,7 +175,8 @@ def test_an_empty_tensor_with_huge_rows_encodes_without_allocating_per_position(
 
 
 def test_an_unknown_backend_in_the_environment_is_named(monkeypatch):
-    from permcodec import SpecError, rng
+    from permcodec import SpecError
+    from permcodec.init import rng
     monkeypatch.setenv("PERMCODEC_BACKEND", "numby")
     with pytest.raises(SpecError, match="PERMCODEC_BACKEND must be 'numba' or 'numpy', found 'numby'"):
         rans.default_backend()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from permcodec import SpecError, rng
+from permcodec import SpecError
+from permcodec.init import philox, rng
 
 # Known-answer vectors from DEShawResearch/random123, tests/kat_vectors
 # (lines "philox4x32 10 <ctr0..3> <key0..1> <expected0..3>").
@@ -37,7 +38,7 @@ def test_kat_torch(counter, key, expected):
 
 @pytest.mark.parametrize("counter,key,expected", KAT_PHILOX4X32_10)
 def test_kat_numpy_reference(counter, key, expected):
-    out = rng.philox_numpy(np.array([counter], dtype=np.uint64), seed_of(key))
+    out = philox.philox_numpy(np.array([counter], dtype=np.uint64), seed_of(key))
     assert tuple(int(w) for w in out[0]) == expected
 
 
@@ -76,14 +77,14 @@ def test_torch_matches_numpy_reference(monkeypatch, seed, stream, substream, sta
     """The torch int64 path (what CUDA runs) on the CPU, over several chunks, word for word."""
     assert rng.CHUNK_BLOCKS == 65_536 and count > rng.CHUNK_BLOCKS
     got = torch_path_blocks(monkeypatch, seed, stream, substream, start, count).numpy().astype(np.uint64)
-    assert np.array_equal(got, rng.philox_blocks_numpy(seed, stream, substream, start, count))
+    assert np.array_equal(got, philox.philox_blocks_numpy(seed, stream, substream, start, count))
 
 
 def test_torch_path_reaches_the_last_block(monkeypatch):
     """torch.arange(start, start + n) would need the exclusive end 2^63, which overflows int64 (a bug once)."""
     start, count = 2**63 - 65_536 - 9, 65_536 + 9
     got = torch_path_blocks(monkeypatch, 5, 3, 1, start, count).numpy().astype(np.uint64)
-    assert np.array_equal(got, rng.philox_blocks_numpy(5, 3, 1, start, count))
+    assert np.array_equal(got, philox.philox_blocks_numpy(5, 3, 1, start, count))
 
 
 @pytest.mark.parametrize("seed,stream,substream,start", [
@@ -95,20 +96,20 @@ def test_torch_rounds_match_numpy_rounds_on_raw_counters(seed, stream, substream
                         np.full(5000, stream, np.uint64), np.full(5000, substream, np.uint64)], axis=1)
     words = rng.philox_rounds_torch(*[torch.from_numpy(counter[:, i].astype(np.int64)) for i in range(4)], seed)
     got = torch.stack(words, dim=1).numpy().astype(np.uint64)
-    assert np.array_equal(got, rng.philox_numpy(counter, seed))
+    assert np.array_equal(got, philox.philox_numpy(counter, seed))
 
 
 @pytest.mark.skipif(rng.compiled_kernel() is None, reason="numba is not installed")
 @pytest.mark.parametrize("seed,stream,substream,start,count", TORCH_RANGES)
 def test_compiled_matches_numpy_reference(seed, stream, substream, start, count):
     got = rng.philox_blocks(seed, stream, substream, start, count).numpy().astype(np.uint64)
-    assert np.array_equal(got, rng.philox_blocks_numpy(seed, stream, substream, start, count))
+    assert np.array_equal(got, philox.philox_blocks_numpy(seed, stream, substream, start, count))
 
 
 def test_counter_layout():
     """Block b of (seed, stream, substream) is Philox of counter (b lo, b hi, stream, substream), key seed."""
     seed, stream, block = 0x1122334455667788, 5, 2**33 + 17
-    expected = rng.philox_numpy(np.array([[block & 0xFFFFFFFF, block >> 32, stream, 1]], dtype=np.uint64), seed)
+    expected = philox.philox_numpy(np.array([[block & 0xFFFFFFFF, block >> 32, stream, 1]], dtype=np.uint64), seed)
     got = rng.philox_blocks(seed, stream, 1, block, 1).numpy().astype(np.uint64)
     assert np.array_equal(got, expected)
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from permcodec import InitSpec, perm
-from permcodec import train as trainer
 from permcodec.cli import main
-from permcodec.train import Ranks, TrainConfig, checkpoint, ranks_agree, save_checkpoint, train
+from permcodec.train import loop as trainer
+from permcodec.train.loop import Ranks, TrainConfig, checkpoint, ranks_agree, save_checkpoint, train
 
 
 def assert_rows_are_permutations_of_init(ckpt):

@@ -30,13 +30,14 @@ from pathlib import Path
 import safetensors.torch
 import torch
 import zstandard
-
 from benchutil import best_seconds
-from permcodec import codec, init_, perm, schemes
+
+from permcodec import codec, init_, perm
 from permcodec.fileinfo import bound_bits
+from permcodec.format import schemes
 from permcodec.modelfile import read_model
 from permcodec.models import build_model
-from permcodec.train import TrainConfig, save_checkpoint, train
+from permcodec.train.loop import TrainConfig, save_checkpoint, train
 
 CIFAR = ((3, 32, 32), 10)
 SYNTHETIC = {
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed decode repeats; the best is reported")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    from permcodec import rans
+    from permcodec.format import rans
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices: {', '.join(devices)}, "
           f"integer kernels: {rans.default_backend()}")
     print("speeds in M stored elements/s (decode includes the SHA-256 check); bits/weight and x bound "

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from benchutil import best_seconds
-from permcodec import distributions as D
-from permcodec import rng
+
+from permcodec.init import distributions as D
+from permcodec.init import philox, rng
 
 DIST_ARGS = {
     "uniform": {}, "normal": {}, "he_uniform": {}, "glorot_uniform": {}, "he_normal": {},
@@ -26,7 +26,7 @@ def rows_for(device: str, size: int, repeat: int):
         lambda: rng.philox_blocks(1, 2, 0, 0, blocks, device), repeat, device)
     if device == "cpu":
         yield "philox words (numpy reference)", size / best_seconds(
-            lambda: rng.philox_blocks_numpy(1, 2, 0, 0, blocks), repeat, device)
+            lambda: philox.philox_blocks_numpy(1, 2, 0, 0, blocks), repeat, device)
     for dist, kwargs in DIST_ARGS.items():
         params = D.make_params(dist, (1024, 1024), **kwargs)
         yield dist, size / best_seconds(lambda: D.sample(dist, params, 1, 2, 0, size, device), repeat, device)

@@ -20,12 +20,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from benchutil import best_seconds, wait
-from permcodec.initspec import init_
-from permcodec.laperm import LaPerm
+
+from permcodec.init.initspec import init_
 from permcodec.models import build_model
-from permcodec.train import Ranks, TrainConfig, resolve_device, train
+from permcodec.train.laperm import LaPerm
+from permcodec.train.loop import Ranks, TrainConfig, resolve_device, train
 
 SYNC_KS = (20, 100, 1000)
 SYNC_MODELS = (("conv13", (3, 32, 32)), ("resnet50", (3, 32, 32)))

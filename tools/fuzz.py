@@ -17,7 +17,7 @@ through the four entry points, in this order:
 Half the cases run under FUZZ_LIMITS (caps far below the defaults), half
 under the default limits. load and safe_open get ``limits=FUZZ_LIMITS``; the
 CLI has no limits option, so for a lowered case the worker sets
-``permcodec.container.DEFAULT_LIMITS = FUZZ_LIMITS`` and restores it after:
+``permcodec.format.container.DEFAULT_LIMITS = FUZZ_LIMITS`` and restores it after:
 permcodec's public functions take ``limits=None`` to mean "read
 container.DEFAULT_LIMITS at call time". A permcodec that still binds the
 default at import ignores this; the worker notices (``cli_shares_limits``),
@@ -119,8 +119,10 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import permcodec
-from permcodec import cli, codec, container, distributions, indexcode, perm, rans, schemes
-from permcodec.container import Limits
+from permcodec import cli, codec, perm
+from permcodec.format import container, indexcode, rans, schemes
+from permcodec.format.container import Limits
+from permcodec.init import distributions
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -1158,7 +1160,7 @@ def address_space_cap(limit: int | None):
 
 @contextlib.contextmanager
 def decoder_limits(half: str):
-    """For a lowered case, ``permcodec.container.DEFAULT_LIMITS = FUZZ_LIMITS`` inside the block.
+    """For a lowered case, ``permcodec.format.container.DEFAULT_LIMITS = FUZZ_LIMITS`` inside the block.
 
     The CLI has no limits option: it reaches the decoder with ``limits=None``,
     which permcodec reads as container.DEFAULT_LIMITS at call time. This is

@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bits import tensor_bytes
+from ..errors import SpecError
+from ..fileio import atomic_write
+from ..init.initspec import InitSpec, init_
 from . import data as datasets
-from .errors import SpecError
-from .fileio import atomic_write
-from .initspec import InitSpec, init_
 from .laperm import LaPerm
 from .models import MODELS, build_model
 
@@ -128,7 +129,7 @@ def weights_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(tensor))
     return h.hexdigest()
 
 

@@ -18,10 +18,11 @@ import math
 import numpy as np
 import torch
 
+from ..errors import SpecError
 from . import exactmath
 from .distparams import DENSE, DISTRIBUTIONS, MASKED, keep_below, to_float32, validate  # noqa: F401 (re-exported)
-from .errors import SpecError
-from .rng import SUBSTREAM_MASK, SUBSTREAM_VALUES, check_seed, check_stream, compiled_kernel, philox_blocks
+from .philox import SUBSTREAM_MASK, SUBSTREAM_VALUES, check_seed, check_stream
+from .rng import compiled_kernel, philox_blocks
 
 TWO_POW_MINUS_52 = 2.0**-52
 TWO_POW_MINUS_53 = 2.0**-53

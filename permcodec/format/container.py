@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import msgpack
 
-from . import distparams
-from .errors import FormatError, IntegrityError, LimitError, SpecError, UnsupportedVersionError
+from ..errors import FormatError, IntegrityError, LimitError, SpecError, UnsupportedVersionError
+from ..init import distparams
+from ..init.philox import RNG_NAME, check_seed, check_stream
+from ..rows import row_shape
 from .rans import MAX_ROW_LENGTH
-from .rng import RNG_NAME, check_seed, check_stream
-from .rows import row_shape
 
 MAGIC = b"\x89PCODEC\n"
 FORMAT_NAME = "permcodec"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from .errors import FormatError
+from ..errors import FormatError
 
 # zstd level when a caller names none; the encoder passes its level's own
 # (schemes.LEVELS: 3, 19, 22). Any level decodes at the same speed.

@@ -1,4 +1,4 @@
-"""numba kernels of permcodec.rans: the same integer steps as its numpy backend, lanes and rows in parallel.
+"""numba kernels of permcodec.format.rans: the same integer steps as ``_rans_numpy``, lanes and rows in parallel.
 
 Only integer arithmetic happens here, so compiled and interpreted code agree
 bit for bit. Imported lazily by rans; compiled on first use and cached. Each
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .parallel import run_over
-from .rans import PROB_BITS, STATE_LOW
+from ..parallel import run_over
+from .ransmath import PROB_BITS, STATE_LOW
 
 _U32 = np.uint64(32)
 _U33 = np.uint64(33)

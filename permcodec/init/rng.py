@@ -16,59 +16,24 @@ Three implementations give identical words:
   product is split into two 32x16-bit halves); on the CPU it hands the work to
 - a numba kernel (``_philox_numba``) when numba is importable, about ten times
   faster; PERMCODEC_BACKEND=numpy keeps the torch path;
-- ``philox_blocks_numpy`` uses numpy uint64 and is the reference for the tests.
+- ``philox_blocks_numpy`` (in ``philox``, with the constants and the argument
+  checks) uses numpy uint64 and is the reference for the tests.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from .errors import SpecError
+from .. import backend
+from ..errors import SpecError
+from .philox import MASK32, MAX_BLOCKS, PHILOX_M0, PHILOX_M1, check_seed, check_stream, round_keys
 
 if TYPE_CHECKING:
     import torch
 
-RNG_NAME = "philox4x32-10"
-
-PHILOX_M0 = 0xD2511F53
-PHILOX_M1 = 0xCD9E8D57
-PHILOX_W0 = 0x9E3779B9  # golden ratio
-PHILOX_W1 = 0xBB67AE85  # sqrt(3) - 1
-ROUNDS = 10
-
-MASK32 = 0xFFFFFFFF
-MAX_SEED = 2**64 - 1
-MAX_STREAM = 2**32 - 1
-MAX_BLOCKS = 2**63  # block indices stay non-negative in int64
-SUBSTREAM_VALUES = 0
-SUBSTREAM_MASK = 1
-
 # Blocks generated per pass: large enough to amortise kernel launches, small
 # enough that the ~20 int64 temporaries of a round stay near the CPU caches.
 CHUNK_BLOCKS = 1 << 16
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise SpecError(f"seed must be an integer in [0, 2**64), found {type(seed).__name__} {seed!r}")
-    if not 0 <= int(seed) <= MAX_SEED:
-        raise SpecError(f"seed must be an integer in [0, 2**64), found {seed}")
-    return int(seed)
-
-
-def check_stream(stream) -> int:
-    if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)) or not 0 <= int(stream) <= MAX_STREAM:
-        raise SpecError(f"stream must be an integer in [0, 2**32), found {stream!r}")
-    return int(stream)
-
-
-def round_keys(seed: int) -> list[tuple[int, int]]:
-    """The key of each of the ten rounds: the seed, bumped by (W0, W1) mod 2^32 per round."""
-    k0, k1 = seed & MASK32, seed >> 32
-    return [((k0 + r * PHILOX_W0) & MASK32, (k1 + r * PHILOX_W1) & MASK32) for r in range(ROUNDS)]
 
 
 def _split_multiplier(m: int) -> tuple[int, int]:
@@ -126,34 +91,9 @@ def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int
 
 
 def compiled_kernel():
-    """The numba module, or None without numba or with PERMCODEC_BACKEND=numpy."""
-    wanted = os.environ.get("PERMCODEC_BACKEND", "numba")
-    if wanted not in ("numba", "numpy"):
-        raise SpecError(f"PERMCODEC_BACKEND must be 'numba' or 'numpy', found {wanted!r}")
-    if wanted == "numpy":
+    """The numba module, or None without numba or with PERMCODEC_BACKEND=numpy (then torch runs Philox)."""
+    if backend.chosen() == "numpy":
         return None
-    try:
-        from . import _philox_numba
-    except ImportError:
-        return None
+    from . import _philox_numba
+
     return _philox_numba
-
-
-def philox_numpy(counter: np.ndarray, seed: int) -> np.ndarray:
-    """Reference Philox4x32-10: counter uint64 [n, 4] of 32-bit words -> uint64 [n, 4]."""
-    c = [counter[:, i].astype(np.uint64) for i in range(4)]
-    m0, m1, mask = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1), np.uint64(MASK32)
-    for k0, k1 in round_keys(seed):
-        p0 = c[0] * m0
-        p1 = c[2] * m1
-        c = [(p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0), p1 & mask,
-             (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1), p0 & mask]
-    return np.stack(c, axis=1)
-
-
-def philox_blocks_numpy(seed: int, stream: int, substream: int, start: int, count: int) -> np.ndarray:
-    """Reference for ``philox_blocks``: uint64 [count, 4]."""
-    index = np.arange(start, start + count, dtype=np.uint64)
-    counter = np.stack([index & np.uint64(MASK32), index >> np.uint64(32),
-                        np.full(count, stream, np.uint64), np.full(count, substream, np.uint64)], axis=1)
-    return philox_numpy(counter, check_seed(seed))

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import SpecError
 from . import distributions
-from .errors import SpecError
-from .rng import RNG_NAME, check_seed, check_stream
+from .philox import RNG_NAME, check_seed, check_stream
 
 SPEC_FORMAT = "permcodec-init"
 SPEC_VERSION = 1

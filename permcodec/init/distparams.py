@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .errors import SpecError
+from ..errors import SpecError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 TWO_POW_32 = 1 << 32

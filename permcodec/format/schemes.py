@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import indexcode, perm, rans
+from .. import perm
+from ..errors import FormatError, SpecError
+from . import indexcode, rans
 from .container import DELTA, EXACT, MULTISET, SCHEMES  # noqa: F401 (the ids are the format's; re-exported)
-from .errors import FormatError, SpecError
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,7 @@ class PoolClasses:
     @classmethod
     def of(cls, pool_sorted: torch.Tensor) -> "PoolClasses":
         rows, n = pool_sorted.shape
-        bits = pool_sorted.contiguous().view(torch.int32)
-        new = torch.ones_like(bits, dtype=torch.int64)
-        new[:, 1:] = (bits[:, 1:] != bits[:, :-1]).to(torch.int64)
-        of_sorted = torch.cumsum(new, dim=1) - 1
+        of_sorted = torch.cumsum(perm.class_starts(pool_sorted).to(torch.int64), dim=1) - 1
         k = int(of_sorted[:, -1].max()) + 1 if rows and n else 0
         counts = torch.zeros(rows, k, dtype=torch.int64, device=pool_sorted.device)
         counts.scatter_add_(1, of_sorted, torch.ones_like(of_sorted))

@@ -17,9 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import perm
-from .errors import SpecError
-from .initspec import InitSpec, attached_spec, init_targets, refuse_tied_targets
+from .. import perm
+from ..errors import SpecError
+from ..init.initspec import InitSpec, attached_spec, init_targets, refuse_tied_targets
 
 
 def _check_k(k) -> int | Callable[[int], int]:

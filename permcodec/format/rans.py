@@ -1,0 +1,179 @@
+"""Arrangement coding with rANS: a row's order near log2(n!/prod m!) bits, decoded lane-parallel.
+
+Two models share one coder:
+
+- **digits** (scheme "exact"): position ``p`` of a row of ``n`` carries a digit
+  ``d_p`` uniform in ``[0, n - p)``. A permutation becomes digits by the swap
+  (Fisher-Yates) code: start from the identity, and at position ``p`` swap in
+  the wanted element from ``p + d_p``. Decoding is one swap per position, no
+  search; a row costs log2(n!) bits.
+- **arrangement** (scheme "multiset"): position ``p`` carries the class of its
+  value, coded with probability ``left[c] / Q`` (``Q = n - p``): a row costs
+  log2(n! / prod m_c!) bits.
+
+A symbol of probability ``[C, C + m) / Q`` is quantized to ``M = 2^31`` as
+``start = floor(C * M / Q)``, ``freq = floor((C + m) * M / Q) - start``: exact,
+monotone, summing to ``M`` without redistribution. Positions with a single
+choice left are not coded. Rows are split into lanes: lane ``j`` codes rows
+``j, j + lanes, ...`` into its own 64-bit-state rANS stream of 32-bit words.
+The section is ``u32 word_count[lanes]`` then every lane's words, little-endian.
+See specs/format.md, Sections 9-11.
+
+Two backends give identical words: numba kernels (parallel over lanes and
+rows) when numba is importable, and numpy vectorized across lanes and rows
+otherwise. Nothing here knows about tensors or files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..errors import FormatError
+from .ransmath import MAX_ROW_LENGTH, PROB_BITS, STATE_LOW, quantized  # noqa: F401 (re-exported)
+
+BACKENDS = backend.AVAILABLE
+
+
+def kernels(backend_name: str | None = None):
+    """``_rans_numba`` or ``_rans_numpy``: the same functions, identical words."""
+    return backend.kernels(__package__, "_rans_numba", "_rans_numpy", backend_name)
+
+
+def default_backend() -> str:
+    return backend.chosen()
+
+
+# ---------------------------------------------------------------- public API
+
+def encode_permutations(pi: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+    """Scheme exact: code each row of ``pi`` (int [rows, n], a permutation of 0 .. n-1 per row)."""
+    pi = np.ascontiguousarray(pi, dtype=np.int64)
+    if pi.shape[0] == 0 or pi.shape[1] <= 1:
+        return nothing_coded_section(lanes)
+    return encode_digits(kernels(backend).permutation_digits(pi), lanes, backend)
+
+
+def decode_permutations(section: bytes, rows: int, n: int, lanes: int, what: str,
+                        backend: str | None = None) -> np.ndarray:
+    """The int64 [rows, n] permutations coded in ``section``; FormatError if it is not a valid coding."""
+    digits = decode_digits(section, rows, n, lanes, what, backend)
+    if rows == 0 or n <= 1:
+        return digits  # zeros: the only permutation of one element, or nothing at all
+    return kernels(backend).permutations_of(digits)
+
+
+def encode_digits(digits: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+    """Code digits [rows, n] with ``0 <= digits[r, p] < n - p`` (the last column is 0 and not coded)."""
+    digits = np.ascontiguousarray(digits, dtype=np.int64)
+    rows, n = digits.shape
+    assert 1 <= lanes <= max(rows, 1) and n <= MAX_ROW_LENGTH
+    if rows == 0 or n <= 1:
+        return nothing_coded_section(lanes)
+    left = n - np.arange(n, dtype=np.int64)
+    start = quantized(digits, left)
+    freq = np.where(left > 1, quantized(digits + 1, left) - start, 0)
+    return encode_model(start, freq, lanes, backend)
+
+
+def decode_digits(section: bytes, rows: int, n: int, lanes: int, what: str,
+                  backend: str | None = None) -> np.ndarray:
+    words, starts, ends = split_lanes(section, lanes, what)
+    if rows == 0 or n <= 1:
+        digits, status = np.zeros((rows, n), dtype=np.int64), nothing_coded(words, starts, ends)
+    else:
+        digits, status = kernels(backend).decode_digits(words, starts, ends, rows, n, lanes)
+    check_status(status, what)
+    return digits
+
+
+def encode_arrangement(symbols: np.ndarray, counts: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+    """Scheme multiset: code ``symbols`` (int [rows, n], the class at each position) given each row's
+    class ``counts`` (int [rows, K], summing to n, zero-padded on the right)."""
+    symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    rows, n = symbols.shape
+    assert 1 <= lanes <= max(rows, 1) and n <= MAX_ROW_LENGTH
+    if rows == 0 or n <= 1:
+        return nothing_coded_section(lanes)
+    start, freq = kernels(backend).arrangement_model(symbols, counts)
+    return encode_model(start, freq, lanes, backend)
+
+
+def decode_arrangement(section: bytes, counts: np.ndarray, rows: int, n: int, lanes: int, what: str,
+                       backend: str | None = None) -> np.ndarray:
+    """The int64 [rows, n] class symbols coded in ``section``; FormatError if it is not a valid coding."""
+    words, starts, ends = split_lanes(section, lanes, what)
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    if rows == 0 or n <= 1:
+        symbols, status = single_class(counts, n), nothing_coded(words, starts, ends)
+    else:
+        symbols, status = kernels(backend).decode_arrangement(words, starts, ends, counts, n, lanes)
+    check_status(status, what)
+    return symbols
+
+
+def encode_model(start: np.ndarray, freq: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+    """The section of symbols given their (start, freq) [rows, n]; freq 0 marks a position not coded."""
+    lane_words = kernels(backend).encode_lanes(start, freq, lanes)
+    lengths = np.array([len(words) for words in lane_words], dtype="<u4")
+    return lengths.tobytes() + b"".join(words.astype("<u4").tobytes() for words in lane_words)
+
+
+def check_status(status: np.ndarray, what: str) -> None:
+    bad = np.flatnonzero(status)
+    if bad.size:
+        lane = int(bad[0])
+        raise FormatError(f"{what}: lane {lane} {LANE_ERRORS[int(status[lane])]}")
+
+
+def single_class(counts: np.ndarray, n: int) -> np.ndarray:
+    """Symbols of rows with at most one position: the first class that occurs."""
+    rows = counts.shape[0]
+    if n == 0 or rows == 0:
+        return np.zeros((rows, n), dtype=np.int64)
+    return np.argmax(counts > 0, axis=1).astype(np.int64).reshape(rows, 1)
+
+
+LANE_ERRORS = {
+    1: "starts with a state below 2^32",
+    2: "runs out of words before its last row",
+    3: "does not end in the initial state 2^32 with every word used (corrupt coding)",
+}
+
+
+def nothing_coded_section(lanes: int) -> bytes:
+    """The section of a tensor with no coded position: every lane holds only the state L."""
+    lane = np.array([STATE_LOW >> 32, STATE_LOW & 0xFFFFFFFF], dtype="<u4").tobytes()
+    return np.full(lanes, 2, dtype="<u4").tobytes() + lane * lanes
+
+
+def check_nothing_coded(section: bytes, lanes: int, what: str) -> None:
+    """FormatError unless every lane of ``section`` is exactly the state L (a tensor with nothing coded)."""
+    words, starts, ends = split_lanes(section, lanes, what)
+    check_status(nothing_coded(words, starts, ends), what)
+
+
+def nothing_coded(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Lane status when no position is coded: each lane must be exactly the state L, without walking rows."""
+    from . import _rans_numpy  # these checks are numpy whatever the backend: no row is walked
+
+    state, status, pointer = _rans_numpy.initial_states(words, starts)
+    return _rans_numpy.final_status(state, pointer, ends, status)
+
+
+def split_lanes(section: bytes, lanes: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The words of a section as uint64, and each lane's [start, end) word offsets; checks every length."""
+    if len(section) < 4 * lanes or len(section) % 4:
+        raise FormatError(f"{what}: section of {len(section)} bytes cannot hold {lanes} lane lengths and "
+                          f"whole 32-bit words")
+    lengths = np.frombuffer(section, dtype="<u4", count=lanes).astype(np.int64)
+    words = np.frombuffer(section, dtype="<u4", offset=4 * lanes).astype(np.uint64)
+    if int(lengths.sum()) != words.size:
+        raise FormatError(f"{what}: lane lengths add up to {int(lengths.sum())} words, the section holds "
+                          f"{words.size}")
+    if lanes and int(lengths.min()) < 2:
+        raise FormatError(f"{what}: lane {int(np.argmin(lengths))} has {int(lengths.min())} words, "
+                          f"at least 2 (its final state) are needed")
+    ends = np.cumsum(lengths)
+    return words, ends - lengths, ends

@@ -1,0 +1,97 @@
+"""The package's imports point one way: no cycles, and the layers keep to their side.
+
+Every import inside ``permcodec/`` is read from the source (those inside
+functions included) and resolved to the module it names:
+
+- no module imports itself through a chain of others;
+- ``permcodec.format`` and ``permcodec.train`` never import each other;
+- ``permcodec.init`` imports neither.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "permcodec"
+
+
+def module_name(path: Path) -> str:
+    parts = ("permcodec", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1]) if parts[-1] == "__init__" else ".".join(parts)
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def is_package(name: str) -> bool:
+    return MODULES.get(name, Path()).name == "__init__.py"
+
+
+def imports_of(name: str) -> set[str]:
+    """The permcodec modules that module ``name`` imports anywhere in its source."""
+    package = name if is_package(name) else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("permcodec")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if not base.startswith("permcodec"):
+                continue
+            for alias in node.names:  # "from pkg import module" names a module; otherwise the import is of base
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+    return {target for target in found if target in MODULES and target != name}
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def find_cycle() -> list[str] | None:
+    """One import cycle among modules (package __init__ files, which only re-export, are left out)."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]):
+        state[node] = "open"
+        for target in sorted(GRAPH[node]):
+            if is_package(target):
+                continue
+            if state.get(target) == "open":
+                return trail[trail.index(target):] + [target]
+            if target not in state:
+                cycle = visit(target, trail + [target])
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        return None
+
+    for start in sorted(MODULES):
+        if start not in state and not is_package(start):
+            cycle = visit(start, [start])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_walker_sees_imports_inside_functions():
+    assert "permcodec.format.schemes" in GRAPH["permcodec.cli"]  # imported inside add_encode
+    assert "permcodec.errors" in GRAPH["permcodec.init.rng"]
+
+
+def test_no_import_cycles():
+    assert find_cycle() is None, " -> ".join(find_cycle())
+
+
+def crossings(source: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [f"{name} imports {target}" for name, targets in sorted(GRAPH.items()) if name.startswith(source)
+            for target in sorted(targets) if target.startswith(forbidden)]
+
+
+def test_format_and_train_never_import_each_other():
+    assert crossings("permcodec.format", ("permcodec.train",)) == []
+    assert crossings("permcodec.train", ("permcodec.format",)) == []
+
+
+def test_init_imports_neither_format_nor_train():
+    assert crossings("permcodec.init", ("permcodec.format", "permcodec.train")) == []
