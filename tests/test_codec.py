@@ -22,11 +22,10 @@ from permcodec import (
     SpecError,
     UnsupportedVersionError,
     codec,
-    container,
     init_,
     perm,
-    schemes,
 )
+from permcodec.format import container, schemes
 from permcodec.format.container import Limits
 from permcodec.init.initspec import InitSpec, TensorInit
 

@@ -58,7 +58,7 @@ def test_chunked_sampling_matches_single_chunk(monkeypatch):
 
 
 def test_identical_bits_in_a_separate_process():
-    code = ("import hashlib; from permcodec import distributions as D; "
+    code = ("import hashlib; from permcodec.init import distributions as D; "
             "p = D.make_params('he_normal', (32, 100)); "
             "print(hashlib.sha256(D.sample('he_normal', p, 77, 3, 0, 3200).numpy().tobytes()).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

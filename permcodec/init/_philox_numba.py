@@ -1,4 +1,4 @@
-"""numba kernel of Philox4x32-10 (permcodec.rng): integer-only, so compiled words equal the torch ones.
+"""numba kernel of Philox4x32-10 (permcodec.init.rng): integer-only, so compiled words equal the torch ones.
 
 The kernels are serial and release the GIL; ``parallel.run_over`` splits
 their block ranges across threads (see there for why not numba's prange).
