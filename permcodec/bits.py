@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import sys
 
+import numpy as np
 import torch
 
 
@@ -19,9 +20,22 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     if not flat.numel():
         return b""
-    if sys.byteorder == "big" and flat.element_size() > 1:
-        return flat.view(torch.uint8).numpy().reshape(-1, flat.element_size())[:, ::-1].tobytes()
-    return flat.view(torch.uint8).numpy().tobytes()
+    return _little_endian(flat.view(torch.uint8).numpy().tobytes(), flat.element_size())
+
+
+def tensor_from_bytes(data: bytes, dtype: torch.dtype, shape) -> torch.Tensor:
+    """The CPU tensor whose C-order little-endian element bytes are ``data`` (the inverse of tensor_bytes)."""
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    data = _little_endian(data, dtype.itemsize)  # the swap is its own inverse
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def _little_endian(data: bytes, itemsize: int) -> bytes:
+    """Element bytes in host order turned little-endian (or back): reversed per element on a big-endian host."""
+    if sys.byteorder != "big" or itemsize == 1:
+        return data
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)[:, ::-1].tobytes()
 
 
 def sha256_of(tensor: torch.Tensor) -> bytes:

@@ -17,18 +17,17 @@ from __future__ import annotations
 import io
 import math
 import os
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import perm
 from .bits import sha256_of, tensor_bytes  # noqa: F401 (part of the codec's API)
+from .bits import tensor_from_bytes
 from .errors import FormatError, IntegrityError, MemoryLimitError, NotAPermutationError, SpecError
 from .fileio import atomic_write_bytes
 from .format import container, indexcode, schemes
@@ -43,16 +42,6 @@ DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 
 
 # ---------------------------------------------------------------- shared helpers
-
-def tensor_from_bytes(data: bytes, dtype: str, shape) -> torch.Tensor:
-    """The CPU tensor whose C-order little-endian element bytes are ``data`` (the inverse of tensor_bytes)."""
-    torch_dtype, itemsize = TORCH_DTYPES[dtype], container.DTYPE_SIZES[dtype]
-    if not data:
-        return torch.empty(shape, dtype=torch_dtype)
-    if sys.byteorder == "big" and itemsize > 1:
-        data = np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)[:, ::-1].tobytes()
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(torch_dtype).reshape(shape)
-
 
 def dtype_name(tensor: torch.Tensor, name: str) -> str:
     if tensor.dtype not in DTYPE_NAMES:
@@ -221,7 +210,7 @@ def decode_raw(record: dict, section: bytes, device) -> torch.Tensor:
         indexcode.decompress_exact(section, count * itemsize, f"tensor {name!r}"), itemsize)
     if dtype == "bool" and data.translate(None, b"\x00\x01"):
         raise FormatError(f"tensor {name!r}: bool tensor holds bytes other than 0 and 1")
-    return tensor_from_bytes(data, dtype, record["shape"]).to(device)
+    return tensor_from_bytes(data, TORCH_DTYPES[dtype], record["shape"]).to(device)
 
 
 def decode_record(record: dict, section: bytes, device, verify: bool) -> torch.Tensor:

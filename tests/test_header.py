@@ -235,7 +235,7 @@ def test_tensor_bytes_are_little_endian_whatever_the_host(monkeypatch):
     monkeypatch.setattr(sys, "byteorder", "big")  # the host's memory is now read as big-endian
     swapped = codec.tensor_bytes(tensor)
     assert swapped == struct.pack(">2f", 1.0, -2.5)
-    assert torch.equal(codec.tensor_from_bytes(swapped, "float32", [2]).view(torch.int32), tensor.view(torch.int32))
+    assert torch.equal(codec.tensor_from_bytes(swapped, torch.float32, [2]).view(torch.int32), tensor.view(torch.int32))
 
 
 def test_decode_of_a_path_names_load():
