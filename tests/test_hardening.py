@@ -16,10 +16,11 @@ from test_codec import make_fixtures, repack, tiny_bytes
 from torch import nn
 
 import permcodec
-from permcodec import FormatError, LimitError, PermcodecError, codec, init_, perm
+from permcodec import FormatError, LimitError, PermcodecError, encoder, init_, perm
+from permcodec.atomicfile import TEMP_MARK
 from permcodec.cli import main
-from permcodec.fileio import TEMP_MARK
-from permcodec.format import container, schemes
+from permcodec.format import container
+from permcodec.format.schemes.delta import encode_delta
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -66,9 +67,9 @@ def test_frame_declaring_more_than_the_header_is_refused_before_decompressing():
 def test_frame_without_declared_size_is_refused():
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(8))
     model, spec = make_fixtures.tiny_linear()
-    records = [codec.permuted_record("weight", model.weight, spec["weight"], "delta", {}), codec.raw_record("bias", model.bias)]
+    records = [encoder.permuted_record("weight", model.weight, spec["weight"], "delta", {}), encoder.raw_record("bias", model.bias)]
     trained = perm.SortedRows.of(perm.as_rows(model.weight.detach()))
-    weight = schemes.encode_delta(trained, codec.initial_rows(spec["weight"]), 3)
+    weight = encode_delta(trained, encoder.initial_rows(spec["weight"]), 3)
     with pytest.raises(FormatError, match="zstd frame declares no size, header says 8 bytes"):
         permcodec.decode(container.pack(records, [weight, frame]))
 
@@ -107,7 +108,7 @@ import os, pathlib, sys, time
 import safetensors.torch
 from permcodec import cli
 from permcodec.cli import main
-from permcodec.fileio import TEMP_MARK
+from permcodec.atomicfile import TEMP_MARK
 
 def write_half_then_wait(path, data):
     assert TEMP_MARK in os.path.basename(path), path
@@ -193,7 +194,7 @@ def test_writer_killed_mid_write_leaves_the_old_target_and_a_temp_the_next_write
 
 
 def test_writer_dying_half_way_leaves_the_old_target(tmp_path):
-    from permcodec.fileio import atomic_write
+    from permcodec.atomicfile import atomic_write
 
     target = tmp_path / "m.pc"
     target.write_bytes(b"old content")
@@ -209,7 +210,7 @@ def test_writer_dying_half_way_leaves_the_old_target(tmp_path):
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
-    from permcodec.fileio import atomic_write_bytes
+    from permcodec.atomicfile import atomic_write_bytes
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -280,8 +281,8 @@ def test_skippable_zstd_frame_is_refused():
     model = nn.Linear(0, 3)
     spec = init_(model, 0, dist="uniform")
     skippable = b"\x50\x2a\x4d\x18" + (0).to_bytes(4, "little")
-    records = [codec.permuted_record("weight", model.weight, spec["weight"], "delta", {}), codec.raw_record("bias", model.bias)]
-    bias = codec.encode_raw(model.bias.detach(), 3)
+    records = [encoder.permuted_record("weight", model.weight, spec["weight"], "delta", {}), encoder.raw_record("bias", model.bias)]
+    bias = encoder.encode_raw(model.bias.detach(), 3)
     with pytest.raises(FormatError, match="section does not start with a zstd frame .*skippable frames are not"):
         permcodec.decode(container.pack(records, [skippable, bias]))
 

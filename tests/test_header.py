@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import permcodec
-from permcodec import FormatError, LimitError, SpecError, cli, codec
-from permcodec.format import container, indexcode
+from permcodec import FormatError, LimitError, SpecError, bits, cli, codec
+from permcodec.format import container, zstdframe
 from permcodec.format.container import Limits
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_linear.pc"
@@ -192,10 +192,10 @@ def test_the_per_file_element_cap_counts_elements_not_extents():
     """An empty [0, 5] tensor adds nothing to the file's count, though it counts 5 against the per-tensor cap."""
     def edit(header):
         empty = {**header["tensors"][1], "name": "empty", "shape": [0, 5], "offset": len(DATA_AREA),
-                 "length": len(indexcode.compress(b"")),
-                 "crc32": zlib.crc32(indexcode.compress(b"")), "sha256": codec.sha256_of(torch.empty(0))}
+                 "length": len(zstdframe.compress(b"")),
+                 "crc32": zlib.crc32(zstdframe.compress(b"")), "sha256": codec.sha256_of(torch.empty(0))}
         header["tensors"].append(empty)
-    data = file_with(pack(_header_with(edit)), DATA_AREA + indexcode.compress(b""))
+    data = file_with(pack(_header_with(edit)), DATA_AREA + zstdframe.compress(b""))
     assert permcodec.decode(data, limits=Limits(max_total_elements=8))["empty"].shape == (0, 5)
     assert refused(data, LimitError, Limits(max_total_elements=7)) == \
         "total element count exceeds the limit of 7"
@@ -235,7 +235,7 @@ def test_tensor_bytes_are_little_endian_whatever_the_host(monkeypatch):
     monkeypatch.setattr(sys, "byteorder", "big")  # the host's memory is now read as big-endian
     swapped = codec.tensor_bytes(tensor)
     assert swapped == struct.pack(">2f", 1.0, -2.5)
-    assert torch.equal(codec.tensor_from_bytes(swapped, torch.float32, [2]).view(torch.int32), tensor.view(torch.int32))
+    assert torch.equal(bits.tensor_from_bytes(swapped, torch.float32, [2]).view(torch.int32), tensor.view(torch.int32))
 
 
 def test_decode_of_a_path_names_load():

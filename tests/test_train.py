@@ -1,20 +1,27 @@
 """The trainer end to end (smoke runs of a few steps), the checkpoint format, CLI errors, and DDP."""
 
 import gzip
+import hashlib
 import json
 import os
 import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from permcodec import InitSpec, perm
+from permcodec.bits import state_digest
 from permcodec.cli import main
-from permcodec.train import loop as trainer
-from permcodec.train.loop import Ranks, TrainConfig, checkpoint, ranks_agree, save_checkpoint, train
+from permcodec.devices import checked_device
+from permcodec.errors import SpecError
+from permcodec.train import distributed
+from permcodec.train.config import TrainConfig
+from permcodec.train.distributed import Ranks, rank_device, ranks_agree
+from permcodec.train.loop import checkpoint, save_checkpoint, train
 
 
 def assert_rows_are_permutations_of_init(ckpt):
@@ -198,7 +205,7 @@ def test_one_rank_gathers_nothing(monkeypatch):
 def test_ranks_agree_follows_the_model_off_the_cpu(monkeypatch):
     """A meta model stands in for a CUDA one: the digest must go where the parameters are, not to the CPU."""
     model, fake = nn.Linear(3, 2, device="meta"), FakeAllGather(stop=True)
-    monkeypatch.setattr(trainer, "weights_digest", lambda m: "ab" * 32)  # meta tensors have no bytes to hash
+    monkeypatch.setattr(distributed, "weights_digest", lambda m: "ab" * 32)  # meta tensors have no bytes to hash
     with pytest.raises(Gathered):
         ranks_agree(model, two_ranks(monkeypatch, fake))
     meta = torch.device("meta")
@@ -212,3 +219,74 @@ def test_ranks_agree_gathers_on_cuda(monkeypatch):
     assert ranks_agree(model, two_ranks(monkeypatch, fake)) is True
     device = next(model.parameters()).device
     assert fake.calls == [(device, torch.int64, (32,), [device, device])]
+
+
+# --- the device check (permcodec.devices, shared with the CLI) and the weights digest -----------
+
+
+@pytest.mark.parametrize("name,allow_auto,choices", [
+    ("gpu", False, "cpu, cuda or cuda:N"),
+    ("CPU", False, "cpu, cuda or cuda:N"),
+    ("cuda:", False, "cpu, cuda or cuda:N"),
+    ("cuda:x", True, "auto, cpu, cuda or cuda:N"),
+    ("auto", False, "cpu, cuda or cuda:N"),
+])
+def test_unknown_device_names_the_choices(name, allow_auto, choices):
+    with pytest.raises(SpecError, match=rf"^device must be {choices}, found '{name}'$"):
+        checked_device(name, allow_auto=allow_auto)
+
+
+def without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def with_one_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0"])
+def test_cuda_without_a_gpu(monkeypatch, name):
+    without_cuda(monkeypatch)
+    with pytest.raises(SpecError, match=rf"^device '{name}' was asked for, but no CUDA device is available$"):
+        checked_device(name)
+
+
+def test_cuda_index_beyond_the_gpus(monkeypatch):
+    with_one_gpu(monkeypatch)
+    assert checked_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(SpecError, match=r"^device 'cuda:1' was asked for, but the CUDA devices here are cuda:0$"):
+        checked_device("cuda:1")
+
+
+def test_auto_means_cuda_when_present(monkeypatch):
+    assert checked_device("cpu") == torch.device("cpu")
+    without_cuda(monkeypatch)
+    assert checked_device("auto", allow_auto=True) == torch.device("cpu")
+    with_one_gpu(monkeypatch)
+    assert checked_device("auto", allow_auto=True) == torch.device("cuda")
+
+
+def test_plain_cuda_is_the_local_ranks_gpu_and_cuda_n_is_kept(monkeypatch):
+    with_one_gpu(monkeypatch)
+    ranks = Ranks(rank=1, world=2, local=1)
+    assert rank_device("cuda", ranks) == torch.device("cuda", 1)
+    assert rank_device("auto", ranks) == torch.device("cuda", 1)
+    assert rank_device("cuda:0", ranks) == torch.device("cuda", 0)
+    assert rank_device("cpu", ranks) == torch.device("cpu")
+
+
+def test_train_checks_the_device_up_front(capsys, monkeypatch, tmp_path):
+    without_cuda(monkeypatch)
+    assert main(["train", "--device", "cuda:0", "-q", "-o", str(tmp_path / "m.pt")]) == 1
+    expected = "permcodec train: error: device 'cuda:0' was asked for, but no CUDA device is available\n"
+    assert capsys.readouterr().err == expected
+    with pytest.raises(SpecError, match=r"^device must be auto, cpu, cuda or cuda:N, found 'tpu'$"):
+        train(TrainConfig(device="tpu"), progress=False, log=lambda record: None)
+
+
+def test_state_digest_hashes_names_and_little_endian_bytes_in_the_given_order():
+    state = {"b": torch.tensor([1.5, -2.0]), "a": torch.arange(3, dtype=torch.int16)}
+    expected = hashlib.sha256(b"b" + np.array([1.5, -2.0], "<f4").tobytes() + b"a" + np.arange(3, dtype="<i2").tobytes())
+    assert state_digest(state) == expected.hexdigest()
+    assert state_digest(dict(reversed(state.items()))) != expected.hexdigest()

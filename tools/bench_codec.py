@@ -33,9 +33,9 @@ import zstandard
 from benchutil import best_seconds
 
 from permcodec import codec, init_, perm
-from permcodec.fileinfo import bound_bits
+from permcodec.checkpoints import read_model
 from permcodec.format import schemes
-from permcodec.modelfile import read_model
+from permcodec.inspection import bound_bits
 from permcodec.models import build_model
 from permcodec.train.loop import TrainConfig, save_checkpoint, train
 

@@ -25,7 +25,9 @@ from benchutil import best_seconds, wait
 from permcodec.init.initspec import init_
 from permcodec.models import build_model
 from permcodec.train.laperm import LaPerm
-from permcodec.train.loop import Ranks, TrainConfig, resolve_device, train
+from permcodec.train.config import TrainConfig
+from permcodec.train.distributed import Ranks, rank_device
+from permcodec.train.loop import train
 
 SYNC_KS = (20, 100, 1000)
 SYNC_MODELS = (("conv13", (3, 32, 32)), ("resnet50", (3, 32, 32)))
@@ -166,7 +168,7 @@ def main() -> None:
     epochs = args.epochs or (1 if args.quick else 10)
     seeds = args.seeds or (2 if args.quick else 3)
     timed_steps, repeat = (40, 2) if args.quick else (300, 5)
-    device = resolve_device(TrainConfig(device=args.device), Ranks())
+    device = rank_device(args.device, Ranks())
     sync_devices = [torch.device("cpu")] + (
         [torch.device("cuda")] if torch.cuda.is_available() and args.device != "cpu" else [])
     command = shlex.join(["python", "tools/bench_train.py", *sys.argv[1:]])

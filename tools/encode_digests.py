@@ -20,15 +20,13 @@ from pathlib import Path
 
 from bench_codec import CASES, load_case
 
-from permcodec import codec
+from permcodec import bits, codec
 from permcodec.format import schemes
 
 
 def state_digest(state: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode() + codec.tensor_bytes(state[name]))
-    return h.hexdigest()
+    """The digest of the state dict with its names sorted, whatever order the checkpoint kept."""
+    return bits.state_digest({name: state[name] for name in sorted(state)})
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ through the four entry points, in this order:
 Half the cases run under FUZZ_LIMITS (caps far below the defaults), half
 under the default limits. load and safe_open get ``limits=FUZZ_LIMITS``; the
 CLI has no limits option, so for a lowered case the worker sets
-``permcodec.format.container.DEFAULT_LIMITS = FUZZ_LIMITS`` and restores it after:
+``permcodec.format.limits.DEFAULT_LIMITS = FUZZ_LIMITS`` and restores it after:
 permcodec's public functions take ``limits=None`` to mean "read
-container.DEFAULT_LIMITS at call time". A permcodec that still binds the
+caps.DEFAULT_LIMITS at call time". A permcodec that still binds the
 default at import ignores this; the worker notices (``cli_shares_limits``),
 and then skips the CLI for lowered cases that load refuses with a
 LimitError (the CLI would read them under the default limits) and says so
@@ -119,9 +119,12 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import permcodec
-from permcodec import cli, codec, perm
+from permcodec import cli, codec, decoder, encoder, perm
+from permcodec.dtypes import DTYPE_NAMES
 from permcodec.format import container, indexcode, rans, schemes
+from permcodec.format import limits as caps
 from permcodec.format.container import Limits
+from permcodec.format.schemes import shuffle_zstd
 from permcodec.init import distributions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -821,11 +824,11 @@ def permuted_truth(record: dict, rng: random.Random):
     import torch
 
     try:
-        init = codec.init_of(record)
+        init = decoder.tensor_init(record)
         rows, n = perm.row_shape(init.shape)
         if rows * n > 4096 or n > 4096:
             return None
-        initial = codec.initial_rows(init)
+        initial = encoder.initial_rows(init)
     except Exception:  # noqa: BLE001 - the decoder judges this record; the generator only skips it
         return None
     generator = torch.Generator().manual_seed(rng.randrange(2**63))
@@ -855,10 +858,10 @@ def arrangement_section(record: dict, rng: random.Random):
     how = rng.choice(ARRANGEMENT_DAMAGE)
     section = None
     try:
-        init = codec.init_of(record)
+        init = decoder.tensor_init(record)
         rows, n = perm.row_shape(init.shape)
         if rows * n <= 4096 and n <= 4096 and how != "random":
-            initial = codec.initial_rows(init)
+            initial = encoder.initial_rows(init)
             generator = torch.Generator().manual_seed(rng.randrange(2**63))
             order = torch.argsort(torch.rand(rows, n, generator=generator), dim=1)
             trained = initial.rows.gather(1, order)
@@ -895,7 +898,7 @@ def section_for(record: dict, frame_kind: str, rng: random.Random):
     elif size is not None and record.get("kind") != "permuted" and size <= 32 << 20:
         payload = raw_payload(record["dtype"], size, rng)
         truth = hashlib.sha256(payload).digest()
-        payload = indexcode.shuffle_bytes(payload, container.DTYPE_SIZES[record["dtype"]])
+        payload = shuffle_zstd.shuffle_bytes(payload, container.DTYPE_SIZES[record["dtype"]])
     if payload is None:
         section = compress(rng.randbytes(rng.choice([0, 4, 16]))) if rng.random() < 0.5 else rng.randbytes(8)
         return section, None, "unknown-size"
@@ -1075,7 +1078,7 @@ class Outcome:
 
 
 def describe(tensors) -> tuple:
-    return tuple((name, codec.DTYPE_NAMES.get(t.dtype), tuple(t.shape), hashlib.sha256(codec.tensor_bytes(t)).digest())
+    return tuple((name, DTYPE_NAMES.get(t.dtype), tuple(t.shape), hashlib.sha256(codec.tensor_bytes(t)).digest())
                  for name, t in tensors.items())
 
 
@@ -1160,28 +1163,28 @@ def address_space_cap(limit: int | None):
 
 @contextlib.contextmanager
 def decoder_limits(half: str):
-    """For a lowered case, ``permcodec.format.container.DEFAULT_LIMITS = FUZZ_LIMITS`` inside the block.
+    """For a lowered case, ``permcodec.format.limits.DEFAULT_LIMITS = FUZZ_LIMITS`` inside the block.
 
     The CLI has no limits option: it reaches the decoder with ``limits=None``,
-    which permcodec reads as container.DEFAULT_LIMITS at call time. This is
+    which permcodec reads as caps.DEFAULT_LIMITS at call time. This is
     the only way info and verify run under the lowered caps.
     """
     if half != "lowered":
         yield
         return
-    saved = container.DEFAULT_LIMITS
-    container.DEFAULT_LIMITS = FUZZ_LIMITS
+    saved = caps.DEFAULT_LIMITS
+    caps.DEFAULT_LIMITS = FUZZ_LIMITS
     try:
         yield
     finally:
-        container.DEFAULT_LIMITS = saved
+        caps.DEFAULT_LIMITS = saved
 
 
 def cli_shares_limits(path) -> bool:
-    """Whether load and safe_open without ``limits`` read container.DEFAULT_LIMITS at call time (see
+    """Whether load and safe_open without ``limits`` read caps.DEFAULT_LIMITS at call time (see
     decoder_limits); a permcodec that binds the default at import does not, and its CLI ignores FUZZ_LIMITS."""
-    saved = container.DEFAULT_LIMITS
-    container.DEFAULT_LIMITS = Limits(max_tensors=0)
+    saved = caps.DEFAULT_LIMITS
+    caps.DEFAULT_LIMITS = Limits(max_tensors=0)
     try:
         for open_file in (lambda: codec.load(path), lambda: codec.safe_open(path).close()):
             try:
@@ -1193,7 +1196,7 @@ def cli_shares_limits(path) -> bool:
             return False
         return True
     finally:
-        container.DEFAULT_LIMITS = saved
+        caps.DEFAULT_LIMITS = saved
 
 
 class TracedCLI:

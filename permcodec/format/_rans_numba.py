@@ -208,6 +208,7 @@ def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, 
     floor(t M / Q) + q, plus one where the remainders carry. The group's lanes
     are independent, so decoding them side by side hides the division's latency.
     """
+    # Kept whole (41 lines): the hot loop of exact decoding, compiled as one frame with its setup and check.
     first = g * _GROUP
     width = min(_GROUP, lanes - first)
     state = np.empty(_GROUP, np.uint64)
@@ -252,6 +253,7 @@ def _decode_digit_groups(words, starts, ends, rows, n, lanes, digits, status, wh
 
 @njit(cache=True, nogil=True)
 def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status, lo, hi):
+    # Kept whole (43 lines): the hot loop of multiset decoding, compiled as one frame with its setup and check.
     rows, k = counts.shape
     size = _padded_size(k)
     for j in range(lo, hi):

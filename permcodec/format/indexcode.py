@@ -1,22 +1,14 @@
-"""Index and byte coding: zigzag, byte planes, byte shuffle and bounded zstd frames.
+"""Index coding: zigzag signed integers and byte planes (scheme ``delta``, specs/format.md Section 8).
 
 Pure functions over numpy arrays and bytes; nothing here knows about tensors
-or files. Every decoder takes the size it expects from the (already checked)
-header and rejects a frame that declares or yields anything else, so a hostile
-frame can never make it allocate more than the header allowed.
+or files.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import zstandard
 
 from ..errors import FormatError
-
-# zstd level when a caller names none; the encoder passes its level's own
-# (schemes.LEVELS: 3, 19, 22). Any level decodes at the same speed.
-DEFAULT_ZSTD_LEVEL = 19
-ZSTD_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"  # RFC 8878 3.1.1; skippable frames have other magics
 
 
 def zigzag(deltas: np.ndarray) -> np.ndarray:
@@ -50,50 +42,3 @@ def from_byte_planes(data: bytes, count: int, width: int) -> np.ndarray:
     wide = np.zeros((count, 8), dtype=np.uint8)
     wide[:, :width] = planes.T
     return wide.view("<u8").reshape(count).astype(np.uint64, copy=False)
-
-
-def shuffle_bytes(data: bytes, itemsize: int) -> bytes:
-    """Byte shuffle: byte j of every item together, for j = 0 .. itemsize-1."""
-    if itemsize == 1:
-        return bytes(data)
-    return np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize).T).tobytes()
-
-
-def unshuffle_bytes(data: bytes, itemsize: int) -> bytes:
-    if itemsize == 1:
-        return bytes(data)
-    return np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1).T).tobytes()
-
-
-def compress(data: bytes, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
-    """One zstd frame that declares its content size and carries no dictionary."""
-    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False).compress(data)
-
-
-def decompress_exact(frame: bytes, size: int, what: str) -> bytes:
-    """Decode one zstd frame that must declare and yield exactly ``size`` bytes, with nothing after it."""
-    check_frame_size(frame, size, what)
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
-    try:
-        out = decompressor.decompress(frame)
-    except zstandard.ZstdError as err:
-        raise FormatError(f"{what}: corrupt zstd frame ({err})") from None
-    if len(out) != size or not decompressor.eof:
-        raise FormatError(f"{what}: zstd frame is truncated ({len(out)} of {size} bytes)")
-    if decompressor.unused_data:
-        raise FormatError(f"{what}: {len(decompressor.unused_data)} bytes after the zstd frame")
-    return out
-
-
-def check_frame_size(frame: bytes, size: int, what: str) -> None:
-    """The frame starts with the zstd magic and declares exactly ``size`` bytes (checked before decompressing)."""
-    if bytes(frame[:4]) != ZSTD_FRAME_MAGIC:
-        raise FormatError(f"{what}: section does not start with a zstd frame (magic {bytes(frame[:4]).hex()}, "
-                          f"expected {ZSTD_FRAME_MAGIC.hex()}; skippable frames are not allowed)")
-    try:
-        declared = zstandard.get_frame_parameters(frame).content_size
-    except zstandard.ZstdError as err:
-        raise FormatError(f"{what}: not a zstd frame ({err})") from None
-    if declared != size:
-        shown = "no size" if declared == zstandard.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
-        raise FormatError(f"{what}: zstd frame declares {shown}, header says {size} bytes")

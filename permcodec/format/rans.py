@@ -73,7 +73,7 @@ def encode_digits(digits: np.ndarray, lanes: int, backend: str | None = None) ->
     left = n - np.arange(n, dtype=np.int64)
     start = quantized(digits, left)
     freq = np.where(left > 1, quantized(digits + 1, left) - start, 0)
-    return encode_model(start, freq, lanes, backend)
+    return encode_intervals(start, freq, lanes, backend)
 
 
 def decode_digits(section: bytes, rows: int, n: int, lanes: int, what: str,
@@ -97,7 +97,7 @@ def encode_arrangement(symbols: np.ndarray, counts: np.ndarray, lanes: int, back
     if rows == 0 or n <= 1:
         return nothing_coded_section(lanes)
     start, freq = kernels(backend).arrangement_model(symbols, counts)
-    return encode_model(start, freq, lanes, backend)
+    return encode_intervals(start, freq, lanes, backend)
 
 
 def decode_arrangement(section: bytes, counts: np.ndarray, rows: int, n: int, lanes: int, what: str,
@@ -113,7 +113,7 @@ def decode_arrangement(section: bytes, counts: np.ndarray, rows: int, n: int, la
     return symbols
 
 
-def encode_model(start: np.ndarray, freq: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+def encode_intervals(start: np.ndarray, freq: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
     """The section of symbols given their (start, freq) [rows, n]; freq 0 marks a position not coded."""
     lane_words = kernels(backend).encode_lanes(start, freq, lanes)
     lengths = np.array([len(words) for words in lane_words], dtype="<u4")
@@ -156,7 +156,9 @@ def check_nothing_coded(section: bytes, lanes: int, what: str) -> None:
 
 def nothing_coded(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Lane status when no position is coded: each lane must be exactly the state L, without walking rows."""
-    from . import _rans_numpy  # these checks are numpy whatever the backend: no row is walked
+    from . import (
+        _rans_numpy,  # these checks are numpy whatever the backend: no row is walked
+    )
 
     state, status, pointer = _rans_numpy.initial_states(words, starts)
     return _rans_numpy.final_status(state, pointer, ends, status)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..errors import SpecError
+from ..keys import key_mismatch
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 TWO_POW_32 = 1 << 32
@@ -48,10 +49,9 @@ def _number(params: dict, key: str, where: str) -> float:
 
 
 def _exact_keys(params: dict, expected: set, where: str) -> None:
-    if not isinstance(params, dict):
-        raise SpecError(f"{where}: params must be a map, found {type(params).__name__}")
-    if set(params) != expected:
-        raise SpecError(f"{where}: params must have keys {sorted(expected)}, found {sorted(map(str, params))}")
+    found = key_mismatch(params, expected)
+    if found:
+        raise SpecError(f"{where}: params must have keys {sorted(expected)}, found {found}")
 
 
 def _check_density(density: float, where: str) -> None:
@@ -74,39 +74,52 @@ def validate(dist: str, params: dict, where: str = "init") -> dict:
     """
     if dist not in DISTRIBUTIONS:
         raise SpecError(f"{where}: unknown distribution {dist!r}; known: {', '.join(DISTRIBUTIONS)}")
-    if dist == "uniform":
-        _exact_keys(params, {"low", "high"}, where)
-        low, high = _number(params, "low", where), _number(params, "high", where)
-        if not low < high:
-            raise SpecError(f"{where}: uniform needs low < high, found low={low} high={high}")
-    elif dist in ("he_uniform", "glorot_uniform"):
-        _exact_keys(params, {"bound"}, where)
-        _check_positive(_number(params, "bound", where), "bound", where)
-    elif dist in ("normal", "he_normal", "glorot_normal"):
-        keys = {"mean", "std"} if dist == "normal" else {"std"}
-        _exact_keys(params, keys, where)
-        std = _number(params, "std", where)
-        mean = _number(params, "mean", where) if dist == "normal" else 0.0
-        _check_positive(std, "std", where)
-        if abs(mean) + NORMAL_SPAN * std > FLOAT32_MAX:
-            raise SpecError(f"{where}: |mean| + {NORMAL_SPAN} * std must stay below the float32 maximum")
-    elif dist == "sparse":
-        _exact_keys(params, {"density", "keep_below", "base"}, where)
-        _validate_mask(params, where)
-        base = params["base"]
-        if not isinstance(base, dict) or set(base) != {"dist", "params"}:
-            raise SpecError(f"{where}: sparse base must be a map with keys ['dist', 'params']")
-        if base["dist"] not in DENSE:
-            raise SpecError(f"{where}: sparse base must be one of {', '.join(DENSE)}, found {base['dist']!r}")
-        base = {"dist": base["dist"], "params": validate(base["dist"], base["params"], f"{where} (sparse base)")}
-        return {**_floats(params, ("density",)), "base": base}
-    else:  # shared
-        _exact_keys(params, {"value", "density", "keep_below"}, where)
-        _validate_mask(params, where)
-        if _number(params, "value", where) == 0.0:
-            raise SpecError(f"{where}: shared value must be non-zero")
-        return _floats(params, ("value", "density"))
+    return _VALIDATORS[dist](dist, params, where)
+
+
+def _validate_uniform(dist: str, params: dict, where: str) -> dict:
+    _exact_keys(params, {"low", "high"}, where)
+    low, high = _number(params, "low", where), _number(params, "high", where)
+    if not low < high:
+        raise SpecError(f"{where}: uniform needs low < high, found low={low} high={high}")
     return _floats(params, tuple(params))
+
+
+def _validate_bounded(dist: str, params: dict, where: str) -> dict:
+    _exact_keys(params, {"bound"}, where)
+    _check_positive(_number(params, "bound", where), "bound", where)
+    return _floats(params, tuple(params))
+
+
+def _validate_normal(dist: str, params: dict, where: str) -> dict:
+    _exact_keys(params, {"mean", "std"} if dist == "normal" else {"std"}, where)
+    std = _number(params, "std", where)
+    mean = _number(params, "mean", where) if dist == "normal" else 0.0
+    _check_positive(std, "std", where)
+    if abs(mean) + NORMAL_SPAN * std > FLOAT32_MAX:
+        raise SpecError(f"{where}: |mean| + {NORMAL_SPAN} * std must stay below the float32 maximum")
+    return _floats(params, tuple(params))
+
+
+def _validate_sparse(dist: str, params: dict, where: str) -> dict:
+    _exact_keys(params, {"density", "keep_below", "base"}, where)
+    _validate_mask(params, where)
+    base = params["base"]
+    found = key_mismatch(base, {"dist", "params"})
+    if found:
+        raise SpecError(f"{where}: sparse base must be a map with keys ['dist', 'params'], found {found}")
+    if base["dist"] not in DENSE:
+        raise SpecError(f"{where}: sparse base must be one of {', '.join(DENSE)}, found {base['dist']!r}")
+    base = {"dist": base["dist"], "params": validate(base["dist"], base["params"], f"{where} (sparse base)")}
+    return {**_floats(params, ("density",)), "base": base}
+
+
+def _validate_shared(dist: str, params: dict, where: str) -> dict:
+    _exact_keys(params, {"value", "density", "keep_below"}, where)
+    _validate_mask(params, where)
+    if _number(params, "value", where) == 0.0:
+        raise SpecError(f"{where}: shared value must be non-zero")
+    return _floats(params, ("value", "density"))
 
 
 def _floats(params: dict, keys: tuple) -> dict:
@@ -120,3 +133,8 @@ def _validate_mask(params: dict, where: str) -> None:
     if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold != keep_below(density):
         raise SpecError(f"{where}: keep_below must be round(density * 2^32) = {keep_below(density)}, "
                         f"found {threshold!r}")
+
+
+_VALIDATORS = {"uniform": _validate_uniform, "he_uniform": _validate_bounded, "glorot_uniform": _validate_bounded,
+               "normal": _validate_normal, "he_normal": _validate_normal, "glorot_normal": _validate_normal,
+               "sparse": _validate_sparse, "shared": _validate_shared}

@@ -119,9 +119,10 @@ def uniform53(high_word: torch.Tensor, low_word: torch.Tensor) -> torch.Tensor:
 
 def uniform_integers(seed, stream, start, count, device) -> torch.Tensor:
     """The 53-bit integer k of each element (words 2h, 2h+1 of block i >> 1); compiled on the CPU."""
-    kernel = compiled_kernel()
-    if kernel is not None and torch.device(device).type == "cpu":
-        return torch.from_numpy(kernel.uniform53(check_seed(seed), check_stream(stream), start, count))
+    if compiled_kernel() is not None and torch.device(device).type == "cpu":
+        from . import _uniform_numba
+
+        return torch.from_numpy(_uniform_numba.uniform53(check_seed(seed), check_stream(stream), start, count))
     words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, device)
     pairs = words.reshape(-1, 2)[offset:offset + count]
     return uniform53(pairs[:, 0], pairs[:, 1])
@@ -134,8 +135,7 @@ def _uniform_f64(seed, stream, start, count, low, high, device):
 
 def box_muller(words: torch.Tensor) -> torch.Tensor:
     """Standard normal pairs from blocks [n, 4] -> float64 [n, 2] (r*cos, r*sin)."""
-    k = ((words[:, 0] >> 5) << 26) | (words[:, 1] >> 6)
-    u = (k + 1).to(torch.float64) * TWO_POW_MINUS_53  # in (0, 1]
+    u = (uniform53(words[:, 0], words[:, 1]) + 1).to(torch.float64) * TWO_POW_MINUS_53  # in (0, 1]
     radius = torch.sqrt(exactmath.log_positive(u) * -2.0)
     quadrant = words[:, 2] >> 30
     fraction = (((words[:, 2] & 0x3FFFFFFF) << 22) | (words[:, 3] >> 10)).to(torch.float64) * TWO_POW_MINUS_52

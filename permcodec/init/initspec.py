@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
+from ..keys import key_mismatch
 from . import distributions
 from .philox import RNG_NAME, check_seed, check_stream
 
@@ -45,11 +46,10 @@ class TensorInit:
 
     @classmethod
     def from_dict(cls, d) -> "TensorInit":
-        if not isinstance(d, dict):
-            raise SpecError(f"init record must be a map, found {type(d).__name__}")
         expected = {"name", "shape", "seed", "stream", "dist", "params"}
-        if set(d) != expected:
-            raise SpecError(f"init record must have keys {sorted(expected)}, found {sorted(map(str, d))}")
+        found = key_mismatch(d, expected)
+        if found:
+            raise SpecError(f"init record must have keys {sorted(expected)}, found {found}")
         name = d["name"]
         if not isinstance(name, str) or not name:
             raise SpecError(f"init record name must be a non-empty string, found {name!r}")

@@ -12,7 +12,7 @@ by its sorted initial values placed in the rank order of the trained row.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -26,7 +26,6 @@ BN_MOMENTUM = 0.01
 BN_EPS = 1e-3
 
 
-
 def batch_norm_2d(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
@@ -91,34 +90,33 @@ def two_dense_256_head(in_features: int, num_classes: int) -> nn.Sequential:
     )  # fmt: skip
 
 
-class Conv2(nn.Module):
+class SmallVGG(nn.Module):
+    """The first `trunk_length` layers of VGG_TRUNK, then dense 256, 256, classes: Conv2 and Conv4."""
+
+    input_shape = (3, 32, 32)
+    permute_bias = False
+    trunk_length: int  # convs and pools taken from VGG_TRUNK
+    flat_features: int  # the size of the trunk's output, flattened
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = vgg_features(VGG_TRUNK[: self.trunk_length])
+        self.classifier = two_dense_256_head(self.flat_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class Conv2(SmallVGG):
     """CIFAR-10: conv64, conv64, max-pool, dense 256, dense 256, dense classes."""
 
-    input_shape = (3, 32, 32)
-    permute_bias = False
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.features = vgg_features(VGG_TRUNK[:3])
-        self.classifier = two_dense_256_head(64 * 16 * 16, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+    trunk_length, flat_features = 3, 64 * 16 * 16
 
 
-class Conv4(nn.Module):
+class Conv4(SmallVGG):
     """CIFAR-10: (conv64 x2, max-pool, conv128 x2, max-pool), dense 256, 256, classes."""
 
-    input_shape = (3, 32, 32)
-    permute_bias = False
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.features = vgg_features(VGG_TRUNK[:6])
-        self.classifier = two_dense_256_head(128 * 8 * 8, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+    trunk_length, flat_features = 6, 128 * 8 * 8
 
 
 class Conv13(nn.Module):

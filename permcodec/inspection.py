@@ -8,17 +8,19 @@ import os
 import torch
 
 from . import codec, perm
+from .checkpoints import read_tensors
+from .decoder import memory_errors_named, tensor_init
+from .encoder import initial_rows
 from .errors import IntegrityError
 from .format.container import Limits
-from .modelfile import read_tensors
 
 
 def bound_bits(record: dict) -> float:
     """log2(n! / prod m_v!) summed over the rows of a permuted tensor's pool."""
     if math.prod(record["shape"]) == 0:
         return 0.0  # and nothing regenerated: an empty shape may have 2^31 - 1 rows or a row that long
-    with codec.memory_errors_named(record):
-        initial = codec.initial_rows(codec.init_of(record))
+    with memory_errors_named(record):
+        initial = initial_rows(tensor_init(record))
         return perm.permutation_bound_bits(initial.pool())
 
 

@@ -16,8 +16,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from .atomicfile import atomic_write, check_output_path
 from .errors import FormatError, SpecError
-from .fileio import atomic_write, check_output_path
 from .format.container import MAGIC
 from .init.initspec import InitSpec
 

@@ -1,0 +1,191 @@
+"""Decoding: a .pc file's records and sections back to tensors, bit-exactly, on any device.
+
+``PCFile`` reads the header up front (``format.container`` checks all of it)
+and each tensor's section only when asked; every method may be called from
+several threads at once.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+
+from . import perm
+from .bits import sha256_of, tensor_from_bytes
+from .dtypes import TORCH_DTYPES
+from .errors import FormatError, IntegrityError, MemoryLimitError, SpecError
+from .format import container, schemes
+from .format.container import Limits
+from .init.initspec import TensorInit
+
+
+def tensor_init(record: dict) -> TensorInit:
+    """The TensorInit of a permuted record (whose fields ``container.parse_header`` has checked)."""
+    init = record["init"]
+    fields = {key: init[key] for key in ("seed", "stream", "dist", "params")}
+    try:
+        return TensorInit.from_dict({"name": record["name"], "shape": record["shape"], **fields})
+    except SpecError as err:
+        raise FormatError(f"bad init record: {err}") from None
+
+
+def decode_permuted(record: dict, section: bytes, device) -> torch.Tensor:
+    what = f"tensor {record['name']!r}"
+    rows, n = perm.row_shape(record["shape"])
+    scheme = schemes.INDEX_SCHEMES[record["scheme"]]
+    scheme.check_layout(record["scheme_params"], rows, n, section, what)
+    if rows * n == 0:  # nothing to regenerate: the section's own bytes were all there was to check
+        return torch.empty(record["shape"], dtype=torch.float32, device=device)
+    init = tensor_init(record)
+    initial = init.regenerate(device).reshape(rows, n)
+    return scheme.decode(record["scheme_params"], initial, section, what).reshape(init.shape)
+
+
+def decode_raw(record: dict, section: bytes, device) -> torch.Tensor:
+    name, dtype = record["name"], record["dtype"]
+    itemsize = container.DTYPE_SIZES[dtype]
+    data = schemes.RAW_CODECS[record["codec"]].decode(section, itemsize, math.prod(record["shape"]),
+                                                      f"tensor {name!r}")
+    if dtype == "bool" and data.translate(None, b"\x00\x01"):
+        raise FormatError(f"tensor {name!r}: bool tensor holds bytes other than 0 and 1")
+    return tensor_from_bytes(data, TORCH_DTYPES[dtype], record["shape"]).to(device)
+
+
+def decode_record(record: dict, section: bytes, device, verify: bool) -> torch.Tensor:
+    container.check_section(record, section)
+    with memory_errors_named(record):
+        if record["kind"] == "permuted":
+            tensor = decode_permuted(record, section, device)
+        else:
+            tensor = decode_raw(record, section, device)
+        if verify and sha256_of(tensor) != record["sha256"]:
+            raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
+    return tensor
+
+
+@contextmanager
+def memory_errors_named(record: dict):
+    """Turn running out of memory on a tensor the file declares into a MemoryLimitError naming it."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, MemoryLimitError) or not is_out_of_memory(err):
+            raise
+        detail = str(err).splitlines()[0] if str(err) else "no details"
+        raise MemoryLimitError(f"tensor {record['name']!r}: not enough memory for its "
+                               f"{math.prod(record['shape']):,} elements ({type(err).__name__}: {detail})") from None
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """numpy's and Python's MemoryError, torch's CPU allocator failure, or CUDA's out-of-memory error."""
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
+
+
+# ---------------------------------------------------------------- reading a file
+
+def positional_reader(source) -> tuple[int, Callable[[int, int], bytes]]:
+    """(size, read_at) of a bytes-like object or a seekable binary stream.
+
+    ``read_at(offset, length)`` keeps no position between calls, so any number
+    of threads may read one file at once: a slice of in-memory bytes, ``os.pread``
+    on a real file, and a lock around seek-and-read for any other stream.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source).cast("B")
+        return len(view), lambda offset, length: bytes(view[offset:offset + length])
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = None
+    if fd is not None and hasattr(os, "pread"):
+        return os.fstat(fd).st_size, lambda offset, length: _pread_exactly(fd, offset, length)
+    lock = threading.Lock()
+
+    def read_at(offset: int, length: int) -> bytes:
+        with lock:
+            source.seek(offset)
+            return source.read(length)
+
+    with lock:
+        return source.seek(0, io.SEEK_END), read_at
+
+
+def _pread_exactly(fd: int, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+    chunks = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_header(file_size: int, read_at, limits: Limits | None) -> tuple[dict, int]:
+    """Parse preamble and header through ``read_at(offset, length)``; check the file's exact length."""
+    header_length, header_crc = container.parse_preamble(read_at(0, container.PREAMBLE_SIZE), limits)
+    data_start = container.PREAMBLE_SIZE + header_length
+    if data_start > file_size:
+        raise FormatError(f"truncated file: header_length {header_length} runs past the end of the "
+                          f"{file_size}-byte file")
+    header = container.parse_header(read_at(container.PREAMBLE_SIZE, header_length), header_crc, limits)
+    expected = data_start + container.data_size(header)
+    if file_size < expected:
+        raise FormatError(f"truncated file: {file_size} bytes, the header describes {expected}")
+    if file_size > expected:
+        raise FormatError(f"{file_size - expected} unexpected bytes after the last section")
+    return header, data_start
+
+
+class PCFile:
+    """Lazy access to a .pc file, the safetensors ``safe_open`` way: only the header is read up front.
+
+    ``source`` is a bytes-like object or a seekable binary stream. Every method
+    may be called from several threads at once.
+    """
+
+    def __init__(self, source, device="cpu", verify: bool = True, limits: Limits | None = None,
+                 owns_stream: bool = False):
+        self._stream = source
+        self._owns_stream = owns_stream
+        self.device = torch.device(device)
+        self.verify = verify
+        size, self._read_at = positional_reader(source)
+        self.header, self._data_start = read_header(size, self._read_at, limits)
+        self._records = {record["name"]: record for record in self.header["tensors"]}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_stream:
+            self._stream.close()
+
+    def keys(self) -> list[str]:
+        return list(self._records)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.header["metadata"])
+
+    def record(self, name: str) -> dict:
+        if name not in self._records:
+            raise KeyError(f"no tensor {name!r} in this file")
+        return self._records[name]
+
+    def read_section(self, name: str) -> bytes:
+        record = self.record(name)
+        return self._read_at(self._data_start + record["offset"], record["length"])
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return decode_record(self.record(name), self.read_section(name), self.device, self.verify)

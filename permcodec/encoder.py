@@ -1,0 +1,158 @@
+"""Encoding: a model's state_dict and init spec to records and sections, packed as a .pc file.
+
+A tensor the init spec names is stored as its init record plus its rows'
+arrangement in the smallest index scheme the level tries (``format.schemes``);
+every other tensor raw, by the raw codec. See specs/format.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import perm
+from .bits import sha256_of, tensor_bytes
+from .dtypes import dtype_name
+from .errors import NotAPermutationError, SpecError
+from .format import container, schemes
+from .init.initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
+from .init.philox import RNG_NAME
+
+
+def state_and_spec(obj, init) -> tuple[dict[str, torch.Tensor], InitSpec]:
+    """The state_dict and init spec behind a module, a checkpoint dict or a state_dict (what ``encode`` takes)."""
+    if isinstance(obj, nn.Module):
+        state, spec = obj.state_dict(), init or attached_spec(obj)
+    elif isinstance(obj, Mapping) and "state_dict" in obj and not isinstance(obj["state_dict"], torch.Tensor):
+        state = obj["state_dict"]
+        spec = init or (InitSpec.from_dict(obj["init"]) if obj.get("init") is not None else None)
+    elif isinstance(obj, Mapping):
+        state, spec = obj, init
+    else:
+        raise SpecError(f"can only encode a module, a state_dict or a checkpoint dict, not {type(obj).__name__}")
+    if spec is None:
+        raise SpecError("no init spec: pass init=..., or encode a module initialized by permcodec.init_, "
+                        "or a checkpoint with an 'init' record")
+    if isinstance(spec, Mapping):
+        spec = InitSpec.from_dict(spec)
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise SpecError(f"state_dict entry {name!r} is not a named tensor")
+    missing = [name for name in spec.names() if name not in state]
+    if missing:
+        raise SpecError(f"init spec names tensor(s) the state_dict lacks: {', '.join(missing)}")
+    refuse_aliased(state.items(), names=spec.names())
+    return dict(state), spec
+
+
+def initial_rows(record: TensorInit, device="cpu") -> perm.SortedRows:
+    """A tensor's initial values as rows, regenerated from its record, with their sort order."""
+    return perm.SortedRows.of(record.regenerate(device).reshape(perm.row_shape(record.shape)))
+
+
+def layout_mismatch(tensor: torch.Tensor, record: TensorInit) -> str | None:
+    """Why ``tensor``'s dtype or shape rules out its being a permutation of ``record``'s pool, or None."""
+    if tensor.dtype != torch.float32:
+        return f"dtype is {tensor.dtype}, pools are float32"
+    if tuple(tensor.shape) != record.shape:
+        return f"shape is {tuple(tensor.shape)}, init spec says {record.shape}"
+    return None
+
+
+def first_bad_row(trained: perm.SortedRows, initial: perm.SortedRows) -> int | None:
+    """None if every trained row holds exactly its initial row's values, else the first row that does not."""
+    if trained.rows.numel() == 0:  # a per-row flag would cost a byte for each of up to 2^31 - 1 empty rows
+        return None
+    ok = perm.same_bits_per_row(trained.pool(), initial.pool())
+    return None if bool(ok.all()) else int((~ok).nonzero()[0])
+
+
+def permuted_record(name: str, tensor: torch.Tensor, record: TensorInit, scheme: str, params: dict) -> dict:
+    return {"name": name, "kind": "permuted", "dtype": "float32", "shape": list(record.shape),
+            "sha256": sha256_of(tensor),
+            "init": {"rng": RNG_NAME, "seed": record.seed, "stream": record.stream, "dist": record.dist,
+                     "params": record.params},
+            "scheme": scheme, "scheme_params": params}
+
+
+def raw_record(name: str, tensor: torch.Tensor) -> dict:
+    return {"name": name, "kind": "raw", "dtype": dtype_name(tensor, name), "shape": list(tensor.shape),
+            "sha256": sha256_of(tensor), "codec": schemes.RAW_CODEC.id}
+
+
+def encode_raw(tensor: torch.Tensor, zstd_level: int) -> bytes:
+    return schemes.RAW_CODEC.encode(tensor_bytes(tensor), tensor.element_size(), zstd_level)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A tensor of the init spec that was stored raw because it is not a permutation."""
+
+    name: str
+    row: int
+    reason: str
+
+
+class NotPermuted(Exception):
+    """Internal: a tensor of the spec that is not a per-row permutation of its init (row, reason)."""
+
+    def __init__(self, row: int, reason: str):
+        super().__init__(reason)
+        self.row, self.reason = row, reason
+
+
+def encode_permuted(name: str, tensor: torch.Tensor, record: TensorInit, level: schemes.Level,
+                    scheme: str | None) -> tuple[dict, bytes]:
+    """(record, section) of a tensor the spec names; NotPermuted where it is not a permutation of its init."""
+    reason = layout_mismatch(tensor, record)
+    if reason is not None:
+        raise NotPermuted(0, reason)
+    initial = initial_rows(record)
+    trained = perm.SortedRows.of(perm.as_rows(tensor.detach().cpu()))
+    row = first_bad_row(trained, initial)
+    if row is not None:
+        raise NotPermuted(row, "its values differ from the initial values of that row")
+    chosen, params, section = schemes.encode_best(trained, initial, level, scheme)
+    return permuted_record(name, tensor, record, chosen, params), section
+
+
+def encode_state(state: dict[str, torch.Tensor], spec: InitSpec, level: schemes.Level, scheme: str | None,
+                 raw_fallback: bool, fallbacks: list | None, metadata: dict[str, str] | None,
+                 progress: bool) -> bytes:
+    """The .pc bytes of a checked state_dict and spec (see ``codec.encode`` for the options)."""
+    from tqdm import tqdm
+
+    records, sections = [], []
+    bar = tqdm(total=sum(t.numel() for t in state.values()), disable=not progress, unit="w", unit_scale=True,
+               desc="encode", leave=False)
+    for name, tensor in state.items():
+        record, section = encode_tensor(name, tensor, spec, level, scheme, raw_fallback, fallbacks)
+        records.append(record)
+        sections.append(section)
+        bar.update(tensor.numel())
+    bar.close()
+    return container.pack(records, sections, metadata)
+
+
+def encode_tensor(name: str, tensor: torch.Tensor, spec: InitSpec, level: schemes.Level, scheme: str | None,
+                  raw_fallback: bool, fallbacks: list | None) -> tuple[dict, bytes]:
+    """(record, section): permuted where the spec names the tensor, raw otherwise or as an allowed fallback."""
+    if name in spec:
+        try:
+            return encode_permuted(name, tensor, spec[name], level, scheme)
+        except NotPermuted as why:
+            refuse_or_note(name, why, raw_fallback, fallbacks)
+    return raw_record(name, tensor), encode_raw(tensor, level.zstd_level)
+
+
+def refuse_or_note(name: str, why: NotPermuted, raw_fallback: bool, fallbacks: list | None) -> None:
+    """NotAPermutationError, unless ``raw_fallback``: then a Fallback is noted and the tensor is stored raw."""
+    if not raw_fallback:
+        raise NotAPermutationError(f"tensor {name!r}: row {why.row} is not a permutation of its initial "
+                                   f"values ({why.reason}); did training end on LaPerm.sync()? To store it "
+                                   f"losslessly anyway use raw_fallback=True (CLI: --raw-fallback)")
+    if fallbacks is not None:
+        fallbacks.append(Fallback(name, why.row, why.reason))

@@ -1,0 +1,126 @@
+"""Checks of one tensor record of the header (specs/format.md Section 6), every kind-specific key included.
+
+Run once, by ``container.parse_header``; whatever reads a parsed header can
+rely on every field having its key set, type and range.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import FormatError, LimitError, SpecError
+from ..init import distparams
+from ..init.philox import RNG_NAME, check_seed, check_stream
+from ..keys import key_mismatch
+from ..rows import row_shape
+from .limits import Limits
+from .schemes import INDEX_SCHEMES, RAW_CODECS
+
+DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4,
+               "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+KINDS = ("permuted", "raw")
+COMMON_RECORD_KEYS = {"name", "kind", "dtype", "shape", "offset", "length", "crc32", "sha256"}
+RECORD_KEYS = {"permuted": COMMON_RECORD_KEYS | {"init", "scheme", "scheme_params"},
+               "raw": COMMON_RECORD_KEYS | {"codec"}}
+INIT_KEYS = {"rng", "seed", "stream", "dist", "params"}
+
+
+def extent(shape) -> int:
+    """Elements of a shape with every zero dimension counted as 1.
+
+    Capping this, not just the element count, keeps an empty tensor such as
+    [0, 2^20, 2^20] from implying 2^40-long rows that a decoder would allocate for.
+    """
+    return math.prod(max(size, 1) for size in shape)
+
+
+def _is_uint(value, bits: int = 64) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**bits
+
+
+def check_record(record, index: int, limits: Limits) -> None:
+    """Every field of one record; permuted records get their ``init`` map normalized (float params as floats)."""
+    if not isinstance(record, dict) or not COMMON_RECORD_KEYS <= set(record):
+        found = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise FormatError(f"tensor record {index} must be a map with keys {sorted(COMMON_RECORD_KEYS)}, "
+                          f"found {found}")
+    name = record["name"]
+    if not isinstance(name, str) or not name:
+        raise FormatError(f"tensor record {index}: name must be a non-empty string, found {name!r}")
+    where = f"tensor {name!r}"
+    check_common_fields(record, where, limits)
+    expected = RECORD_KEYS[record["kind"]]
+    found = key_mismatch(record, expected)
+    if found:
+        raise FormatError(f"{where}: a {record['kind']} record must have keys {sorted(expected)}, found {found}")
+    if record["kind"] == "raw":
+        check_raw_fields(record, where)
+    else:
+        check_permuted_fields(record, where)
+
+
+def check_common_fields(record: dict, where: str, limits: Limits) -> None:
+    """kind, dtype, shape (within the limits), offset, length, crc32, sha256."""
+    if not isinstance(record["kind"], str) or record["kind"] not in KINDS:
+        raise FormatError(f"{where}: kind must be one of {', '.join(KINDS)}, found {record['kind']!r}")
+    if not isinstance(record["dtype"], str) or record["dtype"] not in DTYPE_SIZES:
+        raise FormatError(f"{where}: unknown dtype {record['dtype']!r}")
+    check_shape(record["shape"], where, limits)
+    for key in ("offset", "length"):
+        if not _is_uint(record[key]):
+            raise FormatError(f"{where}: {key} must be a non-negative 64-bit integer, found {record[key]!r}")
+    if not _is_uint(record["crc32"], 32):
+        raise FormatError(f"{where}: crc32 must be a 32-bit unsigned integer, found {record['crc32']!r}")
+    if not isinstance(record["sha256"], bytes) or len(record["sha256"]) != 32:
+        raise FormatError(f"{where}: sha256 must be 32 bytes")
+
+
+def check_shape(shape, where: str, limits: Limits) -> None:
+    if not isinstance(shape, list) or not all(_is_uint(s) for s in shape):
+        raise FormatError(f"{where}: shape must be a list of non-negative integers, found {shape!r}")
+    if len(shape) > limits.max_dims:
+        raise LimitError(f"{where}: {len(shape)} dimensions exceed the limit of {limits.max_dims}")
+    if any(s > limits.max_dim for s in shape):
+        raise LimitError(f"{where}: dimension {max(shape)} exceeds the limit of {limits.max_dim}")
+    if extent(shape) > limits.max_tensor_elements:
+        raise LimitError(f"{where}: {extent(shape)} elements exceed the limit of {limits.max_tensor_elements}"
+                         + (" (a zero dimension counts as 1)" if 0 in shape else ""))
+
+
+def check_raw_fields(record: dict, where: str) -> None:
+    if not isinstance(record["codec"], str) or record["codec"] not in RAW_CODECS:
+        raise FormatError(f"{where}: unknown raw codec {record['codec']!r} (expected "
+                          f"{' or '.join(map(repr, RAW_CODECS))})")
+
+
+def check_permuted_fields(record: dict, where: str) -> None:
+    if record["dtype"] != "float32":
+        raise FormatError(f"{where}: permuted tensors are float32, found {record['dtype']!r}")
+    if not record["shape"]:
+        raise FormatError(f"{where}: a permuted tensor needs at least one dimension")
+    rows, n = row_shape(record["shape"])
+    check_scheme_params(record["scheme"], record["scheme_params"], rows, n, where)
+    record["init"] = checked_init(record["init"], where)
+
+
+def checked_init(init, where: str) -> dict:
+    """A permuted record's ``init`` map with every field checked (specs/rng.md §7); float params as floats."""
+    found = key_mismatch(init, INIT_KEYS)
+    if found:
+        raise FormatError(f"{where}: init must be a map with keys {sorted(INIT_KEYS)}, found {found}")
+    if init["rng"] != RNG_NAME:
+        raise FormatError(f"{where}: unknown rng {init['rng']!r} (this decoder knows {RNG_NAME!r})")
+    try:
+        if not isinstance(init["dist"], str):
+            raise SpecError(f"{where}: dist must be a string, found {init['dist']!r}")
+        return {"rng": RNG_NAME, "seed": check_seed(init["seed"]), "stream": check_stream(init["stream"]),
+                "dist": init["dist"], "params": distparams.validate(init["dist"], init["params"], where)}
+    except SpecError as err:
+        raise FormatError(f"bad init record: {err}") from None
+
+
+def check_scheme_params(scheme, params, rows: int, n: int, where: str) -> None:
+    """A permuted record's ``scheme`` is a known index scheme, and its ``scheme_params`` are valid for it."""
+    if not isinstance(scheme, str) or scheme not in INDEX_SCHEMES:
+        raise FormatError(f"{where}: unknown index scheme {scheme!r}; known: {', '.join(INDEX_SCHEMES)}")
+    INDEX_SCHEMES[scheme].check_params(params, rows, n, where)

@@ -1,0 +1,87 @@
+"""Scheme ``delta`` (specs/format.md Section 8): zigzag(trained rank - initial rank) per element, byte planes, zstd.
+
+Small when training moved few values far (lightly trained models); decoding
+sorts the initial rows once to turn ranks back into positions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...errors import FormatError
+from .. import indexcode, zstdframe
+from .base import RowsToEncode
+
+if TYPE_CHECKING:
+    import torch
+
+    from ...perm import SortedRows
+    from .levels import Level
+
+
+def index_width(row_length: int) -> int:
+    """Bytes per zigzag code of a row of this length: codes lie in [0, 2 (n - 1)]."""
+    return indexcode.byte_width(2 * max(row_length - 1, 0))
+
+
+def encode_delta(trained: "SortedRows", initial: "SortedRows", zstd_level: int) -> bytes:
+    """zigzag(rank of trained row - rank of initial row), byte planes, zstd."""
+    codes = indexcode.zigzag((trained.ranks - initial.ranks).reshape(-1).numpy())
+    return zstdframe.compress(indexcode.to_byte_planes(codes, index_width(initial.rows.shape[1])), zstd_level)
+
+
+def decode_delta(initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
+    import torch
+
+    from ...perm import SortedRows
+
+    rows, n = initial.shape
+    width = index_width(n)
+    payload = zstdframe.decompress_exact(section, rows * n * width, what)
+    if rows * n == 0:
+        return initial
+    deltas = indexcode.unzigzag(indexcode.from_byte_planes(payload, rows * n, width))
+    sorted_initial = SortedRows.of(initial)
+    final_ranks = sorted_initial.ranks + torch.from_numpy(deltas).to(initial.device).reshape(rows, n)
+    check_ranks(final_ranks, what)
+    return torch.gather(initial, 1, torch.gather(sorted_initial.order, 1, final_ranks))
+
+
+def check_ranks(ranks: "torch.Tensor", what: str) -> None:
+    """Each row must hold every rank 0 .. n-1 exactly once."""
+    import torch
+
+    rows, n = ranks.shape
+    if ranks.numel() == 0:
+        return
+    if int(ranks.min()) < 0 or int(ranks.max()) >= n:
+        raise FormatError(f"{what}: decoded ranks fall outside [0, {n})")
+    seen = torch.zeros(rows, n, dtype=torch.bool, device=ranks.device).scatter_(1, ranks, True)
+    if not bool(seen.all()):
+        bad = int((~seen.all(dim=1)).nonzero()[0])
+        raise FormatError(f"{what}: decoded ranks of row {bad} are not a permutation")
+
+
+class Delta:
+    id = "delta"
+    max_row_length = None
+
+    def check_params(self, params, rows: int, n: int, where: str) -> None:
+        if params != {}:
+            raise FormatError(f"{where}: scheme 'delta' takes no parameters, found {params!r}")
+
+    def check_layout(self, params: dict, rows: int, n: int, section: bytes, what: str) -> None:
+        """The frame's declared size; a tensor without elements is checked completely here."""
+        if rows * n == 0:
+            zstdframe.decompress_exact(section, 0, what)
+        else:
+            zstdframe.check_frame_size(section, rows * n * index_width(n), what)
+
+    def encode(self, tensor: RowsToEncode, level: "Level") -> tuple[dict, bytes]:
+        return {}, encode_delta(tensor.trained, tensor.initial, level.zstd_level)
+
+    def decode(self, params: dict, initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
+        return decode_delta(initial, section, what)
+
+
+DELTA = Delta()

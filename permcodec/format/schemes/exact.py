@@ -1,0 +1,40 @@
+"""Scheme ``exact`` (specs/format.md Section 10): each row's permutation as swap-code digits in rANS.
+
+pi with trained[j] = initial[pi[j]] costs log2(n!) bits per row plus rounding.
+The decoder needs no sort and no search: one swap per position.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import rans
+from .base import LanesScheme, RowsToEncode, lanes_for
+
+if TYPE_CHECKING:
+    import torch
+
+    from .levels import Level
+
+
+class Exact(LanesScheme):
+    id = "exact"
+
+    def encode(self, tensor: RowsToEncode, level: "Level") -> tuple[dict, bytes]:
+        """pi with trained[j] = initial[pi[j]]; ties map the k-th equal value to the k-th, in position order."""
+        import torch
+
+        trained, initial = tensor.trained, tensor.initial
+        lanes = lanes_for(tensor.exact_bits, initial.rows.shape[0], level)
+        pi = torch.empty_like(trained.order).scatter_(1, trained.order, initial.order)
+        return {"lanes": lanes}, rans.encode_permutations(pi.numpy(), lanes)
+
+    def decode(self, params: dict, initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
+        import torch
+
+        rows, n = initial.shape
+        pi = rans.decode_permutations(section, rows, n, params["lanes"], what)
+        return torch.gather(initial, 1, torch.from_numpy(pi).to(initial.device))
+
+
+EXACT = Exact()

@@ -1,0 +1,37 @@
+"""Raw codec ``shuffle-zstd`` (specs/format.md Section 13): a tensor's bytes, byte-shuffled by element, in zstd.
+
+Stores any tensor losslessly (raw records: buffers, biases that are not
+permuted, tensors that are not a permutation of their init).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import zstdframe
+
+
+def shuffle_bytes(data: bytes, itemsize: int) -> bytes:
+    """Byte shuffle: byte j of every item together, for j = 0 .. itemsize-1."""
+    if itemsize == 1:
+        return bytes(data)
+    return np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize).T).tobytes()
+
+
+def unshuffle_bytes(data: bytes, itemsize: int) -> bytes:
+    if itemsize == 1:
+        return bytes(data)
+    return np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1).T).tobytes()
+
+
+class ShuffleZstd:
+    id = "shuffle-zstd"
+
+    def encode(self, data: bytes, itemsize: int, zstd_level: int) -> bytes:
+        return zstdframe.compress(shuffle_bytes(data, itemsize), zstd_level)
+
+    def decode(self, section: bytes, itemsize: int, count: int, what: str) -> bytes:
+        return unshuffle_bytes(zstdframe.decompress_exact(section, count * itemsize, what), itemsize)
+
+
+SHUFFLE_ZSTD = ShuffleZstd()
