@@ -80,7 +80,7 @@ def _padded_size(k):
 
 
 @njit(cache=True, nogil=True)
-def _model_rows(symbols, counts, start, freq, lo, hi):
+def _arrangement_intervals(symbols, counts, start, freq, lo, hi):
     """(start, freq) of every position of rows lo .. hi-1 (freq 0: not coded)."""
     n = symbols.shape[1]
     k = counts.shape[1]
@@ -182,10 +182,10 @@ def encode_lanes(start, freq, lanes: int) -> list[np.ndarray]:
     return [out[s:s + u][::-1].copy() for s, u in zip(out_start, used)]
 
 
-def arrangement_model(symbols, counts):
+def arrangement_intervals(symbols, counts):
     start = np.zeros(symbols.shape, np.int64)
     freq = np.zeros(symbols.shape, np.int64)
-    run_over(_model_rows, symbols.shape[0], symbols, counts, start, freq, work=symbols.size)
+    run_over(_arrangement_intervals, symbols.shape[0], symbols, counts, start, freq, work=symbols.size)
     return start, freq
 
 

@@ -96,7 +96,7 @@ def _fenwick_find(tree: np.ndarray, lane: np.ndarray, target: np.ndarray) -> tup
     return pos, target - rest
 
 
-def arrangement_model(symbols: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def arrangement_intervals(symbols: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(start, freq) int64 [rows, n] of every position; freq 0 marks a position that is not coded."""
     rows, n = symbols.shape
     tree = _fenwick_build(counts)

@@ -96,7 +96,7 @@ def encode_arrangement(symbols: np.ndarray, counts: np.ndarray, lanes: int, back
     assert 1 <= lanes <= max(rows, 1) and n <= MAX_ROW_LENGTH
     if rows == 0 or n <= 1:
         return nothing_coded_section(lanes)
-    start, freq = kernels(backend).arrangement_model(symbols, counts)
+    start, freq = kernels(backend).arrangement_intervals(symbols, counts)
     return encode_intervals(start, freq, lanes, backend)
 
 
