@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import SpecError
+
 TEMP_MARK = ".permcodec-tmp-"
 
 
@@ -39,9 +41,11 @@ def remove_stale_temps(target: Path) -> list[Path]:
     return removed
 
 
-def check_output_path(target) -> Path:
-    """Fail before any work is done if ``target`` cannot be written as a file."""
+def check_output_path(target, suffixes: tuple[str, ...] = (), what: str = "the output") -> Path:
+    """Fail before any work is done if ``target`` cannot be written as a file, or lacks one of ``suffixes``."""
     target = Path(target)
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise SpecError(f"{what} must end in {' or '.join(suffixes)}, found {target.name!r}")
     if target.is_dir():
         raise IsADirectoryError(f"output path {target} is a directory")
     parent = target.parent if str(target.parent) else Path(".")

@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 
 from .atomicfile import atomic_write, check_output_path
-from .errors import FormatError, SpecError
+from .errors import FormatError
 from .format.container import MAGIC
 from .init.initspec import InitSpec
 
@@ -94,10 +94,7 @@ def read_tensors(path) -> dict[str, torch.Tensor]:
 
 def check_decode_output(path) -> Path:
     """A writable path ending in one of OUTPUT_SUFFIXES."""
-    path = check_output_path(path)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise SpecError(f"output {path} must end in {' or '.join(OUTPUT_SUFFIXES)}")
-    return path
+    return check_output_path(path, OUTPUT_SUFFIXES, "decode writes .safetensors or .pt files: the output")
 
 
 def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

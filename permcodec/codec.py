@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .atomicfile import atomic_write_bytes
+from .atomicfile import atomic_write_bytes, check_output_path
 from .bits import sha256_of, tensor_bytes  # noqa: F401 (part of the codec's API)
 from .decoder import PCFile
 from .encoder import Fallback, encode_state, state_and_spec  # noqa: F401 (Fallback: what encode reports)
@@ -43,7 +43,8 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.D
 
 
 def save(obj, path, init=None, **options) -> None:
-    """Encode ``obj`` (see ``encode``) and write it to ``path`` atomically."""
+    """Encode ``obj`` (see ``encode``) and write it to ``path`` (which must end in .pc) atomically."""
+    check_output_path(path, (".pc",), "save writes a .pc file (torch.save writes .pt): the path")
     atomic_write_bytes(path, encode(obj, init, **options))
 
 

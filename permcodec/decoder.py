@@ -18,6 +18,7 @@ import torch
 
 from . import perm
 from .bits import sha256_of, tensor_from_bytes
+from .devices import checked_device
 from .dtypes import TORCH_DTYPES
 from .errors import FormatError, IntegrityError, MemoryLimitError, SpecError
 from .format import container, schemes
@@ -156,7 +157,7 @@ class PCFile:
                  owns_stream: bool = False):
         self._stream = source
         self._owns_stream = owns_stream
-        self.device = torch.device(device)
+        self.device = checked_device(str(torch.device(device)))
         self.verify = verify
         size, self._read_at = positional_reader(source)
         self.header, self._data_start = read_header(size, self._read_at, limits)

@@ -10,14 +10,16 @@ from dataclasses import dataclass
 
 from ..devices import checked_device
 from ..errors import SpecError
-from .models import MODELS
-
 OPTIMIZERS = ("adam", "sgd")
+# The names of models.MODELS and of the datasets data.get_dataset reads, here without torch, so that
+# `permcodec train --help` lists them without importing it; models.py checks that its table agrees.
+MODEL_NAMES = ("mlp", "conv2", "conv4", "conv7", "conv13", "resnet50")
+KNOWN_DATASETS = ("mnist5k", "mnist", "cifar10")
 
 
 @dataclass
 class TrainConfig:
-    model: str = "conv7"            # one of models.MODELS
+    model: str = "conv7"            # one of MODEL_NAMES
     data: str = "mnist5k"           # mnist5k (embedded), mnist or cifar10 (need data_dir)
     data_dir: str | None = None     # directory of the dataset's files
     epochs: int = 10
@@ -42,8 +44,8 @@ DEFAULT_LR = {("adam", False): 3e-3, ("adam", True): 3e-3, ("sgd", False): 3e-2,
 
 
 def check_config(config: TrainConfig) -> TrainConfig:
-    if config.model not in MODELS:
-        raise SpecError(f"unknown model {config.model!r}; known models: {', '.join(MODELS)}")
+    if config.model not in MODEL_NAMES:
+        raise SpecError(f"unknown model {config.model!r}; known models: {', '.join(MODEL_NAMES)}")
     if config.optimizer not in OPTIMIZERS:
         raise SpecError(f"unknown optimizer {config.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     if config.k <= 0:

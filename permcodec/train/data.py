@@ -15,13 +15,12 @@ import os
 
 import torch
 
-from permcodec.errors import SpecError
-
+from ..errors import SpecError
 from .cifar10 import load_cifar10
+from .config import KNOWN_DATASETS
 from .dataset import Dataset
 from .mnist import load_mnist, load_mnist5k
 
-KNOWN_DATASETS = ("mnist5k", "mnist", "cifar10")
 
 
 def get_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:

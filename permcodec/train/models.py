@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import SpecError
 from ..init.initspec import WEIGHTED_LAYERS
+from .config import MODEL_NAMES
 
 # Keras BatchNormalization keeps moving = 0.99 * moving + 0.01 * batch, with eps 1e-3.
 # torch's momentum is the weight of the batch statistic, so Keras' 0.99 is torch's 0.01.
@@ -246,6 +247,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "conv13": Conv13,
     "resnet50": ResNet50,
 }
+assert tuple(MODELS) == MODEL_NAMES, "config.MODEL_NAMES must list the models of this table, in order"
 
 
 def build_model(name: str, input_shape, num_classes: int) -> nn.Module:

@@ -1,0 +1,89 @@
+"""The command line starts without torch or numba, the package loads its names on first use, and outputs keep
+their suffixes: ``--help``, ``--version``, argument errors, ``save``'s path, ``load`` on a missing device."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import permcodec
+from permcodec import SpecError
+from permcodec.train.config import MODEL_NAMES
+from permcodec.train.models import MODELS
+
+COMMANDS = ["", "train", "encode", "decode", "info", "verify", "demo"]
+
+PROBE = """
+import sys
+from permcodec.cli import main
+try:
+    code = main({argv!r})
+except SystemExit as exit:
+    code = exit.code
+print("exit", code, "torch", "torch" in sys.modules, "numba" in sys.modules)
+"""
+
+
+def probe(argv: list[str]) -> str:
+    done = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True,
+                          timeout=120)
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_imports_neither_torch_nor_numba(command):
+    assert probe([command, "--help"] if command else ["--help"]) == "exit 0 torch False False"
+
+
+def test_an_argument_error_imports_neither_torch_nor_numba():
+    assert probe(["encode", "--level", "fastest", "m.pt"]) == "exit 2 torch False False"
+
+
+def test_the_probe_sees_torch_when_a_command_runs(tmp_path):
+    assert probe(["info", str(tmp_path / "missing.pc")]) == "exit 1 torch True False"
+
+
+def test_version():
+    done = subprocess.run([sys.executable, "-m", "permcodec", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout == f"permcodec {permcodec.__version__}\n" and done.returncode == 0
+
+
+def test_importing_the_package_imports_no_torch_until_a_name_is_used():
+    code = ("import sys, permcodec; before = 'torch' in sys.modules; permcodec.encode; "
+            "print(before, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout == "False True\n"
+
+
+def test_lazy_names_are_the_modules_own():
+    from permcodec import codec, init
+
+    assert permcodec.encode is codec.encode and permcodec.LaPerm.__module__ == "permcodec.train.laperm"
+    assert permcodec.init is init and permcodec.TensorInit.__module__ == "permcodec.init.initspec"
+    assert set(permcodec.__all__) <= set(dir(permcodec))
+    with pytest.raises(AttributeError, match="module 'permcodec' has no attribute 'no_such_name'"):
+        permcodec.no_such_name
+
+
+def test_the_model_names_for_help_are_the_models_table():
+    assert tuple(MODELS) == MODEL_NAMES
+
+
+@pytest.mark.parametrize("name", ["m.pt", "m.safetensors", "m"])
+def test_save_refuses_a_path_that_does_not_end_in_pc(tmp_path, name):
+    model = torch.nn.Linear(3, 2)
+    spec = permcodec.init_(model, seed=1)
+    with pytest.raises(SpecError, match=rf"^save writes a \.pc file \(torch\.save writes \.pt\): the path must end "
+                                        rf"in \.pc, found '{name}'$"):
+        permcodec.save(model, tmp_path / name, init=spec)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_on_cuda_without_cuda_is_a_spec_error():
+    path = Path(__file__).parent / "fixtures" / "tiny_linear.pc"
+    with pytest.raises(SpecError, match=r"^device 'cuda' was asked for, but no CUDA device is available$"):
+        permcodec.load(path, device="cuda")
