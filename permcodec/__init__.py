@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "encode": "codec", "decode": "codec", "save": "codec", "load": "codec", "load_into": "codec",
-    "safe_open": "codec", "PCFile": "codec",
+    "safe_open": "codec", "PCFile": "codec", "load_spec": "codec", "describe": "inspection",
     "InitSpec": "init.initspec", "TensorInit": "init.initspec", "init_": "init.initspec",
     "LaPerm": "train.laperm",
 }
@@ -30,7 +30,7 @@ __all__ = [
     "PermcodecError", "SpecError", "FormatError", "UnsupportedVersionError", "LimitError", "MemoryLimitError",
     "IntegrityError", "NotAPermutationError",
     "InitSpec", "TensorInit", "init_", "LaPerm",
-    "encode", "decode", "save", "load", "load_into", "safe_open", "PCFile",
+    "encode", "decode", "save", "load", "load_into", "safe_open", "PCFile", "load_spec", "describe",
 ]
 
 

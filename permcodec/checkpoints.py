@@ -21,7 +21,8 @@ from .errors import FormatError
 from .format.container import MAGIC
 from .init.initspec import InitSpec
 
-SAFETENSORS_INIT_KEY = "permcodec.init"
+SAFETENSORS_INIT_KEY = "permcodec.init"    # the init spec, as JSON
+SAFETENSORS_ORDER_KEY = "permcodec.order"  # the tensor names in the .pc file's order, as JSON (safetensors sorts)
 OUTPUT_SUFFIXES = (".safetensors", ".pt")
 
 
@@ -48,8 +49,21 @@ def _read_safetensors(path: Path):
         spec_dict = json.loads(metadata[SAFETENSORS_INIT_KEY])
     except json.JSONDecodeError as err:
         raise FormatError(f"{path}: metadata {SAFETENSORS_INIT_KEY!r} is not JSON ({err})") from None
-    carried = {k: v for k, v in metadata.items() if k != SAFETENSORS_INIT_KEY}
-    return state, InitSpec.from_dict(spec_dict), carried
+    carried = {k: v for k, v in metadata.items() if k not in (SAFETENSORS_INIT_KEY, SAFETENSORS_ORDER_KEY)}
+    return in_stored_order(state, metadata.get(SAFETENSORS_ORDER_KEY), path), InitSpec.from_dict(spec_dict), carried
+
+
+def in_stored_order(state: dict, order_json: str | None, path: Path) -> dict:
+    """``state`` in the order ``permcodec decode`` recorded (safetensors hands tensors back sorted by name)."""
+    if order_json is None:
+        return state
+    try:
+        order = json.loads(order_json)
+    except json.JSONDecodeError as err:
+        raise FormatError(f"{path}: metadata {SAFETENSORS_ORDER_KEY!r} is not JSON ({err})") from None
+    if not isinstance(order, list) or sorted(order) != sorted(state):
+        raise FormatError(f"{path}: metadata {SAFETENSORS_ORDER_KEY!r} must list each tensor of the file once")
+    return {name: state[name] for name in order}
 
 
 def _load_weights_only(path: Path):
@@ -70,8 +84,19 @@ def _read_checkpoint(path: Path):
     if ckpt.get("init") is None:
         raise FormatError(f"{path} has no 'init' record: train it with 'permcodec train', or save "
                           f"{{'state_dict': ..., 'init': spec.to_dict()}}")
-    carried = {f"permcodec.{key}": json.dumps(ckpt[key]) for key in ("config", "metrics") if key in ckpt}
-    return ckpt["state_dict"], InitSpec.from_dict(ckpt["init"]), carried
+    return ckpt["state_dict"], InitSpec.from_dict(ckpt["init"]), carried_metadata(ckpt, path)
+
+
+def carried_metadata(ckpt: dict, path: Path) -> dict[str, str]:
+    """What a checkpoint carries into the .pc metadata: a decoded file's own map, or the trainer's config and
+    metrics as JSON."""
+    if "metadata" in ckpt:
+        metadata = ckpt["metadata"]
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in metadata.items()):
+            raise FormatError(f"{path}: 'metadata' must map strings to strings")
+        return dict(metadata)
+    return {f"permcodec.{key}": json.dumps(ckpt[key]) for key in ("config", "metrics") if key in ckpt}
 
 
 def read_tensors(path) -> dict[str, torch.Tensor]:
@@ -95,6 +120,22 @@ def read_tensors(path) -> dict[str, torch.Tensor]:
 def check_decode_output(path) -> Path:
     """A writable path ending in one of OUTPUT_SUFFIXES."""
     return check_output_path(path, OUTPUT_SUFFIXES, "decode writes .safetensors or .pt files: the output")
+
+
+def write_decoded(path, tensors: dict[str, torch.Tensor], spec: InitSpec, metadata: dict[str, str]) -> None:
+    """Decoded tensors in a form ``encode`` takes back to the same .pc bytes, atomically.
+
+    .safetensors: the init spec, the tensor order and the .pc metadata go in its metadata map (keys sorted);
+    .pt: the permcodec checkpoint layout ``{"state_dict", "init", "metadata"}``.
+    """
+    path = check_decode_output(path)
+    if path.suffix.lower() == ".safetensors":
+        extra = {SAFETENSORS_INIT_KEY: json.dumps(spec.to_dict()), SAFETENSORS_ORDER_KEY: json.dumps(list(tensors))}
+        write_tensors(path, tensors, dict(sorted({**metadata, **extra}.items())))
+        return
+    on_cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    checkpoint = {"state_dict": on_cpu, "init": spec.to_dict(), "metadata": dict(metadata)}
+    atomic_write(path, lambda temp: torch.save(checkpoint, temp))
 
 
 def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

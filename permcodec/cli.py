@@ -140,13 +140,15 @@ def run_decode(args) -> None:
     from pathlib import Path
 
     from . import codec
-    from .checkpoints import check_decode_output, write_tensors
+    from .checkpoints import check_decode_output, write_decoded
     from .devices import checked_device
 
     output = check_decode_output(args.output or Path(args.input).with_suffix(".safetensors"))
     device = checked_device(args.device)
-    tensors = codec.load(args.input, device=device, verify=args.verify, progress=not args.quiet)
-    write_tensors(output, tensors)
+    with codec.safe_open(args.input, device=device, verify=args.verify) as f:
+        tensors = codec.decode_all(f, progress=not args.quiet)
+        spec, metadata = f.init_spec(), f.metadata()
+    write_decoded(output, tensors, spec, metadata)
     print(f"wrote {output} ({len(tensors)} tensors)", file=sys.stderr)
 
 

@@ -21,6 +21,7 @@ from .encoder import Fallback, encode_state, state_and_spec  # noqa: F401 (Fallb
 from .errors import SpecError
 from .format import schemes
 from .format.container import Limits
+from .init.initspec import InitSpec, attach_spec
 
 
 def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.DEFAULT_LEVEL,
@@ -64,16 +65,17 @@ def decode(data: bytes, device="cpu", verify: bool = True, limits: Limits | None
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SpecError(f"decode takes the bytes of a .pc file, not {type(data).__name__}; "
                         f"to read a file by its path use permcodec.load(path)")
-    return _decode_all(PCFile(data, device, verify, limits), progress)
+    return decode_all(PCFile(data, device, verify, limits), progress)
 
 
 def load(path, device="cpu", verify: bool = True, limits: Limits | None = None, progress: bool = False) -> dict:
     """All tensors of the .pc file at ``path``, rebuilt bit-exactly on ``device``."""
     with safe_open(path, device, verify, limits) as f:
-        return _decode_all(f, progress)
+        return decode_all(f, progress)
 
 
-def _decode_all(f: PCFile, progress: bool) -> dict:
+def decode_all(f: PCFile, progress: bool = False) -> dict:
+    """Every tensor of an open file, in file order."""
     from tqdm import tqdm
 
     names = f.keys()
@@ -81,7 +83,17 @@ def _decode_all(f: PCFile, progress: bool) -> dict:
 
 
 def load_into(module: nn.Module, path, strict: bool = True, verify: bool = True):
-    """Fill ``module``'s parameters and buffers from a .pc file (on the module's device)."""
+    """Fill ``module``'s parameters and buffers from a .pc file (on the module's device), and attach the file's
+    init spec, so that ``LaPerm`` and ``save`` work on the module as on one fresh from ``init_``."""
     first = next(iter(module.state_dict().values()), None)
     device = first.device if first is not None else "cpu"
-    return module.load_state_dict(load(path, device=device, verify=verify), strict=strict)
+    with safe_open(path, device=device, verify=verify) as f:
+        result = module.load_state_dict(decode_all(f, progress=False), strict=strict)
+        attach_spec(module, f.init_spec())
+    return result
+
+
+def load_spec(path) -> InitSpec:
+    """The InitSpec of the .pc file at ``path`` (only its header is read): how its permuted tensors were drawn."""
+    with safe_open(path) as f:
+        return f.init_spec()

@@ -23,7 +23,7 @@ from .dtypes import TORCH_DTYPES
 from .errors import FormatError, IntegrityError, MemoryLimitError, SpecError
 from .format import container, schemes
 from .format.container import Limits
-from .init.initspec import TensorInit
+from .init.initspec import InitSpec, TensorInit
 
 
 def tensor_init(record: dict) -> TensorInit:
@@ -170,23 +170,33 @@ class PCFile:
         self.close()
 
     def close(self) -> None:
+        """Close the file, if this object opened it."""
         if self._owns_stream:
             self._stream.close()
 
     def keys(self) -> list[str]:
+        """The tensor names, in file order."""
         return list(self._records)
 
     def metadata(self) -> dict[str, str]:
+        """The file's metadata map (strings to strings), e.g. the training config and metrics."""
         return dict(self.header["metadata"])
 
     def record(self, name: str) -> dict:
+        """The header record of tensor ``name`` (checked at open), as a dict: see specs/format.md Section 6."""
         if name not in self._records:
             raise KeyError(f"no tensor {name!r} in this file")
         return self._records[name]
 
     def read_section(self, name: str) -> bytes:
+        """The raw section bytes of tensor ``name`` (not yet checked: ``get_tensor`` checks them)."""
         record = self.record(name)
         return self._read_at(self._data_start + record["offset"], record["length"])
 
     def get_tensor(self, name: str) -> torch.Tensor:
+        """The tensor ``name``, rebuilt bit-exactly on this file's device (its hash checked if ``verify``)."""
         return decode_record(self.record(name), self.read_section(name), self.device, self.verify)
+
+    def init_spec(self) -> InitSpec:
+        """The InitSpec of the file's permuted tensors, in file order: what ``save`` needs to encode them again."""
+        return InitSpec(tensor_init(record) for record in self.header["tensors"] if record["kind"] == "permuted")

@@ -134,7 +134,13 @@ def encode_state(state: dict[str, torch.Tensor], spec: InitSpec, level: schemes.
         sections.append(section)
         bar.update(tensor.numel())
     bar.close()
-    return container.pack(records, sections, metadata)
+    return container.pack(records, sections, canonical_metadata(metadata))
+
+
+def canonical_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    """The metadata map with its keys sorted: a file's bytes never depend on the order a dict was built in
+    (safetensors, for one, hands metadata back in hash order), so a decoded file re-encodes to the same bytes."""
+    return dict(sorted((metadata or {}).items()))
 
 
 def encode_tensor(name: str, tensor: torch.Tensor, spec: InitSpec, level: schemes.Level, scheme: str | None,

@@ -68,7 +68,8 @@ def test_encode_decode_verify_info(capsys, model_pt, tmp_path):
 def test_decode_to_pt(capsys, tmp_path):
     (tmp_path / "t.pc").write_bytes(tiny_bytes())
     assert run(capsys, "decode", tmp_path / "t.pc", "-o", tmp_path / "t.pt", "-q")[0] == 0
-    assert set(torch.load(tmp_path / "t.pt", weights_only=True)) == {"weight", "bias"}
+    checkpoint = torch.load(tmp_path / "t.pt", weights_only=True)  # the permcodec checkpoint layout (issue 12)
+    assert set(checkpoint) == {"state_dict", "init", "metadata"} and set(checkpoint["state_dict"]) == {"weight", "bias"}
 
 
 def test_safetensors_input(capsys, tmp_path):

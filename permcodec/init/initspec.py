@@ -225,8 +225,13 @@ def init_(module: nn.Module, seed: int, dist: str = "he_uniform", *, bias: bool 
     with torch.no_grad():
         for (_, tensor), record in zip(targets, records):
             tensor.copy_(record.regenerate(device=tensor.device))
-    setattr(module, INIT_ATTRIBUTE, spec)
+    attach_spec(module, spec)
     return spec
+
+
+def attach_spec(module: nn.Module, spec: InitSpec) -> None:
+    """Attach ``spec`` to ``module``, where ``LaPerm`` and ``save`` find it (``init_`` and ``load_into`` do this)."""
+    setattr(module, INIT_ATTRIBUTE, spec)
 
 
 def attached_spec(module: nn.Module) -> InitSpec | None:

@@ -1,0 +1,119 @@
+"""Round trips: a decoded file encodes back to the same bytes; a .pc gives back its init spec."""
+
+import json
+
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+import permcodec
+from permcodec import FormatError, perm
+from permcodec.checkpoints import SAFETENSORS_INIT_KEY, SAFETENSORS_ORDER_KEY
+from permcodec.cli import main
+from permcodec.format import schemes
+
+METADATA = {"permcodec.config": json.dumps({"model": "net", "lr": 0.003}), "zeta": "last", "alpha": "first"}
+
+
+def trained_model(seed: int = 4) -> nn.Module:
+    """A small net whose permuted weights are each row's initial values in a random order (as LaPerm leaves
+    them), with a BatchNorm's buffers and an unpermuted bias stored raw."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    permcodec.init_(model, seed=seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("weight") and tensor.dim() > 1:
+                rows = perm.as_rows(tensor)
+                shuffled = torch.gather(rows, 1, torch.argsort(torch.rand(rows.shape), dim=1))
+                tensor.copy_(shuffled.reshape(tensor.shape))
+        model[1].running_mean.uniform_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("originals")
+    model = trained_model()
+    paths = {}
+    for level in schemes.LEVELS:
+        paths[level] = folder / f"{level}.pc"
+        permcodec.save(model, paths[level], level=level, metadata=METADATA)
+    return model, paths
+
+
+def bits(state: dict) -> dict:
+    return {name: (t.dtype, tuple(t.shape), permcodec.codec.tensor_bytes(t)) for name, t in state.items()}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("level", list(schemes.LEVELS))
+def test_decode_then_encode_writes_the_same_bytes(tmp_path, originals, suffix, level):
+    model, paths = originals
+    decoded = tmp_path / f"decoded{suffix}"
+    again = tmp_path / "again.pc"
+    assert main(["decode", str(paths[level]), "-o", str(decoded), "-q"]) == 0
+    assert main(["encode", str(decoded), "-o", str(again), "--level", level, "-q"]) == 0
+    assert again.read_bytes() == paths[level].read_bytes()
+    assert bits(permcodec.load(again)) == bits(model.state_dict())
+
+
+def test_decoded_safetensors_carry_spec_order_and_metadata_in_sorted_keys(tmp_path, originals):
+    model, paths = originals
+    out = tmp_path / "d.safetensors"
+    assert main(["decode", str(paths["default"]), "-o", str(out), "-q"]) == 0
+    with safetensors.safe_open(str(out), framework="pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata[SAFETENSORS_ORDER_KEY]) == list(model.state_dict())
+    assert permcodec.InitSpec.from_dict(json.loads(metadata[SAFETENSORS_INIT_KEY])) == permcodec.load_spec(
+        paths["default"])
+    assert {k: v for k, v in metadata.items() if k not in (SAFETENSORS_INIT_KEY, SAFETENSORS_ORDER_KEY)} == METADATA
+
+
+def test_decoded_pt_is_a_permcodec_checkpoint(tmp_path, originals):
+    model, paths = originals
+    out = tmp_path / "d.pt"
+    assert main(["decode", str(paths["fast"]), "-o", str(out), "-q"]) == 0
+    checkpoint = torch.load(out, weights_only=True)
+    assert set(checkpoint) == {"state_dict", "init", "metadata"}
+    assert checkpoint["metadata"] == METADATA
+    assert list(checkpoint["state_dict"]) == list(model.state_dict())
+    assert permcodec.InitSpec.from_dict(checkpoint["init"]) == permcodec.load_spec(paths["fast"])
+
+
+def test_load_spec_and_init_spec_give_the_spec_of_the_permuted_tensors(originals):
+    model, paths = originals
+    spec = permcodec.load_spec(paths["max"])
+    assert spec == permcodec.init.initspec.attached_spec(model)
+    with permcodec.safe_open(paths["max"]) as f:
+        assert f.init_spec() == spec
+
+
+def test_load_into_attaches_the_spec_so_save_works(tmp_path, originals):
+    model, paths = originals
+    fresh = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    permcodec.load_into(fresh, paths["default"])
+    permcodec.save(fresh, tmp_path / "resaved.pc", metadata=METADATA)
+    assert (tmp_path / "resaved.pc").read_bytes() == paths["default"].read_bytes()
+
+
+def test_metadata_order_does_not_change_the_bytes():
+    model = trained_model(seed=9)
+    forward = permcodec.encode(model, metadata={"a": "1", "b": "2"})
+    backward = permcodec.encode(model, metadata={"b": "2", "a": "1"})
+    assert forward == backward
+    assert permcodec.PCFile(forward).metadata() == {"a": "1", "b": "2"}
+
+
+@pytest.mark.parametrize("order", ['["0.weight"]', "not json", '{"a": 1}'])
+def test_a_bad_order_key_is_refused(tmp_path, originals, order):
+    model, _ = originals
+    spec = permcodec.init.initspec.attached_spec(model)
+    path = tmp_path / "bad.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+                                metadata={SAFETENSORS_INIT_KEY: json.dumps(spec.to_dict()),
+                                          SAFETENSORS_ORDER_KEY: order})
+    with pytest.raises(FormatError, match="metadata 'permcodec.order' (must list each tensor|is not JSON)"):
+        permcodec.checkpoints.read_model(path)
