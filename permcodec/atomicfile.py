@@ -41,11 +41,15 @@ def remove_stale_temps(target: Path) -> list[Path]:
     return removed
 
 
-def check_output_path(target, suffixes: tuple[str, ...] = (), what: str = "the output") -> Path:
-    """Fail before any work is done if ``target`` cannot be written as a file, or lacks one of ``suffixes``."""
+def check_output_path(target, suffixes: tuple[str, ...] = (), what: str = "the output",
+                      overwrite: bool = True) -> Path:
+    """Fail before any work is done if ``target`` cannot be written as a file, lacks one of ``suffixes``, or
+    exists and ``overwrite`` is off (the CLI's default, as zstd's: ``-f/--force`` turns it on)."""
     target = Path(target)
     if suffixes and target.suffix.lower() not in suffixes:
         raise SpecError(f"{what} must end in {' or '.join(suffixes)}, found {target.name!r}")
+    if not overwrite and (target.exists() or target.is_symlink()):
+        raise SpecError(f"{target} already exists; pass -f/--force to overwrite it")
     if target.is_dir():
         raise IsADirectoryError(f"output path {target} is a directory")
     parent = target.parent if str(target.parent) else Path(".")

@@ -117,9 +117,10 @@ def read_tensors(path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def check_decode_output(path) -> Path:
+def check_decode_output(path, overwrite: bool = True) -> Path:
     """A writable path ending in one of OUTPUT_SUFFIXES."""
-    return check_output_path(path, OUTPUT_SUFFIXES, "decode writes .safetensors or .pt files: the output")
+    return check_output_path(path, OUTPUT_SUFFIXES, "decode writes .safetensors or .pt files: the output",
+                             overwrite)
 
 
 def write_decoded(path, tensors: dict[str, torch.Tensor], spec: InitSpec, metadata: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ from . import __version__
 from .errors import PermcodecError
 
 EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def add_train(sub) -> None:
@@ -52,6 +53,7 @@ def add_train(sub) -> None:
                    help="save the 'last' weights or the 'best' synced ones (default last)")
     p.add_argument("--device", default=defaults.device, help="auto (CUDA when present), cpu or cuda (default auto)")
     p.add_argument("-o", "--output", default="model.pt", help="where to write the model (default model.pt)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train)
 
@@ -61,7 +63,7 @@ def run_train(args) -> None:
     from .train.loop import TrainConfig, save_checkpoint, train
 
     # before training, so that a finished run is never lost
-    check_output_path(args.output, (".pt", ".pth"), "train writes a torch checkpoint: the output")
+    check_output_path(args.output, (".pt", ".pth"), "train writes a torch checkpoint: the output", args.force)
     config = TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
                          steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          k=args.k, seed=args.seed, dist=args.dist, baseline=args.baseline, augment=args.augment,
@@ -91,6 +93,7 @@ def add_encode(sub) -> None:
                "  permcodec encode model.pt --raw-fallback")
     p.add_argument("input", help="model.pt or model.safetensors")
     p.add_argument("-o", "--output", help="output .pc path (default: the input's name with .pc)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--raw-fallback", action="store_true",
                    help="store a tensor that is not a permutation of its init losslessly instead of failing")
     p.add_argument("--level", choices=list(LEVELS), default=DEFAULT_LEVEL,
@@ -109,7 +112,7 @@ def run_encode(args) -> None:
     from .checkpoints import read_model
 
     output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"),
-                               (".pc",), "encode writes a .pc file: the output")
+                               (".pc",), "encode writes a .pc file: the output", args.force)
     state, spec, metadata = read_model(args.input)
     fallbacks = []
     codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, scheme=args.scheme,
@@ -130,6 +133,7 @@ def add_decode(sub) -> None:
     p.add_argument("-o", "--output", help="output path ending in .safetensors or .pt "
                                           "(default: the input's name with .safetensors)")
     p.add_argument("--device", default="cpu", help="device to rebuild on: cpu or cuda (default cpu)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the SHA-256 check of each rebuilt tensor (checksums are still checked)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -143,7 +147,7 @@ def run_decode(args) -> None:
     from .checkpoints import check_decode_output, write_decoded
     from .devices import checked_device
 
-    output = check_decode_output(args.output or Path(args.input).with_suffix(".safetensors"))
+    output = check_decode_output(args.output or Path(args.input).with_suffix(".safetensors"), args.force)
     device = checked_device(args.device)
     with codec.safe_open(args.input, device=device, verify=args.verify) as f:
         tensors = codec.decode_all(f, progress=not args.quiet)
@@ -217,6 +221,7 @@ def add_demo(sub) -> None:
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--seed", type=int, default=0, help="init seed (default 0)")
     p.add_argument("--dir", default="permcodec-demo", help="where to write the files (default ./permcodec-demo)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite the files of an earlier demo in --dir")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run_demo)
 
@@ -227,7 +232,7 @@ def run_demo(args) -> None:
     from .demo import run_demo as demo
 
     summary = demo(args.dir, epochs=args.epochs, seed=args.seed, progress=not args.quiet,
-                   log=lambda line: print(line, file=sys.stderr))
+                   log=lambda line: print(line, file=sys.stderr), overwrite=args.force)
     print(json.dumps(summary))
 
 
@@ -256,6 +261,10 @@ def main(argv=None) -> int:
     except (PermcodecError, OSError) as err:
         print(f"permcodec {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        # Every output is written atomically (temp file, then rename), so an interrupt leaves none half-written.
+        print(f"permcodec {args.command}: interrupted; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

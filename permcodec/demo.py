@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import codec
+from .atomicfile import check_output_path
 from .checkpoints import write_tensors
 from .errors import IntegrityError
 from .inspection import describe, same_bits
@@ -25,11 +26,16 @@ def mismatched_tensors(decoded: dict, trained: dict) -> list[str]:
             if name not in decoded or name not in trained or not same_bits(decoded[name], trained[name])]
 
 
+DEMO_FILES = ("model.pt", "model.pc", "model.fp32.safetensors", "decoded.safetensors")
+
+
 def run_demo(out_dir, epochs: int = 5, seed: int = 0, progress: bool = True, log=print,
-             steps: int | None = None) -> dict:
+             steps: int | None = None, overwrite: bool = False) -> dict:
     # One function on purpose: the demo's four steps read top to bottom, as the README lists them.
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_FILES:  # before training: a demo never overwrites an earlier one unless asked
+        check_output_path(out / name, overwrite=overwrite)
     config = TrainConfig(model="conv7", data="mnist5k", epochs=epochs, seed=seed, steps=steps)
     log(f"1/4 train: {config.model} on {config.data}, {epochs} epochs, LaPerm k={config.k}")
     state = train(config, progress=progress, log=lambda record: None)

@@ -169,7 +169,8 @@ def test_writer_killed_mid_write_leaves_the_old_target_and_a_temp_the_next_write
     source = tmp_path / "model.pt"
     torch.save({"state_dict": model.state_dict(), "init": spec.to_dict()}, source)
     if command == "encode":
-        args, target = ["encode", str(source), "-o", str(tmp_path / "model.pc")], tmp_path / "model.pc"
+        # onto an existing file, so -f (without it the CLI refuses to overwrite)
+        args, target = ["encode", str(source), "-o", str(tmp_path / "model.pc"), "-f"], tmp_path / "model.pc"
     else:
         permcodec.save(model, tmp_path / "model.pc")
         args, target = ["decode", str(tmp_path / "model.pc"), "-o", str(tmp_path / "out.safetensors")], \
