@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import safetensors
@@ -73,18 +74,45 @@ def _load_weights_only(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FormatError(f"{path} is not a weights-only torch checkpoint: {first_line}") from None
+        raise FormatError(f"{path} is not a weights-only torch checkpoint: {why_not_weights_only(err)}") from None
+
+
+def why_not_weights_only(err: BaseException) -> str:
+    """torch's refusal in one plain line: the class the pickle names, without torch's advice to unpickle it
+    anyway (permcodec never runs code from a file) and without its terminal colour codes."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if found:
+        return (f"its pickle refers to {found.group(1)}, which permcodec does not load (only tensors and plain "
+                f"containers, so that no code in a file can run); save the weights instead: "
+                f"torch.save({{'state_dict': model.state_dict(), 'init': spec.to_dict()}}, path)")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    if "Weights only load failed" in text:
+        return ("torch cannot read it weights-only (as tensors and plain containers), and permcodec never "
+                "unpickles anything else")
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _read_checkpoint(path: Path):
     ckpt = _load_weights_only(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+    if not isinstance(ckpt, dict):
+        raise FormatError(f"{path} is not a permcodec checkpoint: it holds a {type(ckpt).__name__}, not a dict "
+                          f"with 'state_dict' and 'init'")
+    if ckpt.get("init") is None and is_plain_weights(ckpt):
+        raise FormatError(NOT_LAPERM.format(path=path))
+    if not isinstance(ckpt.get("state_dict"), dict):
         raise FormatError(f"{path} is not a permcodec checkpoint: expected a dict with a 'state_dict' entry")
-    if ckpt.get("init") is None:
-        raise FormatError(f"{path} has no 'init' record: train it with 'permcodec train', or save "
-                          f"{{'state_dict': ..., 'init': spec.to_dict()}}")
     return ckpt["state_dict"], InitSpec.from_dict(ckpt["init"]), carried_metadata(ckpt, path)
+
+
+NOT_LAPERM = ("{path} holds weights without an init spec, so they are not a LaPerm model: permcodec stores "
+              "networks trained by LaPerm from a permcodec.init_ draw (train one with 'permcodec train', or in "
+              "Python call permcodec.init_(model, seed) before training with permcodec.LaPerm)")
+
+
+def is_plain_weights(obj: dict) -> bool:
+    """A state_dict, or a checkpoint dict around one, without an init spec: an ordinary (non-LaPerm) model."""
+    state = obj.get("state_dict", obj)
+    return isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
 
 
 def carried_metadata(ckpt: dict, path: Path) -> dict[str, str]:

@@ -107,20 +107,28 @@ def add_encode(sub) -> None:
 def run_encode(args) -> None:
     from pathlib import Path
 
+    import json
+
     from . import codec
     from .atomicfile import check_output_path
     from .checkpoints import read_model
+    from .encoder import refuse_baseline
+    from .inspection import describe
 
     output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"),
                                (".pc",), "encode writes a .pc file: the output", args.force)
     state, spec, metadata = read_model(args.input)
+    refuse_baseline(json.loads(metadata.get("permcodec.config", "{}")), args.input, args.raw_fallback)
     fallbacks = []
     codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, scheme=args.scheme,
-               metadata=metadata,
-               progress=not args.quiet, fallbacks=fallbacks)
+               metadata=metadata, progress=not args.quiet, fallbacks=fallbacks)
     for f in fallbacks:
         print(f"stored {f.name!r} losslessly (raw): row {f.row} is not a permutation ({f.reason})", file=sys.stderr)
-    print(f"wrote {output} ({output.stat().st_size:,} bytes)", file=sys.stderr)
+    totals = describe(output)["totals"]
+    print(f"wrote {output}: {output.stat().st_size:,} bytes; permuted weights at "
+          f"{_number(totals['permuted_bits_per_weight'], '.3f')} bits/weight, "
+          f"{_number(totals['ratio_to_bound'], '.4f')} x bound; file {_number(totals['ratio_to_fp16'], '.3f')} x "
+          f"its fp16 size", file=sys.stderr)
 
 
 def add_decode(sub) -> None:
@@ -181,11 +189,17 @@ def run_info(args) -> None:
               f"{_number(t['ratio_to_fp32'], '.3f'):>7}")
     tot = info["totals"]
     print(f"{tot['tensors']} tensors, {tot['elements']:,} elements, file {info['file_bytes']:,} bytes "
-          f"({_number(tot['ratio_to_fp32'], '.3f')} x fp32)")
+          f"({_number(tot['ratio_to_fp32'], '.3f')} x fp32, {_number(tot['ratio_to_fp16'], '.3f')} x fp16)")
     if tot["permuted_tensors"]:
         print(f"permuted: {tot['permuted_tensors']} tensors, {tot['permuted_weights']:,} weights, "
               f"{_number(tot['permuted_bits_per_weight'], '.3f')} bits/weight, "
-              f"bound {_number(tot['bound_bits_per_weight'], '.3f')} ({_number(tot['ratio_to_bound'], '.3f')} x bound)")
+              f"bound {_number(tot['bound_bits_per_weight'], '.3f')} ({_number(tot['ratio_to_bound'], '.4f')} x bound)")
+    if info["config"] is not None:
+        config = info["config"]
+        print("trained: " + (" ".join(f"{key}={value}" for key, value in config.items())
+                             if isinstance(config, dict) else json.dumps(config)))
+    if info["test_acc"] is not None:
+        print(f"test accuracy of the stored weights: {info['test_acc']:.4f}")
 
 
 def _number(value: float | None, spec: str) -> str:

@@ -12,15 +12,19 @@ arguments and names the entry points. See specs/format.md.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 from torch import nn
 
 from .atomicfile import atomic_write_bytes, check_output_path
 from .bits import sha256_of, tensor_bytes  # noqa: F401 (part of the codec's API)
 from .decoder import PCFile
-from .encoder import Fallback, encode_state, state_and_spec  # noqa: F401 (Fallback: what encode reports)
+from .encoder import Fallback, encode_state, refuse_baseline, state_and_spec  # noqa: F401 (Fallback: what encode reports)
 from .errors import SpecError
 from .format import schemes
 from .format.container import Limits
+from .progress import progress as progress_lines
 from .init.initspec import InitSpec, attach_spec
 
 
@@ -36,6 +40,8 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.D
     permutation of its init, unless ``raw_fallback``: then it is stored
     losslessly and a ``Fallback`` is appended to ``fallbacks``.
     """
+    if isinstance(obj, Mapping):
+        refuse_baseline(obj.get("config"), "this checkpoint", raw_fallback)
     state, spec = state_and_spec(obj, init)
     level = schemes.level_named(level)
     if scheme is not None:
@@ -76,10 +82,14 @@ def load(path, device="cpu", verify: bool = True, limits: Limits | None = None, 
 
 def decode_all(f: PCFile, progress: bool = False) -> dict:
     """Every tensor of an open file, in file order."""
-    from tqdm import tqdm
-
-    names = f.keys()
-    return {name: f.get_tensor(name) for name in tqdm(names, disable=not progress, desc="decode", leave=False)}
+    elements = {name: math.prod(f.record(name)["shape"]) for name in f.keys()}
+    bar = progress_lines(sum(elements.values()), "decode", "weights", progress)
+    tensors = {}
+    for name, count in elements.items():
+        tensors[name] = f.get_tensor(name)
+        bar.update(count)
+    bar.close()
+    return tensors
 
 
 def load_into(module: nn.Module, path, strict: bool = True, verify: bool = True):

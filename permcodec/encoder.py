@@ -15,6 +15,7 @@ from torch import nn
 
 from . import perm
 from .bits import sha256_of, tensor_bytes
+from .progress import progress as progress_lines
 from .dtypes import dtype_name
 from .errors import NotAPermutationError, SpecError
 from .format import container, schemes
@@ -46,6 +47,17 @@ def state_and_spec(obj, init) -> tuple[dict[str, torch.Tensor], InitSpec]:
         raise SpecError(f"init spec names tensor(s) the state_dict lacks: {', '.join(missing)}")
     refuse_aliased(state.items(), names=spec.names())
     return dict(state), spec
+
+
+BASELINE = ("{what} was trained with --baseline (the inner optimizer alone, without LaPerm), so its weights are "
+            "no longer permutations of their initial values and permcodec cannot store them as such; train without "
+            "--baseline, or store every tensor losslessly with --raw-fallback (Python: raw_fallback=True)")
+
+
+def refuse_baseline(config, what: str, raw_fallback: bool) -> None:
+    """NotAPermutationError for a run trained without LaPerm (its config says baseline), unless ``raw_fallback``."""
+    if isinstance(config, Mapping) and config.get("baseline") is True and not raw_fallback:
+        raise NotAPermutationError(BASELINE.format(what=what))
 
 
 def initial_rows(record: TensorInit, device="cpu") -> perm.SortedRows:
@@ -123,11 +135,8 @@ def encode_state(state: dict[str, torch.Tensor], spec: InitSpec, level: schemes.
                  raw_fallback: bool, fallbacks: list | None, metadata: dict[str, str] | None,
                  progress: bool) -> bytes:
     """The .pc bytes of a checked state_dict and spec (see ``codec.encode`` for the options)."""
-    from tqdm import tqdm
-
     records, sections = [], []
-    bar = tqdm(total=sum(t.numel() for t in state.values()), disable=not progress, unit="w", unit_scale=True,
-               desc="encode", leave=False)
+    bar = progress_lines(sum(t.numel() for t in state.values()), "encode", "weights", progress)
     for name, tensor in state.items():
         record, section = encode_tensor(name, tensor, spec, level, scheme, raw_fallback, fallbacks)
         records.append(record)

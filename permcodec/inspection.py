@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -30,43 +31,69 @@ def ratio(numerator: float, denominator: float) -> float | None:
 
 
 def describe(path, limits: Limits | None = None) -> dict:
-    """Per-tensor sizes and bounds, and totals, of the .pc file at ``path``."""
+    """What ``permcodec info --json`` prints for the .pc file at ``path``: per-tensor sizes, schemes, bits per
+    weight and bounds; totals with ratios to the bound, fp32 and fp16; every metadata value, and the training
+    config and final test accuracy where the file carries them."""
     with codec.safe_open(path, limits=limits) as f:
         records = [f.record(name) for name in f.keys()]
         metadata = f.metadata()
-    tensors = []
-    bound_total = 0.0
-    for record in records:
-        numel = math.prod(record["shape"])
-        permuted = record["kind"] == "permuted"
-        bound = bound_bits(record) if permuted else None
-        bound_total += bound or 0.0
-        tensors.append({
-            "name": record["name"], "kind": record["kind"], "dtype": record["dtype"], "shape": record["shape"],
-            "scheme": record["scheme"] if permuted else record["codec"],
-            "bytes": record["length"], "bits_per_weight": ratio(8 * record["length"], numel),
-            "bound_bits_per_weight": ratio(bound, numel) if permuted else None,
-            "ratio_to_bound": ratio(8 * record["length"], bound) if permuted else None,
-            "ratio_to_fp32": ratio(record["length"], 4 * numel),
-            "init": record.get("init"),
-        })
+    tensors = [tensor_figures(record) for record in records]
+    return {"file_bytes": os.path.getsize(path), "tensors": tensors,
+            "totals": totals(tensors, os.path.getsize(path)), "metadata": metadata,
+            "config": json_value(metadata, "permcodec.config"), "test_acc": stored_test_accuracy(metadata)}
+
+
+def tensor_figures(record: dict) -> dict:
+    numel = math.prod(record["shape"])
+    permuted = record["kind"] == "permuted"
+    bound = bound_bits(record) if permuted else None
+    return {
+        "name": record["name"], "kind": record["kind"], "dtype": record["dtype"], "shape": record["shape"],
+        "scheme": record["scheme"] if permuted else record["codec"],
+        "bytes": record["length"], "bits_per_weight": ratio(8 * record["length"], numel),
+        "bound_bits": bound, "bound_bits_per_weight": ratio(bound, numel) if permuted else None,
+        "ratio_to_bound": ratio(8 * record["length"], bound) if permuted else None,
+        "ratio_to_fp32": ratio(record["length"], 4 * numel), "ratio_to_fp16": ratio(record["length"], 2 * numel),
+        "init": record.get("init"),
+    }
+
+
+def totals(tensors: list[dict], file_bytes: int) -> dict:
     permuted = [t for t in tensors if t["kind"] == "permuted"]
     permuted_weights = sum(math.prod(t["shape"]) for t in permuted)
     permuted_bytes = sum(t["bytes"] for t in permuted)
-    all_elements = sum(math.prod(t["shape"]) for t in tensors)
-    file_bytes = os.path.getsize(path)
+    bound = sum(t["bound_bits"] for t in permuted)
+    elements = sum(math.prod(t["shape"]) for t in tensors)
     return {
-        "file_bytes": file_bytes, "tensors": tensors, "metadata_keys": sorted(metadata),
-        "totals": {
-            "tensors": len(tensors), "permuted_tensors": len(permuted), "elements": all_elements,
-            "permuted_weights": permuted_weights, "permuted_bytes": permuted_bytes,
-            "permuted_bits_per_weight": ratio(8 * permuted_bytes, permuted_weights),
-            "bound_bits_per_weight": ratio(bound_total, permuted_weights),
-            "ratio_to_bound": ratio(8 * permuted_bytes, bound_total),
-            "file_bits_per_element": ratio(8 * file_bytes, all_elements),
-            "ratio_to_fp32": ratio(file_bytes, 4 * all_elements),
-        },
+        "tensors": len(tensors), "permuted_tensors": len(permuted), "elements": elements,
+        "permuted_weights": permuted_weights, "permuted_bytes": permuted_bytes,
+        "permuted_bits_per_weight": ratio(8 * permuted_bytes, permuted_weights),
+        "bound_bits_per_weight": ratio(bound, permuted_weights),
+        "ratio_to_bound": ratio(8 * permuted_bytes, bound),
+        "file_bits_per_element": ratio(8 * file_bytes, elements),
+        "ratio_to_fp32": ratio(file_bytes, 4 * elements), "ratio_to_fp16": ratio(file_bytes, 2 * elements),
     }
+
+
+def json_value(metadata: dict[str, str], key: str):
+    """The JSON value the trainer stored under ``key``, or None where it is missing or not JSON."""
+    try:
+        return json.loads(metadata[key]) if key in metadata else None
+    except json.JSONDecodeError:
+        return None
+
+
+def stored_test_accuracy(metadata: dict[str, str]) -> float | None:
+    """The test accuracy of the stored weights, from the trainer's metrics: the last epoch's, or the best
+    epoch's where the run kept its best weights (``--keep best``)."""
+    metrics = json_value(metadata, "permcodec.metrics")
+    epochs = [m for m in metrics if isinstance(m, dict) and "epoch" in m
+              and isinstance(m.get("test_acc"), (int, float))] if isinstance(metrics, list) else []
+    if not epochs:
+        return None
+    config = json_value(metadata, "permcodec.config")
+    keep_best = isinstance(config, dict) and config.get("keep") == "best"
+    return max(m["test_acc"] for m in epochs) if keep_best else epochs[-1]["test_acc"]
 
 
 def verify(path, against=None, device="cpu", limits: Limits | None = None) -> dict:
@@ -81,10 +108,30 @@ def verify(path, against=None, device="cpu", limits: Limits | None = None) -> di
             raise IntegrityError(f"tensor names differ: only in the .pc file {only_file}, only in "
                                  f"{against} {only_model}")
         for name, tensor in tensors.items():
-            if not same_bits(tensor, expected[name]):
-                raise IntegrityError(f"tensor {name!r} differs from {against}")
+            difference = bit_difference(tensor.cpu(), expected[name])
+            if difference:
+                raise IntegrityError(f"tensor {name!r} differs from {against}: {difference}")
         report["against"] = str(against)
     return report
+
+
+def bit_difference(decoded: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """None if the two tensors hold the same bits; else how they differ: dtype, shape, or how many elements
+    differ and the index of the first."""
+    if decoded.dtype != expected.dtype:
+        return f"dtype {decoded.dtype} in the .pc file, {expected.dtype} in the model"
+    if decoded.shape != expected.shape:
+        return f"shape {tuple(decoded.shape)} in the .pc file, {tuple(expected.shape)} in the model"
+    if same_bits(decoded, expected):
+        return None
+    as_bytes = [torch.frombuffer(bytearray(codec.tensor_bytes(t)), dtype=torch.uint8).reshape(-1, t.element_size())
+                for t in (decoded, expected)]
+    differs = (as_bytes[0] != as_bytes[1]).any(dim=1)
+    first = int(differs.nonzero()[0])
+    index = [int(i) for i in torch.unravel_index(torch.tensor(first), decoded.shape)] if decoded.dim() else []
+    return (f"{int(differs.sum()):,} of {decoded.numel():,} elements differ in their bits, the first at index "
+            f"{index} ({decoded.reshape(-1)[first].item()!r} in the .pc file, "
+            f"{expected.reshape(-1)[first].item()!r} in the model)")
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -118,7 +118,8 @@ def test_wrong_version(capsys, tmp_path):
 
 def test_model_pt_without_init(capsys, tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp_path / "m.pt")
-    assert "has no 'init' record" in one_line_error(capsys, "encode", tmp_path / "m.pt")
+    assert "holds weights without an init spec, so they are not a LaPerm model" in one_line_error(
+        capsys, "encode", tmp_path / "m.pt")  # one plain message (issue 12), was "has no 'init' record"
 
 
 def test_missing_input(capsys, tmp_path):
