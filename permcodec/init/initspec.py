@@ -38,14 +38,17 @@ class TensorInit:
 
     @property
     def numel(self) -> int:
+        """Elements of the tensor."""
         return math.prod(self.shape)
 
     def to_dict(self) -> dict:
+        """The record as a JSON- and msgpack-safe dict (specs/rng.md Section 7)."""
         return {"name": self.name, "shape": list(self.shape), "seed": self.seed, "stream": self.stream,
                 "dist": self.dist, "params": self.params}
 
     @classmethod
     def from_dict(cls, d) -> "TensorInit":
+        """The record of ``to_dict``, every field checked; SpecError names what is wrong."""
         expected = {"name", "shape", "seed", "stream", "dist", "params"}
         found = key_mismatch(d, expected)
         if found:
@@ -71,6 +74,7 @@ class TensorInit:
         return distributions.sample(self.dist, self.params, self.seed, self.stream, start, count, device)
 
     def regenerate(self, device="cpu") -> torch.Tensor:
+        """The tensor's initial values on ``device``, bit-identical on every device and torch version."""
         return self.sample(device=device).reshape(self.shape)
 
 
@@ -111,6 +115,7 @@ class InitSpec:
         return f"InitSpec({len(self)} tensors: {', '.join(self.records)})"
 
     def names(self) -> list[str]:
+        """The tensor names of the spec, in order."""
         return list(self.records)
 
     def regenerate(self, name: str, device="cpu") -> torch.Tensor:
@@ -124,6 +129,7 @@ class InitSpec:
 
     @classmethod
     def from_dict(cls, d) -> "InitSpec":
+        """The spec of ``to_dict`` (from JSON, a checkpoint or a safetensors file), every record checked."""
         if not isinstance(d, dict) or d.get("format") != SPEC_FORMAT:
             raise SpecError(f"not a permcodec init spec: expected a map with format={SPEC_FORMAT!r}")
         if type(d.get("version")) is not int or d.get("version") != SPEC_VERSION:
@@ -206,9 +212,22 @@ def init_(module: nn.Module, seed: int, dist: str = "he_uniform", *, bias: bool 
           **params) -> InitSpec:
     """Draw every Conv/Linear weight of ``module`` (and bias, if ``bias``) from ``dist``; returns the spec.
 
-    Streams are numbered 0, 1, 2, ... in module order. The spec is attached to
-    the module, where ``LaPerm`` and ``save`` find it. torch's RNG is not used.
-    Tied or aliased targets are refused before any value changes.
+    ``dist`` and its keyword parameters (specs/rng.md Section 6 defines each draw):
+
+    - ``"he_uniform"`` (default), ``"glorot_uniform"``: U(-bound, bound), the bound from the tensor's fans;
+      no parameters.
+    - ``"he_normal"``, ``"glorot_normal"``: N(0, std), std from the fans; no parameters.
+    - ``"uniform"``: U(low, high); ``low=0.0``, ``high=1.0``.
+    - ``"normal"``: N(mean, std); ``mean=0.0``, ``std=1.0``.
+    - ``"sparse"``: each value kept with probability ``density`` (required, in (0, 1]) and drawn from
+      ``base`` (default ``"he_uniform"``; any of the six above, with its own parameters), else 0.0.
+    - ``"shared"``: each value is ``value`` (required, non-zero) with probability ``density`` (required),
+      else 0.0.
+
+    Parameters are stored as float32. Streams are numbered 0, 1, 2, ... in
+    module order. The spec is attached to the module, where ``LaPerm`` and
+    ``save`` find it. torch's RNG is not used. Tied or aliased targets are
+    refused before any value changes.
     """
     seed = check_seed(seed)
     targets = init_targets(module, bias)
