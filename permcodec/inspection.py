@@ -11,7 +11,6 @@ import torch
 from . import codec, perm
 from .checkpoints import read_tensors
 from .decoder import memory_errors_named, tensor_init
-from .encoder import initial_rows
 from .errors import IntegrityError
 from .format.container import Limits
 
@@ -21,8 +20,8 @@ def bound_bits(record: dict) -> float:
     if math.prod(record["shape"]) == 0:
         return 0.0  # and nothing regenerated: an empty shape may have 2^31 - 1 rows or a row that long
     with memory_errors_named(record):
-        initial = initial_rows(tensor_init(record))
-        return perm.permutation_bound_bits(initial.pool())
+        rows = tensor_init(record).regenerate().reshape(perm.row_shape(record["shape"]))
+        return perm.permutation_bound_bits(perm.sorted_pool(rows))  # a sort, not the encoder's argsort
 
 
 def ratio(numerator: float, denominator: float) -> float | None:

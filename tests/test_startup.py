@@ -87,3 +87,34 @@ def test_load_on_cuda_without_cuda_is_a_spec_error():
     path = Path(__file__).parent / "fixtures" / "tiny_linear.pc"
     with pytest.raises(SpecError, match=r"^device 'cuda' was asked for, but no CUDA device is available$"):
         permcodec.load(path, device="cuda")
+
+
+SMALL_JOB = """
+import sys
+from permcodec.init import distributions, rng
+words = rng.philox_blocks(7, 3, 0, 5, {blocks})
+ints = distributions.uniform_integers(7, 3, 5, 1001, "cpu")
+print("numba" in sys.modules, words.sum().item(), ints.sum().item())
+"""
+
+
+def test_a_small_job_does_not_load_numba_and_draws_the_same_words():
+    """Loading numba costs ~0.5 s: a process with only small draws (info, a small model) stays on torch."""
+    small = subprocess.run([sys.executable, "-c", SMALL_JOB.format(blocks=1000)], capture_output=True, text=True,
+                           timeout=120).stdout.split()
+    forced = subprocess.run([sys.executable, "-c", "import numba\n" + SMALL_JOB.format(blocks=1000)],
+                            capture_output=True, text=True, timeout=120).stdout.split()
+    assert small[0] == "False" and forced[0] == "True"
+    assert small[1:] == forced[1:]
+
+
+@pytest.mark.skipif(permcodec.init.rng.compiled_kernel() is None, reason="numba is not installed")
+def test_a_large_job_loads_numba():
+    done = subprocess.run([sys.executable, "-c", SMALL_JOB.format(blocks=1 << 21)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split()[0] == "True"
+
+
+def test_info_of_a_small_file_does_not_load_numba():
+    path = Path(__file__).parent / "fixtures" / "conv_layers.pc"
+    assert probe(["info", str(path)]) == "exit 0 torch True False"

@@ -119,7 +119,7 @@ def uniform53(high_word: torch.Tensor, low_word: torch.Tensor) -> torch.Tensor:
 
 def uniform_integers(seed, stream, start, count, device) -> torch.Tensor:
     """The 53-bit integer k of each element (words 2h, 2h+1 of block i >> 1); compiled on the CPU."""
-    if compiled_kernel() is not None and torch.device(device).type == "cpu":
+    if compiled_kernel(count // 2 + 1) is not None and torch.device(device).type == "cpu":
         from . import _uniform_numba
 
         return torch.from_numpy(_uniform_numba.uniform53(check_seed(seed), check_stream(stream), start, count))

@@ -21,6 +21,7 @@ This module checks the arguments and picks one.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from .. import backend
@@ -40,16 +41,24 @@ def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int
     stream = check_stream(stream)
     if start < 0 or count < 0 or start + count > MAX_BLOCKS:
         raise SpecError(f"block range [{start}, {start + count}) is outside [0, 2**63)")
-    if torch.device(device).type == "cpu" and compiled_kernel() is not None:
-        return torch.from_numpy(compiled_kernel().philox_blocks(seed, stream, substream, start, count))
+    if torch.device(device).type == "cpu" and compiled_kernel(count) is not None:
+        return torch.from_numpy(compiled_kernel(count).philox_blocks(seed, stream, substream, start, count))
     from . import _philox_torch
 
     return _philox_torch.philox_blocks(seed, stream, substream, start, count, device)
 
 
-def compiled_kernel():
-    """The numba module, or None without numba or with PERMCODEC_BACKEND=numpy (then torch runs Philox)."""
+# Loading numba and its cached kernels costs a process about 0.5 s; the torch path draws about 2^21 blocks in
+# that time. So small jobs in a process that has not loaded numba (``info``, small models) stay on torch.
+COMPILED_MIN_BLOCKS = 1 << 21
+
+
+def compiled_kernel(blocks: int | None = None):
+    """The numba module, or None (then torch runs Philox): without numba, with PERMCODEC_BACKEND=numpy, or for
+    a job of fewer than COMPILED_MIN_BLOCKS ``blocks`` while numba is not loaded yet. Both give the same words."""
     if backend.chosen() == "numpy":
+        return None
+    if blocks is not None and blocks < COMPILED_MIN_BLOCKS and "numba" not in sys.modules:
         return None
     from . import _philox_numba
 
