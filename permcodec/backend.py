@@ -8,9 +8,13 @@ words, and the tests compare them; ``kernels`` hands out the chosen one.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
+import stat
+import tempfile
+from pathlib import Path
 
 from .errors import SpecError
 
@@ -37,5 +41,57 @@ def chosen(backend: str | None = None) -> str:
 
 def kernels(package: str, numba_module: str, fallback_module: str, backend: str | None = None):
     """The module of ``package`` that implements the chosen backend (imported on first use)."""
-    name = numba_module if chosen(backend) == "numba" else fallback_module
-    return importlib.import_module(f"{package}.{name}")
+    if chosen(backend) == "numba":
+        prepare_numba_cache()
+        return importlib.import_module(f"{package}.{numba_module}")
+    return importlib.import_module(f"{package}.{fallback_module}")
+
+
+# Where numba caches the @njit(cache=True) kernels: $NUMBA_CACHE_DIR if set, else the
+# __pycache__ beside each source file, else its user-wide dir (~/.cache/numba). When none
+# is writable (a read-only install run by a user without a writable home) numba raises
+# RuntimeError("no locator available") as the kernel module is imported.
+NUMBA_KERNEL_DIRS = ("format", "init")  # the subpackages holding _*_numba.py
+
+
+@functools.cache
+def prepare_numba_cache() -> None:
+    """Give numba a private cache dir under the temp dir when it would have none; call before importing a kernel."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    from numba.misc.appdirs import AppDirs
+
+    in_tree = [Path(__file__).parent / name / "__pycache__" for name in NUMBA_KERNEL_DIRS]
+    user_wide = Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
+    if all(map(_writable_dir, in_tree)) or _writable_dir(user_wide):
+        return
+    path = str(_private_temp_dir())
+    os.environ["NUMBA_CACHE_DIR"] = path  # read again whenever numba reloads its config
+
+    import numba
+
+    numba.config.CACHE_DIR = path
+
+
+def _writable_dir(path: Path) -> bool:
+    """The test numba applies: the dir can be created and a file made in it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+def _private_temp_dir() -> Path:
+    """<tempdir>/permcodec-numba-<uid>, kept across runs if ours alone (numba's cache files are pickles), else a fresh one."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    path = Path(tempfile.gettempdir()) / f"permcodec-numba-{uid}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+        if stat.S_ISDIR(info.st_mode) and (uid is None or info.st_uid == uid) and not info.st_mode & 0o077:
+            return path
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="permcodec-numba-"))

