@@ -1,4 +1,4 @@
-"""The LaPerm wrapper: sync schedule, permutation invariant, resume, bias and BN handling."""
+"""The LaPerm wrapper: sync schedule and rules, permutation invariant, resume, bias and BN handling, the spec."""
 
 import pytest
 import torch
@@ -68,6 +68,7 @@ def test_callable_k():
 
 def test_bad_k():
     model = net()
+    init_(model, 0)
     with pytest.raises(SpecError, match="k must be a positive integer or a callable of the step, found 0"):
         LaPerm(model, torch.optim.SGD(model.parameters(), lr=0.1), k=0)
     opt = LaPerm(model, torch.optim.SGD(model.parameters(), lr=0.1), k=lambda step: -1)
@@ -78,7 +79,7 @@ def test_bad_k():
 def test_without_spec_the_current_weights_are_the_pool():
     model = net()
     pools = {n: perm.sorted_pool(perm.as_rows(p.detach())) for n, p in model.named_parameters() if n.endswith("weight")}
-    opt = LaPerm(model, torch.optim.Adam(model.parameters(), lr=0.05), k=2)
+    opt = LaPerm(model, torch.optim.Adam(model.parameters(), lr=0.05), k=2, require_spec=False)
     assert [name for name, _ in opt.targets] == ["0.weight", "4.weight"]  # BN is never permuted
     train_steps(opt, model, 4)
     assert bool(perm.is_row_permutation(model[0].weight, pools["0.weight"]).all())
@@ -138,3 +139,114 @@ def test_spec_that_does_not_fit_the_model():
     spec = init_(nn.Sequential(nn.Linear(3, 3)), 0)
     with pytest.raises(SpecError, match=r"tensor '0.weight': model shape \(4, 1, 3, 3\), init spec shape \(3, 3\)"):
         LaPerm(net(), torch.optim.SGD(net().parameters(), lr=0.1), init=spec)
+
+
+NO_SPEC = ("the model has no init spec: call permcodec.init_(model, seed) before LaPerm (or pass init=spec); to "
+           "permute its current weights without one (not storable as .pc), pass require_spec=False")
+
+
+def test_a_model_without_spec_is_refused_at_construction():
+    model = net()
+    before = bits(model[0].weight).clone()
+    with pytest.raises(SpecError) as error:
+        LaPerm(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert str(error.value) == NO_SPEC
+    assert torch.equal(bits(model[0].weight), before)
+    init_(model, 0)
+    assert LaPerm(model, torch.optim.SGD(model.parameters(), lr=0.1)).spec is not None  # the attached spec
+
+
+def test_a_spec_passed_as_init_is_enough():
+    model = net()
+    spec = init_(net(), 0)  # drawn for another model of the same shapes: nothing attached to this one
+    assert LaPerm(model, torch.optim.SGD(model.parameters(), lr=0.1), init=spec).spec is spec
+
+
+def test_bad_k_rule():
+    model = net()
+    init_(model, 0)
+    with pytest.raises(SpecError) as error:
+        LaPerm(model, torch.optim.SGD(model.parameters(), lr=0.1), k_rule="every_k")
+    assert str(error.value) == "k_rule must be 'since_sync' or 'global_step', found 'every_k'"
+
+
+def test_k_can_be_reassigned_and_is_checked():
+    model = net()
+    init_(model, 0)
+    opt = LaPerm(model, torch.optim.SGD(model.parameters(), lr=0.1), k=5)
+    opt.k = 2
+    train_steps(opt, model, 2)
+    assert opt.syncs == 1
+    with pytest.raises(SpecError, match=r"^k must be a positive integer or a callable of the step, found 0$"):
+        opt.k = 0
+
+
+def sync_steps(k_rule, k, steps, manual_sync_after=None):
+    """The steps after which a LaPerm with ``k_rule`` synced (k may be a callable of the step)."""
+    model = net()
+    init_(model, 11)
+    opt = LaPerm(model, torch.optim.Adam(model.parameters(), lr=0.05), k=k, k_rule=k_rule)
+    synced_at = []
+    for step in range(1, steps + 1):
+        syncs = opt.syncs
+        train_steps(opt, model, 1)
+        if opt.syncs > syncs:
+            synced_at.append(step)
+        if step == manual_sync_after:
+            opt.sync()
+    return synced_at, model
+
+
+def test_the_two_rules_agree_for_a_constant_k():
+    since, model_since = sync_steps("since_sync", 3, 10)
+    global_, model_global = sync_steps("global_step", 3, 10)
+    assert since == global_ == [3, 6, 9]
+    for a, b in zip(model_since.parameters(), model_global.parameters()):
+        assert torch.equal(bits(a), bits(b))
+
+
+def test_global_step_syncs_on_multiples_of_the_k_in_force():
+    """The reference rule: k from a per-epoch schedule (here epochs of 4 steps: k=3, then k=2), sync when
+    step % k == 0; since_sync counts the new k from its last sync, at step 3."""
+    def k(step):  # asked after each step with the steps taken: the step just taken is in epoch (step - 1) // 4
+        return 3 if (step - 1) // 4 == 0 else 2
+
+    assert sync_steps("global_step", k, 10)[0] == [3, 6, 8, 10]
+    assert sync_steps("since_sync", k, 10)[0] == [3, 5, 7, 9]
+
+
+def test_after_a_manual_sync_since_sync_counts_afresh():
+    assert sync_steps("since_sync", 4, 12, manual_sync_after=2)[0] == [6, 10]
+    assert sync_steps("global_step", 4, 12, manual_sync_after=2)[0] == [4, 8, 12]
+
+
+def test_inner_optimizer_state_persists_across_a_sync():
+    """As in the reference code, a sync changes the weights, never the inner optimizer's state."""
+    model = net()
+    init_(model, 12)
+    inner = torch.optim.Adam(model.parameters(), lr=0.05)
+    opt = LaPerm(model, inner, k=100)
+    train_steps(opt, model, 3)
+    weight = model[0].weight
+    before = {key: value.clone() for key, value in inner.state[weight].items()}
+    trained = bits(weight).clone()
+    opt.sync()
+    assert not torch.equal(bits(weight), trained)  # the sync moved the weights...
+    for key in ("step", "exp_avg", "exp_avg_sq"):  # ...and left Adam's moments and step count as they were
+        assert torch.equal(inner.state[weight][key], before[key]), key
+    assert bool(before["exp_avg"].abs().sum() > 0)
+
+
+def test_laperm_is_an_optimizer_lending_the_inner_groups_and_state():
+    model = net()
+    init_(model, 13)
+    inner = torch.optim.Adam(model.parameters(), lr=0.05)
+    opt = LaPerm(model, inner, k=2)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups is inner.param_groups and opt.defaults is inner.defaults
+    train_steps(opt, model, 3)
+    assert opt.state is inner.state and len(opt.state) > 0
+    opt.load_state_dict(opt.state_dict())  # the inner load_state_dict replaces its groups and state...
+    assert opt.param_groups is inner.param_groups and opt.state is inner.state  # ...and LaPerm follows
+    opt.param_groups[0]["lr"] = 0.5
+    assert inner.param_groups[0]["lr"] == 0.5

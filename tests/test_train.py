@@ -41,7 +41,8 @@ def conv7_checkpoint(tmp_path_factory):
 
 def test_saved_model_is_a_permutation_of_its_init(conv7_checkpoint):
     ckpt = torch.load(conv7_checkpoint, weights_only=True)
-    assert set(ckpt) == {"state_dict", "init", "config", "metrics"}
+    assert set(ckpt) == {"state_dict", "init", "config", "metrics", "synced", "resume"}
+    assert ckpt["synced"] is True and ckpt["resume"]["step"] == 7
     assert "layers.0.bias" in InitSpec.from_dict(ckpt["init"])  # conv7 permutes its biases
     assert_rows_are_permutations_of_init(ckpt)
     assert ckpt["metrics"][-1]["final"] and ckpt["metrics"][-1]["steps"] == 7
@@ -70,11 +71,11 @@ def test_checkpoint_holds_only_plain_types(tmp_path):
     state = train(TrainConfig(model="mlp", steps=2, batch_size=64), progress=False, log=lambda r: None)
     save_checkpoint(state, tmp_path / "m.pt")
     assert os.listdir(tmp_path) == ["m.pt"]  # no temp file left behind
-    plain = (torch.Tensor, dict, list, str, int, float, bool, type(None))
+    plain = (torch.Tensor, dict, list, tuple, str, int, float, bool, type(None))  # tuple: Adam's betas
 
     def walk(x):
         assert isinstance(x, plain), type(x)
-        for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ()):
+        for v in (x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()):
             walk(v)
 
     walk(torch.load(tmp_path / "m.pt", weights_only=True))

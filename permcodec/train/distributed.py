@@ -79,3 +79,16 @@ def ranks_agree(model: nn.Module, ranks: Ranks) -> bool:
     gathered = [torch.empty_like(digest) for _ in range(ranks.world)]
     torch.distributed.all_gather(gathered, digest)
     return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def gather_from_ranks(tensor: torch.Tensor, ranks: Ranks, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's ``tensor`` (same shape and dtype on each), on the CPU, in rank order; a collective.
+
+    The exchange goes through ``device``: nccl accepts only CUDA tensors, gloo CPU ones.
+    """
+    if ranks.world == 1:
+        return [tensor.cpu()]
+    local = tensor.to(device)
+    gathered = [torch.empty_like(local) for _ in range(ranks.world)]
+    torch.distributed.all_gather(gathered, local)
+    return [t.cpu() for t in gathered]

@@ -3,110 +3,60 @@
     permcodec train --model conv7 --epochs 10 --k 20 --seed 0 -o model.pt
     torchrun --standalone --nproc_per_node=2 -m permcodec train --model mlp --steps 50 -o model.pt
 
-The saved ``model.pt`` is a plain dict readable with ``torch.load(path, weights_only=True)``:
-``{"state_dict", "init" (InitSpec.to_dict()), "config", "metrics"}``. A LaPerm run
-always ends on a sync, and the "best" weights are taken only from synced states,
-so every saved model is an exact per-row permutation of its init.
+    state = train(TrainConfig(model="mlp", epochs=4, save_every=1), checkpoint_path="model.pt")
+    state = train(TrainConfig(model="mlp", epochs=8), resume=resume_from_checkpoint("model.pt"))
 
-The loop (`_train`): `start_run` sets up; each epoch `train_epoch` steps through this
-rank's shuffled shard and `epoch_record` tests the synced weights; the run ends on a
-sync (`end_on_sync`), and `final_summary` checks that every rank holds the same bits.
+The saved ``model.pt`` is a plain dict readable with ``torch.load(path, weights_only=True)``:
+``{"state_dict", "init" (InitSpec.to_dict()), "config", "metrics", "synced", "resume"}``
+(resume.py says what the last two hold). A LaPerm run always ends on a sync, and the
+"best" weights are taken only from synced states, so every final model is an exact
+per-row permutation of its init; a checkpoint written every ``save_every`` epochs holds
+the live weights, synced or not ("synced" says which).
+
+The loop (`_train`): `start_run` sets up (run.py), inside `reproducible`; each epoch
+(`run_epoch`) `train_epoch` steps through this rank's shuffled shard and `epoch_record`
+tests the synced weights; the run ends on a sync (`end_on_sync`), and `final_summary`
+checks that every rank holds the same bits.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..atomicfile import atomic_write
-from ..init.initspec import InitSpec, init_
+from ..progress import progress
+from ..errors import SpecError
+from ..init.initspec import InitSpec
 from . import data as datasets
 from .augment import AUGMENTATIONS, augment
-from .config import DEFAULT_LR, TrainConfig, check_config
-from .distributed import (
-    Ranks,
-    data_parallel,
-    rank_device,
-    ranks_agree,
-    shard,
-    start_distributed,
-)
-from .laperm import LaPerm
-from .models import build_model
+from .config import TrainConfig, check_config, k_for_epoch
+from .distributed import Ranks, rank_device, ranks_agree, start_distributed
+from .evaluate import evaluate
+from .reproducible import reproducible
+from .resume import Resume, check_resume
+from .run import Run, generator_states, start_run
 
 
 @dataclass
 class RunState:
-    """What a run produced: the model, its spec, its metrics and the weights to save."""
+    """What a run produced: the model, its spec, its metrics, the weights to save and where to continue from."""
 
     model: nn.Module
     spec: InitSpec
     config: TrainConfig
     metrics: list = field(default_factory=list)
     saved_state: dict | None = None
-
-
-def learning_rate(config: TrainConfig) -> float:
-    return config.lr if config.lr is not None else DEFAULT_LR[(config.optimizer, config.baseline)]
-
-
-# ---------------------------------------------------------------- the model and its optimizer
-
-def initialized_model(config: TrainConfig, dataset: datasets.Dataset,
-                      device: torch.device) -> tuple[nn.Module, InitSpec]:
-    """The model, drawn by init_; biases that are not permuted start at zero as in Keras."""
-    model = build_model(config.model, dataset.input_shape, dataset.num_classes)
-    spec = init_(model, config.seed, config.dist, bias=model.permute_bias)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias") and name not in spec and not _is_norm_param(model, name):
-                param.zero_()
-    return model.to(device), spec
-
-
-def _is_norm_param(model: nn.Module, name: str) -> bool:
-    owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    return isinstance(owner, nn.modules.batchnorm._BatchNorm)
-
-
-def inner_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    lr = learning_rate(config)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-
-
-def training_optimizer(config: TrainConfig, model: nn.Module, spec: InitSpec) -> LaPerm | torch.optim.Optimizer:
-    """What the loop steps: LaPerm around the inner optimizer, or the inner one alone in a baseline run."""
-    inner = inner_optimizer(config, model)
-    return inner if config.baseline else LaPerm(model, inner, k=config.k, init=spec, reset_bn=config.reset_bn)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x, y, device, weights: dict | None = None, batch_size: int = 1000):
-    """(loss, accuracy) on (x, y); ``weights`` temporarily replace the named parameters."""
-    params = dict(model.named_parameters())
-    saved = {name: params[name].detach().clone() for name in (weights or {})}
-    for name, value in (weights or {}).items():
-        params[name].copy_(value)
-    was_training = model.training
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for images, labels in datasets.iterate_batches(x, y, batch_size, shuffle=False, generator=None, device=device):
-        logits = model(images)
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-    model.train(was_training)
-    for name, value in saved.items():
-        params[name].copy_(value)
-    return total_loss / len(y), correct / len(y)
+    synced: bool = False            # whether saved_state is what a sync leaves (an exact permutation of the init)
+    resume: Resume | None = None    # the live weights, optimizer, random streams and counters at the end
+    resumed: dict | None = None     # the record logged when this run continued a Resume
+    best_acc: float = -1.0          # keep="best": the test accuracy of saved_state
 
 
 def cpu_state(model: nn.Module, synced: dict | None = None) -> dict:
@@ -116,27 +66,18 @@ def cpu_state(model: nn.Module, synced: dict | None = None) -> dict:
     return state
 
 
+def cpu_copy(obj):
+    """``obj`` with every tensor in it (through dicts, lists and tuples) copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {key: cpu_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(value) for value in obj)
+    return obj
+
+
 # ---------------------------------------------------------------- the run
-
-@dataclass
-class Run:
-    """What one training job works with, set up once by `start_run`."""
-
-    config: TrainConfig
-    ranks: Ranks
-    device: torch.device
-    dataset: datasets.Dataset
-    model: nn.Module
-    spec: InitSpec
-    net: nn.Module                  # what a step calls: the model, or DDP around it under torchrun
-    optimizer: LaPerm | torch.optim.Optimizer
-    train_x: torch.Tensor           # this rank's shard of the training set
-    train_y: torch.Tensor
-    local_batch: int                # this rank's share of the global batch
-    total_steps: int                # optimizer steps of the whole run
-    shuffle_rng: torch.Generator    # each epoch's order (CPU)
-    augment_rng: torch.Generator    # the augmentation draws, on the device, one stream per rank
-
 
 @dataclass
 class EpochStats:
@@ -162,12 +103,23 @@ class EpochStats:
         return self.correct / max(self.seen, 1)
 
 
-def train(config: TrainConfig, *, progress: bool = True, log=None) -> RunState:
-    """Run one training job; ``log(dict)`` receives each metrics record (default: JSON lines on stdout)."""
+def train(config: TrainConfig, *, progress: bool = True, log=None, resume: Resume | None = None,
+          checkpoint_path=None) -> RunState:
+    """Run one training job; ``log(dict)`` receives each metrics record (default: JSON lines on stdout).
+
+    ``resume`` continues where a Resume left off (resume.py); ``checkpoint_path`` is where a
+    resume checkpoint goes every ``config.save_every`` epochs (under torchrun, rank 0 writes it).
+    """
     check_config(config)
+    if config.save_every is not None and checkpoint_path is None:
+        raise SpecError(f"save_every={config.save_every} needs a checkpoint_path to write to")
+    if resume is not None:
+        check_resume(config, resume)
     ranks = start_distributed(config.device)
     try:
-        return _train(config, ranks, progress=progress and ranks.is_main, log=log or print_json)
+        with reproducible(rank_device(config.device, ranks), config.seed):
+            return _train(config, ranks, progress=progress and ranks.is_main, log=log or print_json,
+                          resume=resume, checkpoint_path=checkpoint_path)
     finally:
         if ranks.world > 1:
             torch.distributed.destroy_process_group()
@@ -177,27 +129,24 @@ def print_json(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def _train(config: TrainConfig, ranks: Ranks, *, progress: bool, log) -> RunState:
-    run = start_run(config, ranks)
-    state = RunState(run.model, run.spec, config)
-    step, best_acc, started = 0, -1.0, time.perf_counter()
-    bar = progress_bar(config, run.total_steps, enabled=progress)
-    for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(run, epoch, run.total_steps - step, bar)
-        step += stats.steps
-        last = step >= run.total_steps or epoch == config.epochs
-        if last:
-            end_on_sync(run)
-        synced = None if config.baseline or last else run.optimizer.synced_weights()  # last: synced for real
-        record = epoch_record(run, epoch, step, stats, synced, started)
-        publish(state, record, ranks, log)
-        if config.keep == "best" and record["test_acc"] > best_acc:
-            best_acc, state.saved_state = record["test_acc"], cpu_state(run.model, synced)
+def _train(config: TrainConfig, ranks: Ranks, *, progress: bool, log, resume: Resume | None,
+           checkpoint_path) -> RunState:
+    run = start_run(config, ranks, resume)
+    state = start_state(run, resume, log)
+    started = time.perf_counter() - (state.metrics[-1].get("seconds", 0.0) if state.metrics else 0.0)
+    step = run.step
+    bar = progress_bar(config, run.total_steps, initial=step, enabled=progress)
+    for epoch in range(run.epoch + 1, config.epochs + 1):
+        step, last = run_epoch(run, state, epoch, step, bar, started, log)
         if last:
             break
+        if config.save_every is not None and epoch % config.save_every == 0:
+            save_resume_point(run, state, epoch, step, checkpoint_path)
     bar.close()
     if config.keep == "last":
         state.saved_state = cpu_state(run.model)
+    state.synced = not config.baseline
+    state.resume = resume_point(run, state, epoch, step, live=state.saved_state if config.keep == "last" else None)
     summary = final_summary(run, state, step, started)
     publish(state, summary, ranks, log)
     if not summary["ranks_identical"]:
@@ -205,33 +154,47 @@ def _train(config: TrainConfig, ranks: Ranks, *, progress: bool, log) -> RunStat
     return state
 
 
-def start_run(config: TrainConfig, ranks: Ranks) -> Run:
-    device = rank_device(config.device, ranks)
-    dataset = datasets.get_dataset(config.data, config.data_dir)
-    torch.manual_seed(config.seed)  # dropout; the init itself never touches torch's RNG
-    model, spec = initialized_model(config, dataset, device)
-    net = data_parallel(model, ranks, device)
-    optimizer = training_optimizer(config, model, spec)
-    train_x, train_y = shard(dataset.train_x, dataset.train_y, ranks)
-    local_batch = max(1, config.batch_size // ranks.world)
-    return Run(config, ranks, device, dataset, model, spec, net, optimizer, train_x, train_y, local_batch,
-               total_steps=total_steps(config, len(train_y), local_batch),
-               shuffle_rng=torch.Generator(device="cpu").manual_seed(config.seed),
-               augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1 + ranks.rank))
+def start_state(run: Run, resume: Resume | None, log) -> RunState:
+    """A fresh RunState, or one holding the Resume's records and best weights; a resumed run says how it goes on."""
+    state = RunState(run.model, run.spec, run.config)
+    if resume is None:
+        return state
+    state.metrics = [record for record in resume.metrics if not record.get("final")]
+    if resume.best_state_dict is not None:
+        state.saved_state = resume.best_state_dict
+        state.best_acc = max((r["test_acc"] for r in state.metrics if "epoch" in r), default=-1.0)
+    restored = {True: "restored", False: "fresh"}
+    state.resumed = {"resumed": True, "after_epoch": run.epoch, "at_step": run.step,
+                     "optimizer": restored[resume.optimizer is not None],
+                     "random_streams": restored[resume.generators is not None]}
+    if run.ranks.is_main:
+        log(state.resumed)
+    return state
 
 
-def total_steps(config: TrainConfig, shard_size: int, local_batch: int) -> int:
-    """Every batch of every epoch, or config.steps if that is fewer."""
-    planned = math.ceil(shard_size / local_batch) * config.epochs
-    return planned if config.steps is None else min(config.steps, planned)
+def run_epoch(run: Run, state: RunState, epoch: int, step: int, bar, started: float, log) -> tuple[int, bool]:
+    """Train one epoch, test the synced weights and keep the record; (steps so far, whether the run ends here)."""
+    if not run.config.baseline:
+        run.optimizer.k = k_for_epoch(run.config, epoch)
+    stats = train_epoch(run, epoch, run.total_steps - step, bar)
+    step += stats.steps
+    last = step >= run.total_steps or epoch == run.config.epochs
+    if last:
+        end_on_sync(run)
+    synced = None if run.config.baseline or last else run.optimizer.synced_weights()  # last: synced for real
+    record = epoch_record(run, epoch, step, stats, synced, started)
+    publish(state, record, run.ranks, log)
+    if run.config.keep == "best" and record["test_acc"] > state.best_acc:
+        state.best_acc, state.saved_state = record["test_acc"], cpu_state(run.model, synced)
+    return step, last
 
 
-def progress_bar(config: TrainConfig, total: int, *, enabled: bool):
-    from tqdm import tqdm
-
+def progress_bar(config: TrainConfig, total: int, *, initial: int = 0, enabled: bool):
+    """A bar on a terminal only: in a log, the epoch records on stdout are the progress."""
     kind = "baseline" if config.baseline else "laperm"
-    return tqdm(total=total, disable=not enabled, desc=f"{config.model} {kind}", unit="step", file=sys.stderr,
-                dynamic_ncols=True)
+    bar = progress(total, f"{config.model} {kind}", "steps", enabled=enabled and sys.stderr.isatty())
+    bar.update(initial)
+    return bar
 
 
 def train_epoch(run: Run, epoch: int, steps_left: int, bar) -> EpochStats:
@@ -274,6 +237,25 @@ def epoch_record(run: Run, epoch: int, step: int, stats: EpochStats, synced: dic
             "test_loss": test_loss, "test_acc": test_acc, "seconds": round(time.perf_counter() - started, 3)}
 
 
+def resume_point(run: Run, state: RunState, epoch: int, step: int, live: dict | None = None) -> Resume:
+    """Where the run stands after ``epoch``: a collective under torchrun (it gathers the ranks' streams)."""
+    return Resume(state_dict=live if live is not None else cpu_state(run.model), spec=run.spec,
+                  optimizer=cpu_copy(run.optimizer.state_dict()), generators=generator_states(run), epoch=epoch,
+                  step=step, metrics=list(state.metrics), best_state_dict=state.saved_state, config=asdict(run.config))
+
+
+def save_resume_point(run: Run, state: RunState, epoch: int, step: int, path) -> None:
+    """Write a checkpoint to continue from after ``epoch``; every rank takes part, rank 0 writes."""
+    point = resume_point(run, state, epoch, step)
+    if run.config.keep == "best":  # the best weights so far, taken synced
+        mid_run = replace(state, synced=not run.config.baseline, resume=point)
+    else:  # the live weights, synced only right after a sync
+        synced = not run.config.baseline and run.optimizer.steps_since_sync == 0
+        mid_run = replace(state, saved_state=point.state_dict, synced=synced, resume=point)
+    if run.ranks.is_main:
+        save_checkpoint(mid_run, path)
+
+
 def final_summary(run: Run, state: RunState, step: int, started: float) -> dict:
     """The run's last record; ``ranks_agree`` is a collective, so every rank must make it."""
     return {"final": True, "steps": step, "syncs": 0 if run.config.baseline else run.optimizer.syncs,
@@ -289,9 +271,14 @@ def publish(state: RunState, record: dict, ranks: Ranks, log) -> None:
 
 
 def checkpoint(state: RunState) -> dict:
-    """The model.pt dict: only tensors, dicts, lists, str, int, float, bool and None."""
-    return {"state_dict": state.saved_state, "init": state.spec.to_dict(), "config": asdict(state.config),
-            "metrics": state.metrics}
+    """The model.pt dict: only tensors, dicts, lists, tuples, str, int, float, bool and None."""
+    ckpt = {"state_dict": state.saved_state, "init": state.spec.to_dict(), "config": asdict(state.config),
+            "metrics": state.metrics, "synced": state.synced, "resume": None}
+    if state.resume is not None:
+        point = state.resume
+        ckpt["resume"] = {"state_dict": point.state_dict, "optimizer": point.optimizer,
+                          "generators": point.generators, "epoch": point.epoch, "step": point.step}
+    return ckpt
 
 
 def save_checkpoint(state: RunState, path) -> None:

@@ -1,0 +1,157 @@
+"""Continue a run: the Resume record, reading one from the trainer's checkpoint, and the synced view of its weights.
+
+    state = train(config, resume=resume_from_checkpoint("model.pt"))   # as if the run had never stopped
+    state = train(config, resume=Resume(state_dict=weights, spec=spec)) # weights only: a fresh optimizer
+    weights = synced_state_dict(ckpt["state_dict"], InitSpec.from_dict(ckpt["init"]))  # when not ckpt["synced"]
+
+A checkpoint written by ``loop.save_checkpoint`` is the model.pt dict
+(``state_dict``, ``init``, ``config``, ``metrics``) plus:
+
+- ``synced``: whether ``state_dict`` is what a sync leaves, an exact per-row permutation
+  of the init (always so at the end of a LaPerm run; mid-run, only right after a sync);
+- ``resume``: ``{"state_dict"`` (the live weights, the same tensors as the top-level
+  ``state_dict`` unless keep="best"), ``"optimizer"`` (``LaPerm.state_dict()``, or the inner
+  optimizer's in a baseline run), ``"generators"`` (``run.generator_states``), ``"epoch"``
+  and ``"step"`` (completed so far)``}``.
+
+It holds only tensors, dicts, lists, tuples, str, int, float, bool and None, so it is
+read with ``torch.load(weights_only=True)``: no pickled code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import perm
+from ..errors import FormatError, SpecError
+from ..init.initspec import InitSpec
+from .config import TrainConfig
+
+# What a resumed run must share with the run that wrote its checkpoint when it restores the optimizer;
+# epochs, steps, save_every, device and data_dir may change (another device gives other bits).
+MUST_MATCH = ("model", "data", "seed", "dist", "dist_params", "batch_size", "optimizer", "lr", "baseline",
+              "augment", "reset_bn", "k", "k_schedule", "k_rule", "keep")
+RESUME_KEYS = {"state_dict", "optimizer", "generators", "epoch", "step"}
+
+
+@dataclass
+class Resume:
+    """Where a run starts again. Only ``state_dict`` and ``spec`` are needed: without the rest the
+    run goes on from those weights with a fresh optimizer and fresh random streams, and says so."""
+
+    state_dict: dict[str, torch.Tensor]           # the live weights and buffers to continue from
+    spec: InitSpec                                # their init spec (the run checks it is the one its config draws)
+    optimizer: dict | None = None                 # LaPerm.state_dict() (baseline: the inner one's); None: fresh
+    generators: dict | None = None                # run.generator_states(); None: fresh streams from the seed
+    epoch: int = 0                                # epochs completed; the run goes on with epoch + 1
+    step: int = 0                                 # optimizer steps taken
+    metrics: list = field(default_factory=list)   # the records so far (a "final" one is dropped)
+    best_state_dict: dict | None = None           # keep="best": the best synced weights so far
+    config: dict | None = None                    # the writing run's config; checked against MUST_MATCH
+
+    @property
+    def restores_optimizer(self) -> bool:
+        return self.optimizer is not None
+
+
+def progress_of(metrics: list) -> tuple[int, int]:
+    """(epochs, steps) completed according to the last epoch record of ``metrics``; (0, 0) if none."""
+    epochs = [record for record in metrics if isinstance(record, dict) and "epoch" in record]
+    return (epochs[-1]["epoch"], epochs[-1]["step"]) if epochs else (0, 0)
+
+
+def weights_only_resume(state_dict: dict, spec: InitSpec, metrics: list | None = None,
+                        config: dict | None = None) -> Resume:
+    """A Resume from weights alone (a decoded .pc file), counting on from the epochs its ``metrics`` record."""
+    epoch, step = progress_of(metrics or [])
+    return Resume(state_dict=state_dict, spec=spec, epoch=epoch, step=step, metrics=list(metrics or []),
+                  config=config)
+
+
+def resume_from_checkpoint(path) -> Resume:
+    """The Resume that ``save_checkpoint`` recorded in ``path`` (model.pt, final or mid-run).
+
+    A checkpoint without a "resume" record (written before there was one) gives a weights-only Resume.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise FormatError(f"{path} is not a weights-only torch checkpoint: {str(err).strip()[:200]}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or ckpt.get("init") is None:
+        raise FormatError(f"{path} is not a permcodec training checkpoint: expected a dict with 'state_dict' "
+                          f"and 'init' entries")
+    spec, metrics = InitSpec.from_dict(ckpt["init"]), list(ckpt.get("metrics") or [])
+    record = ckpt.get("resume")
+    if record is None:
+        return weights_only_resume(ckpt["state_dict"], spec, metrics, ckpt.get("config"))
+    _check_resume_record(path, record)
+    best = ckpt["state_dict"] if (ckpt.get("config") or {}).get("keep") == "best" else None
+    return Resume(state_dict=record["state_dict"], spec=spec, optimizer=record["optimizer"],
+                  generators=record["generators"], epoch=record["epoch"], step=record["step"], metrics=metrics,
+                  best_state_dict=best, config=ckpt.get("config"))
+
+
+def _check_resume_record(path, record) -> None:
+    if not isinstance(record, dict) or set(record) != RESUME_KEYS:
+        found = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise FormatError(f"{path}: 'resume' must be a dict with keys {sorted(RESUME_KEYS)}, found {found}")
+    for key in ("epoch", "step"):
+        if not isinstance(record[key], int) or isinstance(record[key], bool) or record[key] < 0:
+            raise FormatError(f"{path}: resume {key} must be a non-negative integer, found {record[key]!r}")
+    if not isinstance(record["state_dict"], dict):
+        raise FormatError(f"{path}: resume state_dict must be a dict of tensors")
+
+
+def check_resume(config: TrainConfig, resume: Resume) -> None:
+    """Refuse a Resume this config cannot continue: no epochs left, or settings that must match differ."""
+    if resume.epoch >= config.epochs or (config.steps is not None and resume.step >= config.steps):
+        raise SpecError(f"--resume: the checkpoint is at epoch {resume.epoch} (step {resume.step}), this run asks "
+                        f"for epochs={config.epochs} steps={config.steps}: ask for more epochs or steps to continue")
+    if resume.restores_optimizer and resume.config is not None:
+        differ = [f"{name}={resume.config.get(name)!r}, this run {name}={getattr(config, name)!r}"
+                  for name in MUST_MATCH if resume.config.get(name) != getattr(config, name)]
+        if differ:
+            raise SpecError(f"--resume: the checkpoint was trained with {'; '.join(differ)}: continue with the "
+                            f"checkpoint's settings (only epochs, steps, save_every, device, data_dir may change)")
+
+
+def spec_difference(found: InitSpec, expected: InitSpec) -> str | None:
+    """How ``found`` differs from ``expected`` (the first differing tensor), or None if they are equal."""
+    if found == expected:
+        return None
+    if found.names() != expected.names():
+        return f"tensors {found.names()} vs {expected.names()}"
+    for a, b in zip(found, expected):
+        if a != b:
+            return f"tensor {a.name!r}: seed {a.seed} dist {a.dist} vs seed {b.seed} dist {b.dist}"
+    return "records differ"
+
+
+@torch.no_grad()
+def synced_state_dict(state_dict: dict[str, torch.Tensor], spec: InitSpec, *,
+                      reset_bn: bool = False) -> dict[str, torch.Tensor]:
+    """What a sync would write now, without the codec: each tensor of ``spec`` becomes its sorted init
+    pool in the rank order of its trained rows; the rest is copied. ``reset_bn`` (the run's setting) also
+    sets BatchNorm gamma to 1 and beta to 0, as LaPerm's sync does. Synced weights come back unchanged."""
+    synced = {name: tensor.clone() for name, tensor in state_dict.items()}
+    for record in spec:
+        if record.name not in state_dict:
+            raise SpecError(f"init spec names tensor {record.name!r}, which the state dict does not have")
+        trained = state_dict[record.name]
+        pool = perm.sorted_pool(perm.as_rows(record.regenerate(device=trained.device)))
+        synced[record.name] = perm.sync(trained, pool)
+    if reset_bn:
+        for name in _batch_norm_affine(state_dict):
+            synced[name] = torch.ones_like(synced[name]) if name.endswith("weight") else torch.zeros_like(synced[name])
+    return synced
+
+
+def _batch_norm_affine(state_dict: dict) -> list[str]:
+    """The BatchNorm weight and bias names: those beside a running_mean buffer."""
+    prefixes = [name[: -len("running_mean")] for name in state_dict if name.endswith("running_mean")]
+    return [prefix + leaf for prefix in prefixes for leaf in ("weight", "bias") if prefix + leaf in state_dict]
