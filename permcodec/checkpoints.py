@@ -17,24 +17,29 @@ import safetensors
 import safetensors.torch
 import torch
 
-from .atomicfile import atomic_write, check_output_path
+from .atomicfile import atomic_write, atomic_write_bytes, check_output_path
 from .errors import FormatError
 from .format.container import MAGIC
 from .init.initspec import InitSpec
+from .train.resume import synced_state_dict
 
 SAFETENSORS_INIT_KEY = "permcodec.init"    # the init spec, as JSON
 SAFETENSORS_ORDER_KEY = "permcodec.order"  # the tensor names in the .pc file's order, as JSON (safetensors sorts)
 OUTPUT_SUFFIXES = (".safetensors", ".pt")
 
 
-def read_model(path) -> tuple[dict[str, torch.Tensor], InitSpec, dict[str, str]]:
-    """(state_dict, init spec, metadata to carry into the .pc file) of a model file."""
+def read_model(path, notes: list[str] | None = None) -> tuple[dict[str, torch.Tensor], InitSpec, dict[str, str]]:
+    """(state_dict, init spec, metadata to carry into the .pc file) of a model file.
+
+    A mid-run checkpoint (``--save-every``) gives its synced view, what a sync would write now, and says so
+    in ``notes``.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     if path.suffix.lower() == ".safetensors":
         return _read_safetensors(path)
-    return _read_checkpoint(path)
+    return _read_checkpoint(path, notes if notes is not None else [])
 
 
 def _read_safetensors(path: Path):
@@ -92,7 +97,7 @@ def why_not_weights_only(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _read_checkpoint(path: Path):
+def _read_checkpoint(path: Path, notes: list[str]):
     ckpt = _load_weights_only(path)
     if not isinstance(ckpt, dict):
         raise FormatError(f"{path} is not a permcodec checkpoint: it holds a {type(ckpt).__name__}, not a dict "
@@ -101,7 +106,18 @@ def _read_checkpoint(path: Path):
         raise FormatError(NOT_LAPERM.format(path=path))
     if not isinstance(ckpt.get("state_dict"), dict):
         raise FormatError(f"{path} is not a permcodec checkpoint: expected a dict with a 'state_dict' entry")
-    return ckpt["state_dict"], InitSpec.from_dict(ckpt["init"]), carried_metadata(ckpt, path)
+    spec = InitSpec.from_dict(ckpt["init"])
+    return synced_view(ckpt, spec, str(path), notes), spec, carried_metadata(ckpt, path)
+
+
+def synced_view(ckpt: dict, spec: InitSpec, where: str, notes: list[str]) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights; for one written mid-run (between two syncs), what a sync would write now."""
+    if ckpt.get("synced") is not False:
+        return ckpt["state_dict"]
+    notes.append(f"{where} was written mid-run, between two syncs: encoding its synced view (what a sync would "
+                 f"write now)")
+    reset_bn = bool((ckpt.get("config") or {}).get("reset_bn", False))
+    return synced_state_dict(ckpt["state_dict"], spec, reset_bn=reset_bn)
 
 
 NOT_LAPERM = ("{path} holds weights without an init spec, so they are not a LaPerm model: permcodec stores "
@@ -167,11 +183,30 @@ def write_decoded(path, tensors: dict[str, torch.Tensor], spec: InitSpec, metada
     atomic_write(path, lambda temp: torch.save(checkpoint, temp))
 
 
+def sorted_metadata(data: bytes) -> bytes:
+    """safetensors bytes with the header's metadata keys in sorted order.
+
+    safetensors writes its metadata map in hash order, which changes from one process to the next; with the
+    keys sorted, decoding a file twice gives the same bytes. Only the order changes, so the header keeps its
+    length and every offset holds (if it did not, the bytes are returned as they were).
+    """
+    length = int.from_bytes(data[:8], "little")
+    text = data[8:8 + length].decode("utf-8")
+    header = json.loads(text)
+    if "__metadata__" not in header:
+        return data
+    header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    body = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(body) > length:
+        return data
+    return data[:8] + body + b" " * (length - len(body)) + data[8 + length:]
+
+
 def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write decoded tensors as .safetensors or as a .pt dict of tensors, atomically."""
     path = check_decode_output(path)
     on_cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     if path.suffix.lower() == ".safetensors":
-        atomic_write(path, lambda temp: safetensors.torch.save_file(on_cpu, str(temp), metadata=metadata))
+        atomic_write_bytes(path, sorted_metadata(safetensors.torch.save(on_cpu, metadata=metadata)))
     else:
         atomic_write(path, lambda temp: torch.save(on_cpu, temp))

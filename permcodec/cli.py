@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from . import __version__
 from .errors import PermcodecError
@@ -14,7 +15,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def add_train(sub) -> None:
-    from .train.config import DEFAULT_LR, KNOWN_DATASETS, MODEL_NAMES, TrainConfig
+    from .init.distparams import DENSE, DISTRIBUTIONS
+    from .train.config import DEFAULT_LR, K_RULES, KNOWN_DATASETS, MODEL_NAMES, TrainConfig
 
     defaults = TrainConfig()  # the one list of train flags, kept whole: each line is one flag
     p = sub.add_parser(
@@ -27,6 +29,10 @@ def add_train(sub) -> None:
                "  permcodec train --model conv7 --epochs 10 --k 20 --seed 0 -o model.pt\n"
                "  permcodec train --model conv13 --data cifar10 --data-dir ~/data/cifar-10-batches-bin -o c13.pt\n"
                "  torchrun --standalone --nproc_per_node=2 -m permcodec train --model mlp --steps 100 -o m.pt\n"
+               "  permcodec train --dist sparse --density 0.3 -o sparse.pt         # 70 % zeros: scheme multiset\n"
+               "  permcodec train --dist shared --value 0.05 --density 0.08 -o shared.pt\n"
+               "  permcodec train --save-every 2 --epochs 10 -o run.pt; permcodec train --resume run.pt --epochs 20 "
+               "-o run.pt\n"
                f"default learning rates (measured, see README): LaPerm+Adam {DEFAULT_LR[('adam', False)]}, "
                f"Adam alone {DEFAULT_LR[('adam', True)]}, LaPerm+SGD {DEFAULT_LR[('sgd', False)]}, "
                f"SGD alone {DEFAULT_LR[('sgd', True)]}")
@@ -44,14 +50,37 @@ def add_train(sub) -> None:
     p.add_argument("--optimizer", default=defaults.optimizer, help="inner optimizer: adam or sgd (default adam)")
     p.add_argument("--lr", type=float, help="inner learning rate (default depends on optimizer and --baseline)")
     p.add_argument("--k", type=int, default=defaults.k, help=f"sync every k inner steps (default {defaults.k})")
+    p.add_argument("--k-schedule", metavar="EPOCH:K,...",
+                   help="k per epoch, the paper notebooks' way: '51:100,81:200' means k=100 from epoch 51 on and "
+                        "k=200 from epoch 81 on (--k before the first)")
+    p.add_argument("--k-rule", default=defaults.k_rule, choices=K_RULES,
+                   help="since_sync (default): sync k steps after the last sync; global_step: sync when the "
+                        "global step is a multiple of k, as the reference implementation does (the two agree for "
+                        "a constant k)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="Philox seed of the init, also dropout/shuffle seed")
-    p.add_argument("--dist", default=defaults.dist, help=f"init distribution (default {defaults.dist})")
+    p.add_argument("--dist", default=defaults.dist, choices=DISTRIBUTIONS,
+                   help=f"init distribution (default {defaults.dist}); its parameters are the flags below, "
+                        f"the fan-based ones (he_*, glorot_*) take none")
+    p.add_argument("--low", type=float, help="uniform: lower bound (default 0.0)")
+    p.add_argument("--high", type=float, help="uniform: upper bound (default 1.0)")
+    p.add_argument("--mean", type=float, help="normal: mean (default 0.0)")
+    p.add_argument("--std", type=float, help="normal: standard deviation (default 1.0)")
+    p.add_argument("--density", type=float, help="sparse, shared (required): share of non-zero values, in (0, 1]")
+    p.add_argument("--value", type=float, help="shared (required): the one non-zero value")
+    p.add_argument("--base", choices=DENSE, help="sparse: the distribution of the kept values (default he_uniform; "
+                                                 "--low/--high/--mean/--std apply to it)")
     p.add_argument("--baseline", action="store_true", help="train with the inner optimizer alone, no permutation")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="turn off data augmentation")
     p.add_argument("--reset-bn", action="store_true", help="reset BatchNorm gamma=1, beta=0 at every sync")
     p.add_argument("--keep", default=defaults.keep,
                    help="save the 'last' weights or the 'best' synced ones (default last)")
     p.add_argument("--device", default=defaults.device, help="auto (CUDA when present), cpu or cuda (default auto)")
+    p.add_argument("--resume", metavar="FILE",
+                   help="continue a run: a model.pt of train (weights, optimizer, LaPerm and random states; "
+                        "the run's settings come from it, --epochs/--steps/--device/--data-dir/--save-every may "
+                        "change) or a .pc file (weights and init spec only: a fresh optimizer)")
+    p.add_argument("--save-every", type=int, metavar="N",
+                   help="write a resume checkpoint to -o every N epochs (weights, optimizer, LaPerm and RNG states)")
     p.add_argument("-o", "--output", default="model.pt", help="where to write the model (default model.pt)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -60,18 +89,37 @@ def add_train(sub) -> None:
 
 def run_train(args) -> None:
     from .atomicfile import check_output_path
-    from .train.loop import TrainConfig, save_checkpoint, train
+    from .train.loop import save_checkpoint, train
 
+    in_place = args.resume is not None and os.path.abspath(args.resume) == os.path.abspath(args.output)
     # before training, so that a finished run is never lost
-    check_output_path(args.output, (".pt", ".pth"), "train writes a torch checkpoint: the output", args.force)
-    config = TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
-                         steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                         k=args.k, seed=args.seed, dist=args.dist, baseline=args.baseline, augment=args.augment,
-                         reset_bn=args.reset_bn, keep=args.keep, device=args.device)
-    state = train(config, progress=not args.quiet)
+    check_output_path(args.output, (".pt", ".pth"), "train writes a torch checkpoint: the output",
+                      args.force or in_place)
+    config, resume = train_config(args), None
+    if args.resume is not None:
+        from .resuming import resume_point
+
+        config, resume, told = resume_point(args.resume, config)
+        print(told, file=sys.stderr)
+    state = train(config, progress=not args.quiet, resume=resume,
+                  checkpoint_path=args.output if config.save_every else None)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
         save_checkpoint(state, args.output)
         print(f"saved {args.output}", file=sys.stderr)
+
+
+def train_config(args):
+    """The TrainConfig the flags ask for."""
+    from .train.config import TrainConfig, parse_k_schedule
+
+    dist_params = {name: getattr(args, name) for name in ("low", "high", "mean", "std", "density", "value", "base")
+                   if getattr(args, name) is not None}
+    return TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
+                       steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                       k=args.k, k_schedule=parse_k_schedule(args.k_schedule) if args.k_schedule else None,
+                       k_rule=args.k_rule, seed=args.seed, dist=args.dist, dist_params=dist_params or None,
+                       baseline=args.baseline, augment=args.augment, reset_bn=args.reset_bn, keep=args.keep,
+                       device=args.device, save_every=args.save_every)
 
 
 def add_encode(sub) -> None:
@@ -117,7 +165,10 @@ def run_encode(args) -> None:
 
     output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"),
                                (".pc",), "encode writes a .pc file: the output", args.force)
-    state, spec, metadata = read_model(args.input)
+    notes = []
+    state, spec, metadata = read_model(args.input, notes)
+    for note in notes:
+        print(note, file=sys.stderr)
     refuse_baseline(json.loads(metadata.get("permcodec.config", "{}")), args.input, args.raw_fallback)
     fallbacks = []
     codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, scheme=args.scheme,
@@ -268,16 +319,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def what_an_interrupt_kept(args, started: float) -> str:
+    """Outputs are written atomically, so an interrupt leaves none half-written; a run with --save-every may
+    have written a resume checkpoint before it."""
+    output = getattr(args, "output", None)
+    if getattr(args, "save_every", None) and output and os.path.exists(output) \
+            and os.path.getmtime(output) >= started:
+        return f"{output} holds the checkpoint of the last saved epoch (continue with --resume {output})"
+    return "nothing written"
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    started = time.time()
     try:
         args.run(args)
     except (PermcodecError, OSError) as err:
         print(f"permcodec {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        # Every output is written atomically (temp file, then rename), so an interrupt leaves none half-written.
-        print(f"permcodec {args.command}: interrupted; nothing written", file=sys.stderr)
+        print(f"permcodec {args.command}: interrupted; {what_an_interrupt_kept(args, started)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

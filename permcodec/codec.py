@@ -13,6 +13,7 @@ arguments and names the entry points. See specs/format.md.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 
 from torch import nn
@@ -42,11 +43,27 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.D
     """
     if isinstance(obj, Mapping):
         refuse_baseline(obj.get("config"), "this checkpoint", raw_fallback)
+        obj = mid_run_synced(obj, init)
     state, spec = state_and_spec(obj, init)
     level = schemes.level_named(level)
     if scheme is not None:
         schemes.index_scheme(scheme)
     return encode_state(state, spec, level, scheme, raw_fallback, fallbacks, metadata, progress)
+
+
+def mid_run_synced(checkpoint: Mapping, init) -> Mapping:
+    """A checkpoint dict written mid-run (``"synced": False``) with its synced view in place of its weights,
+    and a warning that says so; any other mapping as it is."""
+    if checkpoint.get("synced") is not False or "state_dict" not in checkpoint:
+        return checkpoint
+    from .checkpoints import synced_view
+
+    spec = init or InitSpec.from_dict(checkpoint["init"])
+    spec = InitSpec.from_dict(spec) if isinstance(spec, Mapping) else spec
+    notes = []
+    synced = {**checkpoint, "state_dict": synced_view(checkpoint, spec, "this checkpoint", notes)}
+    warnings.warn(notes[0], stacklevel=3)
+    return synced
 
 
 def save(obj, path, init=None, **options) -> None:

@@ -31,6 +31,9 @@ class Silent:
     def update(self, n: int = 1) -> None:
         pass
 
+    def set_postfix(self, **figures) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -48,6 +51,9 @@ class LogLines:
         if tenths > self.tenths_shown and tenths < 10:
             self.tenths_shown = tenths
             self._line()
+
+    def set_postfix(self, **figures) -> None:
+        pass  # a log gets its figures from the caller's own lines (train's epoch records)
 
     def close(self) -> None:
         self._line()

@@ -1,6 +1,8 @@
 """Round trips: a decoded file encodes back to the same bytes; a .pc gives back its init spec."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import safetensors
@@ -10,7 +12,7 @@ from torch import nn
 
 import permcodec
 from permcodec import FormatError, perm
-from permcodec.checkpoints import SAFETENSORS_INIT_KEY, SAFETENSORS_ORDER_KEY
+from permcodec.checkpoints import SAFETENSORS_INIT_KEY, SAFETENSORS_ORDER_KEY, sorted_metadata
 from permcodec.cli import main
 from permcodec.format import schemes
 
@@ -117,3 +119,36 @@ def test_a_bad_order_key_is_refused(tmp_path, originals, order):
                                           SAFETENSORS_ORDER_KEY: order})
     with pytest.raises(FormatError, match="metadata 'permcodec.order' (must list each tensor|is not JSON)"):
         permcodec.checkpoints.read_model(path)
+
+
+DECODE_TWICE = """
+import sys
+from permcodec.cli import main
+main(["decode", sys.argv[1], "-o", sys.argv[2], "-q"])
+"""
+
+
+def test_decoding_twice_writes_the_same_safetensors_bytes(tmp_path, originals):
+    """safetensors writes its metadata in hash order, which differs between processes; permcodec sorts it."""
+    _, paths = originals
+    outputs = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for out in outputs:
+        subprocess.run([sys.executable, "-c", DECODE_TWICE, str(paths["default"]), str(out)], check=True,
+                       timeout=120)
+    assert len({out.read_bytes() for out in outputs}) == 1
+    data = outputs[0].read_bytes()
+    metadata = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+    assert list(metadata) == sorted(metadata)
+    assert bits(safetensors.torch.load_file(outputs[0])) == bits(permcodec.load(paths["default"]))
+
+
+def test_sorting_metadata_keeps_other_safetensors_bytes():
+    data = safetensors.torch.save({"b": torch.zeros(2), "a": torch.ones(3, dtype=torch.float16)},
+                                  metadata={"z": "1", "é": 'a"\\\n\u2028', "a": "x"})
+    canonical = sorted_metadata(data)
+    assert len(canonical) == len(data) and canonical[-14:] == data[-14:]
+    assert bits(safetensors.torch.load(canonical)) == bits(safetensors.torch.load(data))
+    header = json.loads(canonical[8:8 + int.from_bytes(canonical[:8], "little")])
+    assert list(header["__metadata__"]) == ["a", "z", "é"] and header["__metadata__"]["é"] == 'a"\\\n\u2028'
+    assert sorted_metadata(safetensors.torch.save({"a": torch.zeros(1)})) == safetensors.torch.save(
+        {"a": torch.zeros(1)})
