@@ -93,18 +93,22 @@ class LaPerm(torch.optim.Optimizer):
     # and they stay right after the inner load_state_dict replaces them.
     @property
     def param_groups(self) -> list[dict]:
+        """The inner optimizer's own groups: an lr scheduler on LaPerm changes the inner learning rate."""
         return self.optimizer.param_groups
 
     @property
     def state(self):
+        """The inner optimizer's state (Adam's moments...), which a sync leaves as it is."""
         return self.optimizer.state
 
     @property
     def defaults(self) -> dict:
+        """The inner optimizer's defaults."""
         return self.optimizer.defaults
 
     @property
     def k(self):
+        """The sync period: an int, or a callable of the step count; may be reassigned (checked when set)."""
         return self._k
 
     @k.setter
@@ -134,6 +138,7 @@ class LaPerm(torch.optim.Optimizer):
         return perm.sorted_pool(perm.as_rows(initial.to(tensor.device)))
 
     def current_k(self) -> int:
+        """The k in force at the current step."""
         k = self.k(self.steps) if callable(self.k) else self.k
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             raise SpecError(f"k({self.steps}) must return a positive integer, found {k!r}")
@@ -146,9 +151,11 @@ class LaPerm(torch.optim.Optimizer):
         return self.steps_since_sync >= self.current_k()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """The inner optimizer's zero_grad."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure=None):
+        """One inner step, then a sync if the step ends a sync period (``k_rule``); returns the closure's loss."""
         loss = self.optimizer.step(closure)
         self.steps += 1
         self.steps_since_sync += 1
@@ -175,10 +182,12 @@ class LaPerm(torch.optim.Optimizer):
         self.syncs += 1
 
     def state_dict(self) -> dict:
+        """The inner optimizer's state_dict and LaPerm's step and sync counters (what a resume needs)."""
         return {"optimizer": self.optimizer.state_dict(), "steps": self.steps,
                 "steps_since_sync": self.steps_since_sync, "syncs": self.syncs}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = state["steps"]
         self.steps_since_sync = state["steps_since_sync"]
