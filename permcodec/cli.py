@@ -278,6 +278,29 @@ def run_verify(args) -> None:
     print(f"{args.input}: OK, {report['tensors']} tensors, checksums and hashes match{against}")
 
 
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="pictures of a .pc file: bits by layer, sorted weight profiles, rank "
+                                      "displacement, training curves",
+                       description="One self-contained HTML page (images embedded, opens offline) with the bits "
+                                   "each layer costs beside its bound and fp16, the sorted weight profiles of "
+                                   "Qiu & Suda's Fig. 1-2, how far training moved each weight's rank, and the "
+                                   "training curves. Needs matplotlib: pip install 'permcodec[plot]'.")
+    p.add_argument("input", help="a .pc file")
+    p.add_argument("--log", help="the JSON lines 'permcodec train' printed (default: the metrics the file stores)")
+    p.add_argument("-o", "--output", help="the HTML file (default MODEL.report.html beside the input; with --png "
+                                          "it is written only if given)")
+    p.add_argument("--png", metavar="DIR", help="write each figure as DIR/<figure>.png")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args) -> None:
+    from .plots import write_report
+
+    for path in write_report(args.input, log=args.log, html=args.output, png_dir=args.png, overwrite=args.force):
+        print(f"wrote {path}", file=sys.stderr)
+
+
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train on the embedded digits, then encode, decode and verify bit for bit",
                        description="The whole path on data that ships with the install (5,000 real MNIST digits "
@@ -315,6 +338,7 @@ def parser() -> argparse.ArgumentParser:
     add_decode(sub)
     add_info(sub)
     add_verify(sub)
+    add_report(sub)
     add_demo(sub)
     return p
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import codec
 from .atomicfile import check_output_path
-from .checkpoints import write_tensors
+from .checkpoints import read_model, write_tensors
 from .errors import IntegrityError
 from .inspection import describe, same_bits
 from .train.data import get_dataset
@@ -44,7 +44,8 @@ def run_demo(out_dir, epochs: int = 5, seed: int = 0, progress: bool = True, log
 
     log("2/4 encode: model.pt -> model.pc")
     started = time.perf_counter()
-    codec.save(state.saved_state, out / "model.pc", init=state.spec, progress=progress)
+    _, _, metadata = read_model(out / "model.pt")  # the run's config and metrics, as encode carries them
+    codec.save(state.saved_state, out / "model.pc", init=state.spec, progress=progress, metadata=metadata)
     encode_s = time.perf_counter() - started
     write_tensors(out / "model.fp32.safetensors", state.saved_state)
 
@@ -75,4 +76,5 @@ def run_demo(out_dir, epochs: int = 5, seed: int = 0, progress: bool = True, log
         f"({summary['pc_bytes'] / summary['fp32_safetensors_bytes']:.3f}x); "
         f"{summary['bits_per_weight']:.2f} bits/weight, bound {summary['bound_bits_per_weight']:.2f}")
     log(f"all {len(decoded)} tensors bit-identical after the round trip; files in {out}/")
+    log(f"pictures of the file: permcodec report {out / 'model.pc'}")
     return summary

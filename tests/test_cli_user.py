@@ -90,3 +90,11 @@ def test_ctrl_c_during_training_exits_130_without_a_traceback(tmp_path):
     assert process.returncode == 130
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "permcodec train: interrupted; nothing written"
     assert not output.exists()
+
+
+def test_the_demo_ends_by_suggesting_the_report(tmp_path):
+    from permcodec.demo import run_demo
+
+    lines = []
+    run_demo(tmp_path, epochs=1, steps=3, progress=False, log=lines.append)
+    assert lines[-1] == f"pictures of the file: permcodec report {tmp_path / 'model.pc'}"

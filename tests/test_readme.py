@@ -41,4 +41,14 @@ def test_each_command_of_use_parses(command):
 
 
 def test_use_shows_every_command():
-    assert {shlex.split(c)[1] for c in COMMANDS} == {"train", "encode", "info", "decode", "verify"}
+    assert {shlex.split(c)[1] for c in COMMANDS} == {"train", "encode", "info", "decode", "verify", "report"}
+
+
+@pytest.mark.parametrize("figure", ["bits", "profiles", "displacement", "training"])
+def test_the_readme_shows_each_report_figure_from_docs(figure):
+    path = Path(__file__).parent.parent / "docs" / f"{figure}.png"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 200_000
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width >= 400 and height >= 250
+    assert f"(docs/{figure}.png)" in README

@@ -13,7 +13,7 @@ from permcodec import SpecError
 from permcodec.train.config import MODEL_NAMES
 from permcodec.train.models import MODELS
 
-COMMANDS = ["", "train", "encode", "decode", "info", "verify", "demo"]
+COMMANDS = ["", "train", "encode", "decode", "info", "verify", "report", "demo"]
 
 PROBE = """
 import sys
