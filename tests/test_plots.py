@@ -194,3 +194,19 @@ def test_importing_plots_imports_neither_torch_nor_matplotlib():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.stdout == "False False\n"
+
+
+def test_raw_matrices_get_their_profiles_too(tmp_path):
+    import torch
+    from torch import nn
+
+    import permcodec
+    from permcodec.plots import report
+
+    model = nn.Sequential(nn.Linear(12, 8), nn.Linear(8, 4))
+    spec = permcodec.init_(model, seed=3)
+    state = dict(model.state_dict())
+    state["table"] = torch.linspace(-1, 1, 30).reshape(5, 6)  # a 2-D tensor outside the spec: stored raw
+    permcodec.save(state, tmp_path / "m.pc", init=spec)
+    titles = [axes.get_title() for axes in report(tmp_path / "m.pc")["profiles"].axes]
+    assert "table (raw) (5, 6)" in titles and "0.weight (8, 12)" in titles

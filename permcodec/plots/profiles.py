@@ -50,7 +50,8 @@ def profiles_figure(records: list[dict], decoded: dict):
     figure = new_figure(max(8.0, 3.2 * columns), max(4.5, 3.0 * rows))
     for index, record in enumerate(layers):
         axes = figure.add_subplot(rows, columns, index + 1)
-        draw_profile(axes, record["name"], sorted_pool(as_rows(decoded[record["name"]].float())))
+        label = record["name"] + (" (raw)" if record["kind"] == "raw" else "")
+        draw_profile(axes, label, sorted_pool(as_rows(decoded[record["name"]].float())))
         axes.set_xlabel("rank / n")
         if index % columns == 0:
             axes.set_ylabel("weight value")

@@ -90,6 +90,14 @@ def summary(path, log=None) -> dict:
     return summary_of(decode_run(read_run(path, log)))
 
 
+def raw_matrices(info: dict) -> list[dict]:
+    """The raw 2-D float tensors with elements: their rows' profiles are drawn too (the issue's Fig. 2 asks)."""
+    from .bits import raw_records
+
+    return [t for t in raw_records(info) if len(t["shape"]) == 2 and 0 not in t["shape"]
+            and t["dtype"] in ("float32", "float16", "bfloat16", "float64")]
+
+
 def figures_of(run: Run) -> dict:
     from .bits import bits_figure, permuted_records, zstd_references
     from .canvas import house_style
@@ -100,7 +108,7 @@ def figures_of(run: Run) -> dict:
     permuted = permuted_records(run.info)
     with house_style():
         figures = {"bits": bits_figure(run.info, zstd_references(run.info, run.decoded), headline(run.info)),
-                   "profiles": profiles_figure(permuted, run.decoded),
+                   "profiles": profiles_figure(permuted + raw_matrices(run.info), run.decoded),
                    "displacement": displacement_figure(permuted, displacements(permuted, run.decoded, run.spec))}
         if epoch_records(run.records):
             figures["training"] = training_figure(run.records, run.info["config"], run.info["test_acc"],
