@@ -84,7 +84,8 @@ def _writable_dir(path: Path) -> bool:
 
 
 def _private_temp_dir() -> Path:
-    """<tempdir>/permcodec-numba-<uid>, kept across runs if ours alone (numba's cache files are pickles), else a fresh one."""
+    """<tempdir>/permcodec-numba-<uid>, kept across runs if ours alone (numba's cache files are pickles),
+    else a fresh one."""
     uid = os.getuid() if hasattr(os, "getuid") else None
     path = Path(tempfile.gettempdir()) / f"permcodec-numba-{uid}"
     try:

@@ -153,9 +153,8 @@ def add_encode(sub) -> None:
 
 
 def run_encode(args) -> None:
-    from pathlib import Path
-
     import json
+    from pathlib import Path
 
     from . import codec
     from .atomicfile import check_output_path

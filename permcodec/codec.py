@@ -25,8 +25,8 @@ from .encoder import Fallback, encode_state, refuse_baseline, state_and_spec  # 
 from .errors import SpecError
 from .format import schemes
 from .format.container import Limits
-from .progress import progress as progress_lines
 from .init.initspec import InitSpec, attach_spec
+from .progress import progress as progress_lines
 
 
 def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.DEFAULT_LEVEL,

@@ -15,12 +15,12 @@ from torch import nn
 
 from . import perm
 from .bits import sha256_of, tensor_bytes
-from .progress import progress as progress_lines
 from .dtypes import dtype_name
 from .errors import NotAPermutationError, SpecError
 from .format import container, schemes
 from .init.initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
 from .init.philox import RNG_NAME
+from .progress import progress as progress_lines
 
 
 def state_and_spec(obj, init) -> tuple[dict[str, torch.Tensor], InitSpec]:

@@ -1,7 +1,8 @@
 """Rows, ranks and the LaPerm sync, shared by the trainer and the codec.
 
-What a row is (``row_shape``) is defined in ``rows``. Ranks use a canonical tie rule: equal values are ranked by position (a stable
-sort), so the rank vector of a row is unique on every device. Everything is
+What a row is (``row_shape``) is defined in ``rows``. Ranks use a canonical tie
+rule: equal values are ranked by position (a stable sort), so the rank vector of
+a row is unique on every device. Everything is
 vectorized over rows and runs on the tensor's device.
 """
 

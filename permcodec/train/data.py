@@ -22,7 +22,6 @@ from .dataset import Dataset
 from .mnist import load_mnist, load_mnist5k
 
 
-
 def get_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Load a dataset by name; "mnist" and "cifar10" read their files from `data_dir`."""
     if name not in KNOWN_DATASETS:

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomicfile import atomic_write
-from ..progress import progress
 from ..errors import SpecError
 from ..init.initspec import InitSpec
+from ..progress import progress
 from . import data as datasets
 from .augment import AUGMENTATIONS, augment
 from .config import TrainConfig, check_config, k_for_epoch
