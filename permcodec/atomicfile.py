@@ -7,6 +7,7 @@ write to the same target removes once that pid is gone.
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
     """Delete temp files left beside ``target`` by writers that no longer run."""
     removed = []
     prefix = f".{target.name}{TEMP_MARK}"
-    for candidate in target.parent.glob(f"{prefix}*"):
+    for candidate in target.parent.glob(f"{glob.escape(prefix)}*"):
         pid = candidate.name[len(prefix):]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             candidate.unlink(missing_ok=True)

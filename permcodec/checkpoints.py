@@ -9,8 +9,6 @@ A .safetensors input carries its init spec as JSON under the metadata key
 from __future__ import annotations
 
 import json
-import pickle
-import re
 from pathlib import Path
 
 import safetensors
@@ -22,6 +20,7 @@ from .errors import FormatError
 from .format.container import MAGIC
 from .init.initspec import InitSpec
 from .train.resume import synced_state_dict
+from .weightsonly import load_weights_only
 
 SAFETENSORS_INIT_KEY = "permcodec.init"    # the init spec, as JSON
 SAFETENSORS_ORDER_KEY = "permcodec.order"  # the tensor names in the .pc file's order, as JSON (safetensors sorts)
@@ -67,7 +66,8 @@ def in_stored_order(state: dict, order_json: str | None, path: Path) -> dict:
         order = json.loads(order_json)
     except json.JSONDecodeError as err:
         raise FormatError(f"{path}: metadata {SAFETENSORS_ORDER_KEY!r} is not JSON ({err})") from None
-    if not isinstance(order, list) or sorted(order) != sorted(state):
+    if not isinstance(order, list) or not all(isinstance(name, str) for name in order) \
+            or sorted(order) != sorted(state):
         raise FormatError(f"{path}: metadata {SAFETENSORS_ORDER_KEY!r} must list each tensor of the file once")
     return {name: state[name] for name in order}
 
@@ -76,25 +76,7 @@ def _load_weights_only(path: Path):
     with open(path, "rb") as f:
         if f.read(len(MAGIC)) == MAGIC:
             raise FormatError(f"{path} is already a .pc file; 'permcodec decode' or 'info' reads it")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise FormatError(f"{path} is not a weights-only torch checkpoint: {why_not_weights_only(err)}") from None
-
-
-def why_not_weights_only(err: BaseException) -> str:
-    """torch's refusal in one plain line: the class the pickle names, without torch's advice to unpickle it
-    anyway (permcodec never runs code from a file) and without its terminal colour codes."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-    if found:
-        return (f"its pickle refers to {found.group(1)}, which permcodec does not load (only tensors and plain "
-                f"containers, so that no code in a file can run); save the weights instead: "
-                f"torch.save({{'state_dict': model.state_dict(), 'init': spec.to_dict()}}, path)")
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
-    if "Weights only load failed" in text:
-        return ("torch cannot read it weights-only (as tensors and plain containers), and permcodec never "
-                "unpickles anything else")
-    return text.splitlines()[0] if text else type(err).__name__
+    return load_weights_only(path)
 
 
 def _read_checkpoint(path: Path, notes: list[str]):
@@ -106,6 +88,8 @@ def _read_checkpoint(path: Path, notes: list[str]):
         raise FormatError(NOT_LAPERM.format(path=path))
     if not isinstance(ckpt.get("state_dict"), dict):
         raise FormatError(f"{path} is not a permcodec checkpoint: expected a dict with a 'state_dict' entry")
+    if ckpt.get("init") is None:
+        raise FormatError(NOT_LAPERM.format(path=path))
     spec = InitSpec.from_dict(ckpt["init"])
     return synced_view(ckpt, spec, str(path), notes), spec, carried_metadata(ckpt, path)
 

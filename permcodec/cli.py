@@ -153,14 +153,13 @@ def add_encode(sub) -> None:
 
 
 def run_encode(args) -> None:
-    import json
     from pathlib import Path
 
     from . import codec
     from .atomicfile import check_output_path
     from .checkpoints import read_model
     from .encoder import refuse_baseline
-    from .inspection import describe
+    from .inspection import describe, json_value
 
     output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"),
                                (".pc",), "encode writes a .pc file: the output", args.force)
@@ -168,7 +167,7 @@ def run_encode(args) -> None:
     state, spec, metadata = read_model(args.input, notes)
     for note in notes:
         print(note, file=sys.stderr)
-    refuse_baseline(json.loads(metadata.get("permcodec.config", "{}")), args.input, args.raw_fallback)
+    refuse_baseline(json_value(metadata, "permcodec.config"), args.input, args.raw_fallback)
     fallbacks = []
     codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, scheme=args.scheme,
                metadata=metadata, progress=not args.quiet, fallbacks=fallbacks)

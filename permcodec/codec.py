@@ -58,6 +58,8 @@ def mid_run_synced(checkpoint: Mapping, init) -> Mapping:
         return checkpoint
     from .checkpoints import synced_view
 
+    if init is None and checkpoint.get("init") is None:
+        raise SpecError("no init spec: pass init=..., or a checkpoint with an 'init' record")
     spec = init or InitSpec.from_dict(checkpoint["init"])
     spec = InitSpec.from_dict(spec) if isinstance(spec, Mapping) else spec
     notes = []

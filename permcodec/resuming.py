@@ -7,11 +7,11 @@ become a ``train.resume.Resume``), so it lives above both, beside the API.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from . import codec
 from .errors import SpecError
+from .inspection import json_value
 from .train.config import TrainConfig, config_from_dict
 from .train.resume import MUST_MATCH, Resume, resume_from_checkpoint, weights_only_resume
 
@@ -45,15 +45,8 @@ def pc_resume(path: Path) -> Resume:
     """Weights and spec of a .pc file, counting on from the epochs its stored metrics record."""
     with codec.safe_open(path) as f:
         state, spec, metadata = codec.decode_all(f), f.init_spec(), f.metadata()
-    return weights_only_resume(state, spec, metrics=json_entry(metadata, "permcodec.metrics"),
-                               config=json_entry(metadata, "permcodec.config"))
-
-
-def json_entry(metadata: dict[str, str], key: str):
-    try:
-        return json.loads(metadata[key]) if key in metadata else None
-    except json.JSONDecodeError:
-        return None
+    return weights_only_resume(state, spec, metrics=json_value(metadata, "permcodec.metrics"),
+                               config=json_value(metadata, "permcodec.config"))
 
 
 def merged_config(saved: dict | None, asked: TrainConfig) -> TrainConfig:

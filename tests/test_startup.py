@@ -98,6 +98,7 @@ print("numba" in sys.modules, words.sum().item(), ints.sum().item())
 """
 
 
+@pytest.mark.skipif(permcodec.init.rng.compiled_kernel() is None, reason="numba is not installed")
 def test_a_small_job_does_not_load_numba_and_draws_the_same_words():
     """Loading numba costs ~0.5 s: a process with only small draws (info, a small model) stays on torch."""
     small = subprocess.run([sys.executable, "-c", SMALL_JOB.format(blocks=1000)], capture_output=True, text=True,

@@ -44,8 +44,14 @@ def metrics_of(metadata: dict[str, str], log=None) -> tuple[list[dict], str]:
     return records, "file metadata permcodec.metrics"
 
 
+MAX_SYNC_TICKS = 10_000  # a tick per sync; more would be a grey bar, and the file's step counts are untrusted
+
+
 def epoch_records(records: list[dict]) -> list[dict]:
-    return [r for r in records if all(isinstance(r.get(key), (int, float)) for key in EPOCH_KEYS)]
+    """The epoch records: every EPOCH_KEYS value a number, epoch and step whole numbers (the file may lie)."""
+    return [r for r in records if isinstance(r, dict)
+            and all(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for key in EPOCH_KEYS)
+            and all(isinstance(r.get(key), int) and r[key] >= 0 for key in ("epoch", "step"))]
 
 
 def sync_steps(records: list[dict], config) -> list[int] | None:
@@ -56,6 +62,8 @@ def sync_steps(records: list[dict], config) -> list[int] | None:
     if not epochs or not isinstance(k, int) or k < 1 or config.get("k_schedule") or config.get("baseline"):
         return None
     last = max(r["step"] for r in epochs)
+    if last // k > MAX_SYNC_TICKS:  # too many to draw, or a file claiming absurd step counts
+        return None
     steps = sorted(set(range(k, last + 1, k)) | {last})
     final = next((r for r in records if r.get("final") is True), None)
     if final is not None and final.get("syncs") not in (None, len(steps)):

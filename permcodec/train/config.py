@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from ..devices import checked_device
-from ..errors import SpecError
+from ..errors import FormatError, SpecError
 
 OPTIMIZERS = ("adam", "sgd")
 K_RULES = ("since_sync", "global_step")  # the same names as LaPerm's k_rule
@@ -124,9 +124,16 @@ def k_for_epoch(config: TrainConfig, epoch: int) -> int:
 
 
 def config_from_dict(saved: dict) -> TrainConfig:
-    """The TrainConfig a checkpoint's "config" records; fields it lacks take today's defaults."""
+    """The TrainConfig a checkpoint's "config" records, checked; fields it lacks take today's defaults."""
+    if not isinstance(saved, dict) or not all(isinstance(key, str) for key in saved):
+        raise FormatError(f"the stored config must be a map of settings, found {type(saved).__name__}")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(saved) - known)
     if unknown:
         raise SpecError(f"checkpoint config has fields this version does not know: {', '.join(unknown)}")
-    return TrainConfig(**saved)
+    try:
+        config = TrainConfig(**saved)
+        check_config(replace(config, device="auto"))  # the device may change on resume: checked then, not here
+        return config
+    except (TypeError, ValueError) as err:
+        raise FormatError(f"the stored config holds a setting of the wrong type ({err})") from None

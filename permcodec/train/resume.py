@@ -20,7 +20,6 @@ read with ``torch.load(weights_only=True)``: no pickled code.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 
 from .. import perm
 from ..errors import FormatError, SpecError
+from ..weightsonly import load_weights_only
 from ..init.initspec import InitSpec
 from .config import TrainConfig
 
@@ -64,12 +64,26 @@ def progress_of(metrics: list) -> tuple[int, int]:
     return (epochs[-1]["epoch"], epochs[-1]["step"]) if epochs else (0, 0)
 
 
+def checked_metrics(metrics, where: str) -> list:
+    """A run's metrics records as a list; FormatError unless each epoch record's epoch and step are whole
+    numbers (they decide where a resumed run starts, and a file may carry anything)."""
+    if metrics is None:
+        return []
+    if not isinstance(metrics, list) or not all(isinstance(record, dict) for record in metrics):
+        raise FormatError(f"{where}: metrics must be a list of records, found {type(metrics).__name__}")
+    for record in metrics:
+        if "epoch" in record and not all(isinstance(record.get(key), int) and not isinstance(record.get(key), bool)
+                                         and record[key] >= 0 for key in ("epoch", "step")):
+            raise FormatError(f"{where}: an epoch record needs whole-number epoch and step, found {record!r}")
+    return list(metrics)
+
+
 def weights_only_resume(state_dict: dict, spec: InitSpec, metrics: list | None = None,
                         config: dict | None = None) -> Resume:
     """A Resume from weights alone (a decoded .pc file), counting on from the epochs its ``metrics`` record."""
-    epoch, step = progress_of(metrics or [])
-    return Resume(state_dict=state_dict, spec=spec, epoch=epoch, step=step, metrics=list(metrics or []),
-                  config=config)
+    metrics = checked_metrics(metrics, "the stored metrics")
+    epoch, step = progress_of(metrics)
+    return Resume(state_dict=state_dict, spec=spec, epoch=epoch, step=step, metrics=metrics, config=config)
 
 
 def resume_from_checkpoint(path) -> Resume:
@@ -78,14 +92,11 @@ def resume_from_checkpoint(path) -> Resume:
     A checkpoint without a "resume" record (written before there was one) gives a weights-only Resume.
     """
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise FormatError(f"{path} is not a weights-only torch checkpoint: {str(err).strip()[:200]}") from None
+    ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or ckpt.get("init") is None:
         raise FormatError(f"{path} is not a permcodec training checkpoint: expected a dict with 'state_dict' "
                           f"and 'init' entries")
-    spec, metrics = InitSpec.from_dict(ckpt["init"]), list(ckpt.get("metrics") or [])
+    spec, metrics = InitSpec.from_dict(ckpt["init"]), checked_metrics(ckpt.get("metrics"), str(path))
     record = ckpt.get("resume")
     if record is None:
         return weights_only_resume(ckpt["state_dict"], spec, metrics, ckpt.get("config"))

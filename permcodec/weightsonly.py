@@ -1,0 +1,39 @@
+"""Loading a torch checkpoint without running code from it: the one place both the codec and the trainer use.
+
+``torch.load(weights_only=True)`` admits tensors and plain containers only; its
+refusal is turned into one plain FormatError line.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import FormatError
+
+
+def load_weights_only(path: Path):
+    """The object in the torch checkpoint at ``path``; FormatError if it holds anything but tensors and plain
+    containers."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise FormatError(f"{path} is not a weights-only torch checkpoint: {why_not_weights_only(err)}") from None
+
+
+def why_not_weights_only(err: BaseException) -> str:
+    """torch's refusal in one plain line: the class the pickle names, without torch's advice to unpickle it
+    anyway (permcodec never runs code from a file) and without its terminal colour codes."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if found:
+        return (f"its pickle refers to {found.group(1)}, which permcodec does not load (only tensors and plain "
+                f"containers, so that no code in a file can run); save the weights instead: "
+                f"torch.save({{'state_dict': model.state_dict(), 'init': spec.to_dict()}}, path)")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    if "Weights only load failed" in text:
+        return ("torch cannot read it weights-only (as tensors and plain containers), and permcodec never "
+                "unpickles anything else")
+    return text.splitlines()[0] if text else type(err).__name__
