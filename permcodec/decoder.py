@@ -146,13 +146,6 @@ def read_header(file_size: int, read_at, limits: Limits | None) -> tuple[dict, i
     return header, data_start
 
 
-def device_name(device) -> str:
-    """The string of a torch.device; SpecError for anything else that is not a device name."""
-    if isinstance(device, torch.device):
-        return str(device)
-    raise SpecError(f"device must be a string such as 'cpu' or 'cuda', or a torch.device, found {device!r}")
-
-
 class PCFile:
     """Lazy access to a .pc file, the safetensors ``safe_open`` way: only the header is read up front.
 
@@ -164,7 +157,7 @@ class PCFile:
                  owns_stream: bool = False):
         self._stream = source
         self._owns_stream = owns_stream
-        self.device = checked_device(device if isinstance(device, str) else device_name(device))
+        self.device = checked_device(device)
         self.verify = verify
         size, self._read_at = positional_reader(source)
         self.header, self._data_start = read_header(size, self._read_at, limits)

@@ -11,10 +11,13 @@ if TYPE_CHECKING:
     import torch
 
 
-def checked_device(name: str, *, allow_auto: bool = False) -> torch.device:
-    """The torch.device that `name` asks for: cpu, cuda, cuda:N, or auto (CUDA when present) if `allow_auto`."""
+def checked_device(name: "str | torch.device", *, allow_auto: bool = False) -> torch.device:
+    """The torch.device that `name` (a string or a torch.device) asks for: cpu, cuda, cuda:N, or auto (CUDA when
+    present) if `allow_auto`."""
     import torch  # here, so that importing permcodec.devices stays cheap for the CLI
 
+    if isinstance(name, torch.device):
+        name = str(name)
     if allow_auto and name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not (isinstance(name, str) and re.fullmatch(r"cpu|cuda(:[0-9]+)?", name)):
