@@ -15,11 +15,11 @@ import safetensors
 import safetensors.torch
 import torch
 
+from . import perm
 from .atomicfile import atomic_write, atomic_write_bytes, check_output_path
 from .errors import FormatError
 from .format.container import MAGIC
 from .init.initspec import InitSpec
-from .train.resume import synced_state_dict
 from .weightsonly import load_weights_only
 
 SAFETENSORS_INIT_KEY = "permcodec.init"    # the init spec, as JSON
@@ -101,7 +101,7 @@ def synced_view(ckpt: dict, spec: InitSpec, where: str, notes: list[str]) -> dic
     notes.append(f"{where} was written mid-run, between two syncs: encoding its synced view (what a sync would "
                  f"write now)")
     reset_bn = bool((ckpt.get("config") or {}).get("reset_bn", False))
-    return synced_state_dict(ckpt["state_dict"], spec, reset_bn=reset_bn)
+    return perm.synced_state_dict(ckpt["state_dict"], spec, reset_bn=reset_bn)
 
 
 NOT_LAPERM = ("{path} holds weights without an init spec, so they are not a LaPerm model: permcodec stores "
@@ -151,6 +151,11 @@ def check_decode_output(path, overwrite: bool = True) -> Path:
                              overwrite)
 
 
+def on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies (where needed) of decoded tensors, as both writers store them."""
+    return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+
+
 def write_decoded(path, tensors: dict[str, torch.Tensor], spec: InitSpec, metadata: dict[str, str]) -> None:
     """Decoded tensors in a form ``encode`` takes back to the same .pc bytes, atomically.
 
@@ -162,8 +167,7 @@ def write_decoded(path, tensors: dict[str, torch.Tensor], spec: InitSpec, metada
         extra = {SAFETENSORS_INIT_KEY: json.dumps(spec.to_dict()), SAFETENSORS_ORDER_KEY: json.dumps(list(tensors))}
         write_tensors(path, tensors, dict(sorted({**metadata, **extra}.items())))
         return
-    on_cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    checkpoint = {"state_dict": on_cpu, "init": spec.to_dict(), "metadata": dict(metadata)}
+    checkpoint = {"state_dict": on_cpu(tensors), "init": spec.to_dict(), "metadata": dict(metadata)}
     atomic_write(path, lambda temp: torch.save(checkpoint, temp))
 
 
@@ -189,8 +193,8 @@ def sorted_metadata(data: bytes) -> bytes:
 def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write decoded tensors as .safetensors or as a .pt dict of tensors, atomically."""
     path = check_decode_output(path)
-    on_cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    tensors = on_cpu(tensors)
     if path.suffix.lower() == ".safetensors":
-        atomic_write_bytes(path, sorted_metadata(safetensors.torch.save(on_cpu, metadata=metadata)))
+        atomic_write_bytes(path, sorted_metadata(safetensors.torch.save(tensors, metadata=metadata)))
     else:
-        atomic_write(path, lambda temp: torch.save(on_cpu, temp))
+        atomic_write(path, lambda temp: torch.save(tensors, temp))

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import SpecError
 from .rows import row_shape  # noqa: F401 (the one definition of a row; re-exported)
+
+if TYPE_CHECKING:
+    from .init.initspec import InitSpec
 
 
 def as_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -105,3 +109,28 @@ def permutation_bound_bits(pool_sorted: torch.Tensor) -> float:
     lengths = torch.bincount(run_ids).to(torch.float64)
     nats = rows * math.lgamma(n + 1) - torch.lgamma(lengths + 1).sum().item()
     return nats / math.log(2)
+
+
+@torch.no_grad()
+def synced_state_dict(state_dict: dict[str, torch.Tensor], spec: "InitSpec", *,
+                      reset_bn: bool = False) -> dict[str, torch.Tensor]:
+    """What a sync would write now, without the codec: each tensor of ``spec`` becomes its sorted init
+    pool in the rank order of its trained rows; the rest is copied. ``reset_bn`` (the run's setting) also
+    sets BatchNorm gamma to 1 and beta to 0, as LaPerm's sync does. Synced weights come back unchanged."""
+    synced = {name: tensor.clone() for name, tensor in state_dict.items()}
+    for record in spec:
+        if record.name not in state_dict:
+            raise SpecError(f"init spec names tensor {record.name!r}, which the state dict does not have")
+        trained = state_dict[record.name]
+        pool = sorted_pool(as_rows(record.regenerate(device=trained.device)))
+        synced[record.name] = sync(trained, pool)
+    if reset_bn:
+        for name in _batch_norm_affine(state_dict):
+            synced[name] = torch.ones_like(synced[name]) if name.endswith("weight") else torch.zeros_like(synced[name])
+    return synced
+
+
+def _batch_norm_affine(state_dict: dict) -> list[str]:
+    """The BatchNorm weight and bias names: those beside a running_mean buffer."""
+    prefixes = [name[: -len("running_mean")] for name in state_dict if name.endswith("running_mean")]
+    return [prefix + leaf for prefix in prefixes for leaf in ("weight", "bias") if prefix + leaf in state_dict]

@@ -10,7 +10,7 @@ from permcodec import cli
 from permcodec.bits import state_digest
 from permcodec.cli import main
 from permcodec.train import loop
-from permcodec.train.resume import synced_state_dict
+from permcodec.perm import synced_state_dict
 
 QUICK = ["--model", "mlp", "-q"]
 

@@ -13,17 +13,13 @@ import torch
 from permcodec import InitSpec, perm
 from permcodec.bits import tensor_bytes
 from permcodec.errors import FormatError, SpecError
+from permcodec.perm import synced_state_dict
 from permcodec.train import distributed
 from permcodec.train.config import TrainConfig, config_from_dict
 from permcodec.train.distributed import Ranks, gather_from_ranks
 from permcodec.train.loop import save_checkpoint, train
 from permcodec.train.reproducible import reproducible
-from permcodec.train.resume import (
-    Resume,
-    resume_from_checkpoint,
-    synced_state_dict,
-    weights_only_resume,
-)
+from permcodec.train.resume import Resume, resume_from_checkpoint, weights_only_resume
 from permcodec.train.run import restore_generators, start_run
 
 

@@ -1,8 +1,9 @@
-"""Continue a run: the Resume record, reading one from the trainer's checkpoint, and the synced view of its weights.
+"""Continue a run: the Resume record, and reading one from the trainer's checkpoint (the synced view of a
+mid-run checkpoint's weights is ``perm.synced_state_dict``, shared with the codec).
 
     state = train(config, resume=resume_from_checkpoint("model.pt"))   # as if the run had never stopped
     state = train(config, resume=Resume(state_dict=weights, spec=spec)) # weights only: a fresh optimizer
-    weights = synced_state_dict(ckpt["state_dict"], InitSpec.from_dict(ckpt["init"]))  # when not ckpt["synced"]
+    weights = permcodec.perm.synced_state_dict(ckpt["state_dict"], InitSpec.from_dict(ckpt["init"]))  # unsynced
 
 A checkpoint written by ``loop.save_checkpoint`` is the model.pt dict
 (``state_dict``, ``init``, ``config``, ``metrics``) plus:
@@ -25,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .. import perm
 from ..errors import FormatError, SpecError
-from ..weightsonly import load_weights_only
 from ..init.initspec import InitSpec
+from ..weightsonly import load_weights_only
 from .config import TrainConfig
 
 # What a resumed run must share with the run that wrote its checkpoint when it restores the optimizer;
@@ -141,28 +141,3 @@ def spec_difference(found: InitSpec, expected: InitSpec) -> str | None:
         if a != b:
             return f"tensor {a.name!r}: seed {a.seed} dist {a.dist} vs seed {b.seed} dist {b.dist}"
     return "records differ"
-
-
-@torch.no_grad()
-def synced_state_dict(state_dict: dict[str, torch.Tensor], spec: InitSpec, *,
-                      reset_bn: bool = False) -> dict[str, torch.Tensor]:
-    """What a sync would write now, without the codec: each tensor of ``spec`` becomes its sorted init
-    pool in the rank order of its trained rows; the rest is copied. ``reset_bn`` (the run's setting) also
-    sets BatchNorm gamma to 1 and beta to 0, as LaPerm's sync does. Synced weights come back unchanged."""
-    synced = {name: tensor.clone() for name, tensor in state_dict.items()}
-    for record in spec:
-        if record.name not in state_dict:
-            raise SpecError(f"init spec names tensor {record.name!r}, which the state dict does not have")
-        trained = state_dict[record.name]
-        pool = perm.sorted_pool(perm.as_rows(record.regenerate(device=trained.device)))
-        synced[record.name] = perm.sync(trained, pool)
-    if reset_bn:
-        for name in _batch_norm_affine(state_dict):
-            synced[name] = torch.ones_like(synced[name]) if name.endswith("weight") else torch.zeros_like(synced[name])
-    return synced
-
-
-def _batch_norm_affine(state_dict: dict) -> list[str]:
-    """The BatchNorm weight and bias names: those beside a running_mean buffer."""
-    prefixes = [name[: -len("running_mean")] for name in state_dict if name.endswith("running_mean")]
-    return [prefix + leaf for prefix in prefixes for leaf in ("weight", "bias") if prefix + leaf in state_dict]
