@@ -108,8 +108,9 @@ def run_decode(args) -> None:
 
 def add_info(sub) -> None:
     p = sub.add_parser("info", help="show what a .pc file holds: sizes, schemes, bits/weight, bounds",
-                       description="Per tensor: shape, scheme, bytes, bits per weight, the information bound "
-                                   "log2(n!/prod m_v!) summed over rows, and the ratio to fp32; then totals.")
+                       description="Per tensor: shape, scheme, block layout (- for whole rows), bytes, bits per "
+                                   "weight, the information bound log2(n!/prod m_v!) summed over rows (or blocks), "
+                                   "and the ratio to fp32; then totals.")
     p.add_argument("input", help="a .pc file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run_info)
@@ -124,9 +125,11 @@ def run_info(args) -> None:
     if args.json:
         print(json.dumps(info, indent=1))
         return
-    print(f"{'tensor':<28} {'shape':<18} {'scheme':<13} {'bytes':>10} {'bits/w':>7} {'bound':>7} {'x fp32':>7}")
+    print(f"{'tensor':<28} {'shape':<18} {'scheme':<13} {'block':<14} {'bytes':>10} {'bits/w':>7} {'bound':>7} "
+          f"{'x fp32':>7}")
     for t in info["tensors"]:
-        print(f"{t['name']:<28} {str(tuple(t['shape'])):<18} {t['scheme']:<13} {t['bytes']:>10,} "
+        print(f"{t['name']:<28} {str(tuple(t['shape'])):<18} {t['scheme']:<13} {_block(t['block']):<14} "
+              f"{t['bytes']:>10,} "
               f"{_number(t['bits_per_weight'], '.2f'):>7} {_number(t['bound_bits_per_weight'], '.2f'):>7} "
               f"{_number(t['ratio_to_fp32'], '.3f'):>7}")
     tot = info["totals"]
@@ -142,6 +145,11 @@ def run_info(args) -> None:
                              if isinstance(config, dict) else json.dumps(config)))
     if info["test_acc"] is not None:
         print(f"test accuracy of the stored weights: {info['test_acc']:.4f}")
+
+
+def _block(block: dict | None) -> str:
+    """An info cell: '-' for whole rows, else the layout and size ('shuffled 16')."""
+    return "-" if block is None else f"{block['layout']} {block['size']}"
 
 
 def _number(value: float | None, spec: str) -> str:

@@ -13,6 +13,7 @@ import sys
 
 def add_train(sub) -> None:
     from .init.distparams import DENSE, DISTRIBUTIONS
+    from .rows import BLOCK_LAYOUTS
     from .train.config import DEFAULT_LR, K_RULES, KNOWN_DATASETS, MODEL_NAMES, TrainConfig
 
     defaults = TrainConfig()  # the one list of train flags, kept whole: each line is one flag
@@ -64,8 +65,18 @@ def add_train(sub) -> None:
     p.add_argument("--std", type=float, help="normal: standard deviation (default 1.0)")
     p.add_argument("--density", type=float, help="sparse, shared (required): share of non-zero values, in (0, 1]")
     p.add_argument("--value", type=float, help="shared (required): the one non-zero value")
-    p.add_argument("--base", choices=DENSE, help="sparse: the distribution of the kept values (default he_uniform; "
+    p.add_argument("--base", choices=DENSE, help="sparse: the distribution of the kept values; levels: the "
+                                                 "distribution whose quantiles the levels are (default he_uniform; "
                                                  "--low/--high/--mean/--std apply to it)")
+    p.add_argument("--num-levels", type=int, metavar="K",
+                   help="levels (required): K values per row at the quantile midpoints of --base, n/K copies each; "
+                        "stored at about log2 K bits per weight")
+    p.add_argument("--block", type=int, metavar="B",
+                   help="block-local permutations: permute within blocks of about B positions of each row, so a "
+                        "weight costs about log2(B!)/B bits (16: 2.8, 8: 1.9); default: whole rows")
+    p.add_argument("--block-layout", default=defaults.block_layout, choices=BLOCK_LAYOUTS,
+                   help="which positions share a block: shuffled (a per-row Philox order, default), strided "
+                        "(j mod ceil(n/B)) or contiguous (runs of B)")
     p.add_argument("--baseline", action="store_true", help="train with the inner optimizer alone, no permutation")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="turn off data augmentation")
     p.add_argument("--reset-bn", action="store_true", help="reset BatchNorm gamma=1, beta=0 at every sync")
@@ -109,11 +120,13 @@ def train_config(args):
     """The TrainConfig the flags ask for."""
     from .train.config import TrainConfig, parse_k_schedule
 
-    dist_params = {name: getattr(args, name) for name in ("low", "high", "mean", "std", "density", "value", "base")
+    dist_params = {name: getattr(args, name) for name in ("low", "high", "mean", "std", "density", "value", "base",
+                                                          "num_levels")
                    if getattr(args, name) is not None}
     return TrainConfig(model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs,
                        steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                        k=args.k, k_schedule=parse_k_schedule(args.k_schedule) if args.k_schedule else None,
                        k_rule=args.k_rule, seed=args.seed, dist=args.dist, dist_params=dist_params or None,
-                       baseline=args.baseline, augment=args.augment, reset_bn=args.reset_bn, keep=args.keep,
-                       device=args.device, save_every=args.save_every)
+                       block=args.block, block_layout=args.block_layout, baseline=args.baseline,
+                       augment=args.augment, reset_bn=args.reset_bn, keep=args.keep, device=args.device,
+                       save_every=args.save_every)

@@ -21,7 +21,7 @@ from .bits import sha256_of, tensor_from_bytes
 from .devices import checked_device
 from .dtypes import TORCH_DTYPES
 from .errors import FormatError, IntegrityError, MemoryLimitError, SpecError
-from .format import container, schemes
+from .format import container, records, schemes
 from .format.container import Limits
 from .init.initspec import InitSpec, TensorInit
 
@@ -30,6 +30,8 @@ def tensor_init(record: dict) -> TensorInit:
     """The TensorInit of a permuted record (whose fields ``container.parse_header`` has checked)."""
     init = record["init"]
     fields = {key: init[key] for key in ("seed", "stream", "dist", "params")}
+    if "block" in record:
+        fields["block"] = record["block"]
     try:
         return TensorInit.from_dict({"name": record["name"], "shape": record["shape"], **fields})
     except SpecError as err:
@@ -39,13 +41,18 @@ def tensor_init(record: dict) -> TensorInit:
 def decode_permuted(record: dict, section: bytes, device) -> torch.Tensor:
     what = f"tensor {record['name']!r}"
     rows, n = perm.row_shape(record["shape"])
-    scheme = schemes.INDEX_SCHEMES[record["scheme"]]
-    scheme.check_layout(record["scheme_params"], rows, n, section, what)
+    parts = records.record_parts(record)
+    for part in parts:
+        schemes.INDEX_SCHEMES[part.scheme].check_layout(part.params, part.rows, part.n,
+                                                        section[part.start:part.end], what)
     if rows * n == 0:  # nothing to regenerate: the section's own bytes were all there was to check
         return torch.empty(record["shape"], dtype=torch.float32, device=device)
     init = tensor_init(record)
-    initial = init.regenerate(device).reshape(rows, n)
-    return scheme.decode(record["scheme_params"], initial, section, what).reshape(init.shape)
+    view = perm.BlockView.of(init, device)
+    initial = view.split(init.regenerate(device).reshape(rows, n))
+    decoded = [schemes.INDEX_SCHEMES[part.scheme].decode(part.params, part_initial, section[part.start:part.end], what)
+               for part, part_initial in zip(parts, initial)]
+    return view.join(decoded).reshape(init.shape)
 
 
 def decode_raw(record: dict, section: bytes, device) -> torch.Tensor:

@@ -82,12 +82,19 @@ def first_bad_row(trained: perm.SortedRows, initial: perm.SortedRows) -> int | N
     return None if bool(ok.all()) else int((~ok).nonzero()[0])
 
 
-def permuted_record(name: str, tensor: torch.Tensor, record: TensorInit, scheme: str, params: dict) -> dict:
-    return {"name": name, "kind": "permuted", "dtype": "float32", "shape": list(record.shape),
-            "sha256": sha256_of(tensor),
-            "init": {"rng": RNG_NAME, "seed": record.seed, "stream": record.stream, "dist": record.dist,
-                     "params": record.params},
-            "scheme": scheme, "scheme_params": params}
+def permuted_record(name: str, tensor: torch.Tensor, record: TensorInit,
+                    parts: list[tuple[str, dict, bytes]]) -> dict:
+    """The record of a permuted tensor coded as ``parts`` (scheme, params, section): one without blocks."""
+    fields = {"name": name, "kind": "permuted", "dtype": "float32", "shape": list(record.shape),
+              "sha256": sha256_of(tensor),
+              "init": {"rng": RNG_NAME, "seed": record.seed, "stream": record.stream, "dist": record.dist,
+                       "params": record.params}}
+    if record.block is None:
+        (scheme, params, _), = parts
+        return {**fields, "scheme": scheme, "scheme_params": params}
+    return {**fields, "block": record.block.to_dict(),
+            "parts": [{"scheme": scheme, "scheme_params": params, "length": len(section)}
+                      for scheme, params, section in parts]}
 
 
 def raw_record(name: str, tensor: torch.Tensor) -> dict:
@@ -122,13 +129,18 @@ def encode_permuted(name: str, tensor: torch.Tensor, record: TensorInit, level: 
     reason = layout_mismatch(tensor, record)
     if reason is not None:
         raise NotPermuted(0, reason)
-    initial = initial_rows(record)
-    trained = perm.SortedRows.of(perm.as_rows(tensor.detach().cpu()))
-    row = first_bad_row(trained, initial)
-    if row is not None:
-        raise NotPermuted(row, "its values differ from the initial values of that row")
-    chosen, params, section = schemes.encode_best(trained, initial, level, scheme)
-    return permuted_record(name, tensor, record, chosen, params), section
+    view = perm.BlockView.of(record)
+    initial_parts = view.split(record.regenerate().reshape(perm.row_shape(record.shape)))
+    trained_parts = view.split(perm.as_rows(tensor.detach().cpu()))
+    parts = []
+    for group, (trained_part, initial_part) in enumerate(zip(trained_parts, initial_parts)):
+        initial, trained = perm.SortedRows.of(initial_part), perm.SortedRows.of(trained_part)
+        bad = first_bad_row(trained, initial)
+        if bad is not None:
+            what = "row" if record.block is None else "row's blocks (one block)"
+            raise NotPermuted(view.row_of(group, bad), f"its values differ from the initial values of that {what}")
+        parts.append(schemes.encode_best(trained, initial, level, scheme))
+    return permuted_record(name, tensor, record, parts), b"".join(section for _, _, section in parts)
 
 
 def encode_state(state: dict[str, torch.Tensor], spec: InitSpec, level: schemes.Level, scheme: str | None,

@@ -13,15 +13,15 @@ from .checkpoints import read_tensors
 from .decoder import memory_errors_named, tensor_init
 from .errors import IntegrityError
 from .format.container import Limits
+from .format.records import schemes_of
 
 
 def bound_bits(record: dict) -> float:
-    """log2(n! / prod m_v!) summed over the rows of a permuted tensor's pool."""
+    """log2(b! / prod m_v!) summed over the rows (or blocks) of a permuted tensor's pool."""
     if math.prod(record["shape"]) == 0:
         return 0.0  # and nothing regenerated: an empty shape may have 2^31 - 1 rows or a row that long
     with memory_errors_named(record):
-        rows = tensor_init(record).regenerate().reshape(perm.row_shape(record["shape"]))
-        return perm.permutation_bound_bits(perm.sorted_pool(rows))  # a sort, not the encoder's argsort
+        return perm.pools_of(tensor_init(record)).bound_bits()
 
 
 def ratio(numerator: float, denominator: float) -> float | None:
@@ -48,7 +48,8 @@ def tensor_figures(record: dict) -> dict:
     bound = bound_bits(record) if permuted else None
     return {
         "name": record["name"], "kind": record["kind"], "dtype": record["dtype"], "shape": record["shape"],
-        "scheme": record["scheme"] if permuted else record["codec"],
+        "scheme": schemes_of(record) if permuted else record["codec"],
+        "block": record.get("block"),
         "bytes": record["length"], "bits_per_weight": ratio(8 * record["length"], numel),
         "bound_bits": bound, "bound_bits_per_weight": ratio(bound, numel) if permuted else None,
         "ratio_to_bound": ratio(8 * record["length"], bound) if permuted else None,

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import SpecError
-from .rows import row_shape  # noqa: F401 (the one definition of a row; re-exported)
+from .rows import BlockLayout, full_rows, row_shape  # noqa: F401 (the one definition of a row; re-exported)
 
 if TYPE_CHECKING:
-    from .init.initspec import InitSpec
+    from .init.initspec import InitSpec, TensorInit
 
 
 def as_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -111,6 +111,106 @@ def permutation_bound_bits(pool_sorted: torch.Tensor) -> float:
     return nats / math.log(2)
 
 
+# ---------------------------------------------------------------- blocks
+
+def grouped_order(block: BlockLayout | None, rows: int, n: int, seed: int, stream: int,
+                  device) -> torch.Tensor | None:
+    """Each row's positions in grouped order (block by block): int64 [n] shared by all rows, [rows, n]
+    for the shuffled layout, or None where the grouped order is the row itself (no blocks, contiguous)."""
+    if block is None or block.layout == "contiguous" or n == 0:
+        return None
+    q = block.block_count(n)
+    j = torch.arange(n, device=device)
+    strided = torch.argsort((j % q) * n + j)  # block t = j mod q, ascending within: keys are distinct
+    if block.layout == "strided":
+        return strided
+    from .init.distributions import row_orders
+    from .init.philox import SUBSTREAM_BLOCKS
+
+    shuffled = row_orders(seed, stream, SUBSTREAM_BLOCKS, 0, rows, n, device)
+    return shuffled[:, strided]
+
+
+@dataclass(frozen=True)
+class BlockView:
+    """A tensor's rows seen as blocks: ``split`` gives one [rows * count, size] matrix per run of equal
+    blocks (``BlockLayout.groups``), each of whose rows is one block; ``join`` puts such matrices back.
+    Without blocks there is one matrix, the rows themselves, and both are views (no copy, no reorder)."""
+
+    rows: int
+    n: int
+    groups: tuple[tuple[int, int], ...]
+    order: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, record: "TensorInit", device="cpu") -> "BlockView":
+        rows, n = row_shape(record.shape)
+        if record.block is None:
+            return cls(rows, n, full_rows(n))
+        order = grouped_order(record.block, rows, n, record.seed, record.stream, device)
+        return cls(rows, n, record.block.groups(n), order)
+
+    @classmethod
+    def whole_rows(cls, rows: int, n: int) -> "BlockView":
+        return cls(rows, n, full_rows(n))
+
+    def _index(self, like: torch.Tensor) -> torch.Tensor:
+        return self.order.to(like.device).expand(self.rows, self.n)
+
+    def split(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """[rows, n] -> one [rows * count, size] matrix per group, its rows the blocks in row-major order."""
+        grouped = rows if self.order is None else torch.gather(rows, 1, self._index(rows))
+        parts, column = [], 0
+        for count, size in self.groups:
+            parts.append(grouped[:, column:column + count * size].reshape(self.rows * count, size))
+            column += count * size
+        return parts
+
+    def join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The [rows, n] rows whose ``split`` is ``parts``."""
+        pieces = [part.reshape(self.rows, count * size) for part, (count, size) in zip(parts, self.groups)]
+        grouped = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        if self.order is None:
+            return grouped
+        return torch.empty_like(grouped).scatter_(1, self._index(grouped), grouped)
+
+    def row_of(self, group: int, block_row: int) -> int:
+        """The tensor row that row ``block_row`` of group ``group``'s matrix lies in."""
+        return block_row // self.groups[group][0]
+
+
+@dataclass(frozen=True)
+class RowPools:
+    """A permuted tensor's sorted initial blocks (its rows, without blocks): what a LaPerm sync places."""
+
+    view: BlockView
+    sorted: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def of(cls, initial: torch.Tensor, view: BlockView) -> "RowPools":
+        return cls(view, tuple(sorted_pool(part) for part in view.split(as_rows(initial))))
+
+    def sync(self, trained: torch.Tensor) -> torch.Tensor:
+        """Each block becomes its sorted initial values in the rank order of the trained block."""
+        parts = self.view.split(as_rows(trained))
+        synced = [sync(part, pool) for part, pool in zip(parts, self.sorted)]
+        return self.view.join(synced).reshape(trained.shape)
+
+    def bound_bits(self) -> float:
+        """The information bound of the tensor's arrangement: log2(b! / prod m_v!) summed over its blocks."""
+        return sum(permutation_bound_bits(pool) for pool in self.sorted)
+
+    def holds(self, candidate: torch.Tensor) -> bool:
+        """Whether every block of ``candidate`` holds exactly the bits of its initial block."""
+        parts = self.view.split(as_rows(candidate))
+        return all(bool(is_row_permutation(part, pool).all()) for part, pool in zip(parts, self.sorted))
+
+
+def pools_of(record: "TensorInit", device="cpu") -> RowPools:
+    """The sorted initial blocks of a tensor of an init spec, regenerated on ``device``."""
+    return RowPools.of(record.regenerate(device=device), BlockView.of(record, device))
+
+
 @torch.no_grad()
 def synced_state_dict(state_dict: dict[str, torch.Tensor], spec: "InitSpec", *,
                       reset_bn: bool = False) -> dict[str, torch.Tensor]:
@@ -122,8 +222,7 @@ def synced_state_dict(state_dict: dict[str, torch.Tensor], spec: "InitSpec", *,
         if record.name not in state_dict:
             raise SpecError(f"init spec names tensor {record.name!r}, which the state dict does not have")
         trained = state_dict[record.name]
-        pool = sorted_pool(as_rows(record.regenerate(device=trained.device)))
-        synced[record.name] = sync(trained, pool)
+        synced[record.name] = pools_of(record, trained.device).sync(trained)
     if reset_bn:
         for name in _batch_norm_affine(state_dict):
             synced[name] = torch.ones_like(synced[name]) if name.endswith("weight") else torch.zeros_like(synced[name])

@@ -143,7 +143,7 @@ def test_running_out_of_memory_on_a_declared_tensor_is_a_named_memory_limit_erro
     """A valid 2^25-element tensor under a cap too small for it: a PermcodecError (and a MemoryError)."""
     shape = (2**12, 2**13)
     init = permcodec.TensorInit("weight", shape, 3, 0, "he_uniform", distributions.make_params("he_uniform", shape))
-    record = encoder.permuted_record("weight", init.regenerate(), init, "delta", {})  # trained = initial
+    record = encoder.permuted_record("weight", init.regenerate(), init, [("delta", {}, b"")])  # trained = initial
     section = zstdframe.compress(bytes(shape[0] * shape[1] * schemes.index_width(shape[1])), 3)  # all deltas 0
     path = tmp_path / "big.pc"
     path.write_bytes(container.pack([record], [section]))

@@ -456,7 +456,7 @@ def test_ranks_that_are_not_a_permutation():
     codes = indexcode.zigzag((final_ranks - initial.ranks).reshape(-1).numpy())
     section = zstdframe.compress(indexcode.to_byte_planes(codes, 1))
     bias = encoder.encode_raw(model.bias.detach(), 3)
-    records = [encoder.permuted_record("weight", model.weight, spec["weight"], "delta", {}), encoder.raw_record("bias", model.bias)]
+    records = [encoder.permuted_record("weight", model.weight, spec["weight"], [("delta", {}, b"")]), encoder.raw_record("bias", model.bias)]
     with pytest.raises(FormatError, match="tensor 'weight': decoded ranks of row 1 are not a permutation"):
         permcodec.decode(container.pack(records, [section, bias]))
 

@@ -15,13 +15,18 @@ import torch
 from torch import nn
 
 import permcodec
-from permcodec import parallel
+from permcodec import parallel, perm
 from permcodec.format import rans
 
 THREADS = 8
 CALLS_PER_THREAD = 200
 SIDE = 512  # Linear(512, 512): 2^18 weights
-SCHEMES = {"exact": ("he_uniform", {}), "multiset": ("sparse", {"density": 0.3}), "delta": ("he_uniform", {})}
+# case -> (scheme, dist, init_ arguments); block-local and level-pool files take part like the others
+CASES = {"exact": ("exact", "he_uniform", {}), "multiset": ("multiset", "sparse", {"density": 0.3}),
+         "delta": ("delta", "he_uniform", {}),
+         "exact-blocks": ("exact", "he_uniform", {"block": 16}),
+         "multiset-levels": ("multiset", "levels", {"num_levels": 8}),
+         "delta-levels-blocks": ("delta", "levels", {"num_levels": 4, "block": 64, "block_layout": "strided"})}
 
 
 def digest(tensors: dict) -> dict:
@@ -30,15 +35,16 @@ def digest(tensors: dict) -> dict:
             for name, t in tensors.items()}
 
 
-def model_for(scheme: str) -> nn.Module:
-    """A permuted weight of the scheme's pool and a raw tensor, 2^18 elements each."""
-    dist, params = SCHEMES[scheme]
+def model_for(case: str) -> nn.Module:
+    """A permuted weight of the case's pool (each row or block in a random order) and a raw tensor,
+    2^18 elements each."""
+    _, dist, params = CASES[case]
     model = nn.Sequential(nn.Linear(SIDE, SIDE, bias=False), nn.Linear(SIDE, SIDE, bias=False))
     spec = permcodec.init_(model[0], seed=11, dist=dist, **params)
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         weight = model[0].weight
-        weight.copy_(torch.gather(weight, 1, torch.argsort(torch.rand(weight.shape, generator=generator), dim=1)))
+        weight.copy_(perm.pools_of(spec["weight"]).sync(torch.rand(weight.shape, generator=generator)))
         model[1].weight.copy_(torch.randn(SIDE, SIDE, generator=generator))
     state = {"weight": model[0].weight.detach().clone(), "raw": model[1].weight.detach().clone()}
     return state, spec
@@ -48,14 +54,14 @@ def model_for(scheme: str) -> nn.Module:
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("threads")
     made = {}
-    for scheme in SCHEMES:
-        state, spec = model_for(scheme)
+    for case, (scheme, _, _) in CASES.items():
+        state, spec = model_for(case)
         data = permcodec.encode(state, init=spec, scheme=scheme, level="fast")
-        path = folder / f"{scheme}.pc"
+        path = folder / f"{case}.pc"
         path.write_bytes(data)
-        made[scheme] = {"path": path, "state": state, "spec": spec, "data": data,
-                        "digest": digest(permcodec.load(path))}
-        assert made[scheme]["digest"] == digest(state)
+        made[case] = {"path": path, "state": state, "spec": spec, "data": data, "scheme": scheme,
+                      "digest": digest(permcodec.load(path))}
+        assert made[case]["digest"] == digest(state)
     return made
 
 
@@ -85,7 +91,7 @@ def hammer(files, calls_per_thread: int) -> list[str]:
                             tensor = own.get_tensor(name)
                     ok = digest({name: tensor}) == {name: f["digest"][name]}
                 else:
-                    ok = permcodec.encode(f["state"], init=f["spec"], scheme=scheme, level="fast") == f["data"]
+                    ok = permcodec.encode(f["state"], init=f["spec"], scheme=f["scheme"], level="fast") == f["data"]
                 if not ok:
                     errors.append(f"{action} {scheme}: bits differ from the single-threaded result")
             except Exception as err:  # noqa: BLE001 - every failure is collected and reported

@@ -67,7 +67,7 @@ def test_frame_declaring_more_than_the_header_is_refused_before_decompressing():
 def test_frame_without_declared_size_is_refused():
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(8))
     model, spec = make_fixtures.tiny_linear()
-    records = [encoder.permuted_record("weight", model.weight, spec["weight"], "delta", {}), encoder.raw_record("bias", model.bias)]
+    records = [encoder.permuted_record("weight", model.weight, spec["weight"], [("delta", {}, b"")]), encoder.raw_record("bias", model.bias)]
     trained = perm.SortedRows.of(perm.as_rows(model.weight.detach()))
     weight = encode_delta(trained, encoder.initial_rows(spec["weight"]), 3)
     with pytest.raises(FormatError, match="zstd frame declares no size, header says 8 bytes"):
@@ -285,7 +285,7 @@ def test_skippable_zstd_frame_is_refused():
     model = nn.Linear(0, 3)
     spec = init_(model, 0, dist="uniform")
     skippable = b"\x50\x2a\x4d\x18" + (0).to_bytes(4, "little")
-    records = [encoder.permuted_record("weight", model.weight, spec["weight"], "delta", {}), encoder.raw_record("bias", model.bias)]
+    records = [encoder.permuted_record("weight", model.weight, spec["weight"], [("delta", {}, b"")]), encoder.raw_record("bias", model.bias)]
     bias = encoder.encode_raw(model.bias.detach(), 3)
     with pytest.raises(FormatError, match="section does not start with a zstd frame .*skippable frames are not"):
         permcodec.decode(container.pack(records, [skippable, bias]))

@@ -215,9 +215,9 @@ def test_an_array_count_past_the_header_bytes_is_refused_before_allocating():
 
 
 def test_a_header_of_empty_containers_is_refused_early():
-    """Valid headers hold a few arrays and maps per tensor; 900,000 empty maps in 900 kB are not one."""
+    """Valid headers hold a few arrays and maps per tensor (at most 12); 1,300,000 empty maps in 1.3 MB are not one."""
     block = b"\xdd" + struct.pack(">I", 100_000) + b"\x80" * 100_000
-    data = edited(lambda h: h["metadata"].update(note=Raw(b"\x99" + block * 9)))
+    data = edited(lambda h: h["metadata"].update(note=Raw(b"\x9d" + block * 13)))
     assert refused(data) == "header holds more arrays and maps than its tensors can use"
 
 

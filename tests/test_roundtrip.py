@@ -19,26 +19,29 @@ from permcodec.format import schemes
 METADATA = {"permcodec.config": json.dumps({"model": "net", "lr": 0.003}), "zeta": "last", "alpha": "first"}
 
 
-def trained_model(seed: int = 4) -> nn.Module:
-    """A small net whose permuted weights are each row's initial values in a random order (as LaPerm leaves
-    them), with a BatchNorm's buffers and an unpermuted bias stored raw."""
+# init_ arguments of each kind of model: whole rows, block-local permutations, level pools in blocks
+KINDS = {"rows": {}, "blocks": {"block": 8}, "levels": {"dist": "levels", "num_levels": 4, "block": 16,
+                                                        "block_layout": "contiguous"}}
+
+
+def trained_model(seed: int = 4, kind: str = "rows") -> nn.Module:
+    """A small net whose permuted weights are each row's (or block's) initial values in a random order, as
+    LaPerm leaves them, with a BatchNorm's buffers and an unpermuted bias stored raw."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
-    permcodec.init_(model, seed=seed)
+    spec = permcodec.init_(model, seed=seed, **KINDS[kind])
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("weight") and tensor.dim() > 1:
-                rows = perm.as_rows(tensor)
-                shuffled = torch.gather(rows, 1, torch.argsort(torch.rand(rows.shape), dim=1))
-                tensor.copy_(shuffled.reshape(tensor.shape))
+        for record in spec:
+            params[record.name].copy_(perm.pools_of(record).sync(torch.rand(record.shape)))
         model[1].running_mean.uniform_()
     return model
 
 
-@pytest.fixture(scope="module")
-def originals(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(KINDS))
+def originals(tmp_path_factory, request):
     folder = tmp_path_factory.mktemp("originals")
-    model = trained_model()
+    model = trained_model(kind=request.param)
     paths = {}
     for level in schemes.LEVELS:
         paths[level] = folder / f"{level}.pc"

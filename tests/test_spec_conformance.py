@@ -38,13 +38,15 @@ def test_independent_decoder_reads_the_golden_files(path):
 @pytest.mark.parametrize("dist,kwargs", [
     ("uniform", dict(low=-0.5, high=0.25)), ("normal", dict(mean=1.0, std=0.125)), ("he_uniform", {}),
     ("glorot_uniform", {}), ("he_normal", {}), ("glorot_normal", {}), ("sparse", dict(density=0.2, base="normal")),
-    ("shared", dict(value=0.75, density=0.3)),
+    ("shared", dict(value=0.75, density=0.3)), ("levels", dict(num_levels=5, base="glorot_normal")),
+    ("he_uniform", dict(block=4)), ("sparse", dict(density=0.5, block=3, block_layout="strided")),
+    ("levels", dict(num_levels=3, block=8, block_layout="contiguous")),
 ])
 def test_independent_decoder_agrees_on_fresh_files(tmp_path, dist, kwargs):
     model = nn.Sequential(nn.Conv1d(3, 5, 3), nn.Conv2d(2, 3, 3), nn.Conv3d(1, 2, 2), nn.Linear(33, 7))
     spec = init_(model, 2026, dist=dist, bias=True, **kwargs)
-    make_fixtures.permute_rows(model, spec, seed=11)
-    permcodec.save(model, tmp_path / "m.pc")
+    make_fixtures.permute_blocks(model, spec, seed=11)
+    permcodec.save(model, tmp_path / "m.pc", level="max")
     theirs = spec_decoder.decode_file(tmp_path / "m.pc")
     for name, tensor in model.state_dict().items():
         assert hashlib.sha256(numpy_bytes(theirs[name])).digest() == codec.sha256_of(tensor), name

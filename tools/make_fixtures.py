@@ -25,6 +25,9 @@ import torch
 from torch import nn
 
 from permcodec import codec, init_, perm
+from permcodec.format.records import record_parts
+from permcodec.init.initspec import InitSpec, TensorInit, attach_spec
+from permcodec.rows import BlockLayout
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
@@ -100,6 +103,79 @@ def wide_rows():
     return model, spec
 
 
+def permute_blocks(model: nn.Module, spec, seed: int) -> None:
+    """Stand-in for block-local training: each block of each permuted tensor in a fixed pseudo-random order
+    (a sync of random values: every block then holds exactly its initial values)."""
+    params = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for record in spec:
+            noise = torch.rand(record.shape, generator=generator)
+            params[record.name].copy_(perm.pools_of(record).sync(noise))
+
+
+def tiny_blocks():
+    """The worked example of specs/format.md Section 7.1: Linear(5, 2) in shuffled blocks of 2."""
+    model = nn.Linear(5, 2)
+    spec = init_(model, seed=11, block=2)
+    permute_blocks(model, spec, seed=3)
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([0.5, -0.25]))
+    return model, spec
+
+
+def init_each(model: nn.Module, seed: int, choices: dict) -> InitSpec:
+    """An init spec with its own distribution and block layout per weight: name -> (dist, params, block)."""
+    params = dict(model.named_parameters())
+    records = [TensorInit(name, tuple(params[name].shape), seed, stream, dist, dist_params, block)
+               for stream, (name, (dist, dist_params, block)) in enumerate(choices.items())]
+    spec = InitSpec(records)
+    with torch.no_grad():
+        for record in spec:
+            params[record.name].copy_(record.regenerate())
+    attach_spec(model, spec)
+    return spec
+
+
+def block_layouts():
+    """Every block layout, block sizes that do and do not divide the row, b = 1 and b >= n, dense and tied pools."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(10, 4), nn.Linear(7, 3), nn.Conv1d(2, 3, 2),
+                          nn.Linear(6, 2), nn.Linear(9, 5))
+    sparse = {"density": 0.5, "keep_below": 1 << 31, "base": {"dist": "he_uniform", "params": {"bound": 0.5}}}
+    spec = init_each(model, seed=2026, choices={
+        "0.weight": ("he_uniform", {"bound": 0.25}, BlockLayout("shuffled", 5)),     # n 27: 3 x 5, 3 x 4
+        "1.weight": ("he_normal", {"std": 0.5}, BlockLayout("strided", 4)),          # n 10: 1 x 4, 2 x 3
+        "2.weight": ("glorot_uniform", {"bound": 0.5}, BlockLayout("contiguous", 3)),  # n 7: 2 x 3, 1 x 1
+        "3.weight": ("normal", {"mean": 0.0, "std": 1.0}, BlockLayout("shuffled", 16)),  # n 4 <= b: one block
+        "4.weight": ("uniform", {"low": -1.0, "high": 1.0}, BlockLayout("contiguous", 1)),  # nothing to code
+        "5.weight": ("sparse", sparse, BlockLayout("strided", 3)),                    # n 9: 3 x 3, ties
+    })
+    permute_blocks(model, spec, seed=4)
+    return model, spec
+
+
+def shuffled_ties():
+    """A sparse pool (half zeros) in shuffled blocks of 6: for delta, ties are ranked by the column of the part's
+    matrix, not by the position in the tensor row (specs/format.md Section 7.1)."""
+    model = nn.Linear(20, 6)
+    spec = init_(model, seed=17, dist="sparse", density=0.5, block=6)
+    permute_blocks(model, spec, seed=8)
+    return model, spec
+
+
+def level_pools():
+    """Level pools: K = 4 over he_uniform on whole rows, K = 3 over he_normal in shuffled blocks of 8."""
+    model = nn.Sequential(nn.Linear(12, 3), nn.Conv2d(2, 3, 3))
+    spec = init_(model[0], seed=5, dist="levels", num_levels=4)
+    other = init_(model[1], seed=6, dist="levels", num_levels=3, base="he_normal", block=8)
+    spec = InitSpec([TensorInit("0." + r.name, r.shape, r.seed, r.stream, r.dist, r.params, r.block) for r in spec]
+                    + [TensorInit("1." + r.name, r.shape, r.seed, r.stream, r.dist, r.params, r.block)
+                       for r in other])
+    attach_spec(model, spec)
+    permute_blocks(model, spec, seed=6)
+    return model, spec
+
+
 # name -> (model builder, encode options). Version 1 files first written with
 # scheme "delta" keep it, so rewriting them reproduces the committed bytes.
 CASES = {
@@ -113,6 +189,12 @@ CASES = {
     "wide_rows_fast": (wide_rows, {"level": "fast"}),
     "sparse_multiset": (sparse_ties, {"scheme": "multiset"}),
     "shared_multiset": (shared_ties, {"scheme": "multiset", "level": "fast"}),
+    # revision 1.4: block-local permutations and level pools
+    "tiny_blocks": (tiny_blocks, {"scheme": "exact"}),
+    "block_layouts": (block_layouts, {"level": "max"}),
+    "block_layouts_delta": (block_layouts, {"scheme": "delta"}),
+    "level_pools": (level_pools, {"level": "max"}),
+    "shuffled_ties_delta": (shuffled_ties, {"scheme": "delta"}),
 }
 
 
@@ -145,7 +227,8 @@ def check_case(name: str, stored: dict, rewrite: bool) -> tuple[dict | None, lis
     source = write_fixture(name, path) if rewrite or not path.exists() else None
     decoded = codec.load(path)
     found = digests_of(decoded)
-    schemes = sorted({r["scheme"] for r in codec.safe_open(path).header["tensors"] if "scheme" in r})
+    schemes = sorted({part.scheme for r in codec.safe_open(path).header["tensors"] if r["kind"] == "permuted"
+                      for part in record_parts(r)})
     print(f"{path.name}: {path.stat().st_size} bytes, {len(decoded)} tensors, schemes {', '.join(schemes)}")
     if source is not None and found != source:
         return None, [f"{name}: the decoder does not reproduce the encoded tensors"] + differences(source, found)

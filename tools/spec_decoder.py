@@ -5,10 +5,12 @@ looking at the reference implementation (`permcodec/`), its tests or its tools.
 It depends on numpy, msgpack and zstandard plus the standard library (hashlib,
 zlib, struct); it does not use torch.
 
-It reads format version 1, revision 1.1: the index schemes `delta`, `exact`
+It reads format version 1, revision 1.4: the index schemes `delta`, `exact`
 (swap code) and `multiset` (format.md Sections 8-11; the rANS arrangement coder
-of Section 9 is done with exact Python ints) and the raw codec `shuffle-zstd`
-(Section 13).
+of Section 9 is done with exact Python ints), the raw codec `shuffle-zstd`
+(Section 13), block records (format.md 6.2 and 7.1: a permuted tensor coded in
+one or two parts, each a matrix of blocks coded as a tensor of whole rows) and
+the `levels` distribution with its row orders (rng.md 6.7, 6.8).
 
 `decode_file(path)` returns `{name: numpy.ndarray}` with the stored shape and a
 numpy dtype matching the record's `dtype`.  numpy has no bfloat16, so a
@@ -68,8 +70,15 @@ DTYPES = {
 
 COMMON_KEYS = {"name", "kind", "dtype", "shape", "offset", "length", "crc32", "sha256"}
 PERMUTED_KEYS = COMMON_KEYS | {"init", "scheme", "scheme_params"}
+BLOCK_RECORD_KEYS = COMMON_KEYS | {"init", "block", "parts"}  # 6.2, revision 1.4
 RAW_KEYS = COMMON_KEYS | {"codec"}
 INIT_KEYS = {"rng", "seed", "stream", "dist", "params"}
+
+# Section 6.2, block records (revision 1.4).
+BLOCK_KEYS = {"layout", "size"}
+BLOCK_LAYOUTS = ("contiguous", "strided", "shuffled")
+MAX_BLOCK_SIZE = 2**31 - 1
+PART_KEYS = {"scheme", "scheme_params", "length"}
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -125,6 +134,11 @@ DENSE_DISTS = {
     "he_normal": ("std",),
     "glorot_normal": ("std",),
 }
+
+# rng.md 6.7: the substreams of the row orders.
+SUBSTREAM_LEVELS = 0  # level pools (6.8)
+SUBSTREAM_SHUFFLED = 2  # the `shuffled` block layout (format.md 7.1)
+MAX_LEVELS = 65_536  # rng.md 7: a `levels` record holds 1 to 65,536 values
 
 # ==========================================================================
 # Philox4x32-10 (rng.md Section 3)
@@ -262,11 +276,47 @@ def keep_mask(seed, stream, count, keep_below: int) -> np.ndarray:
     return flat < np.uint64(keep_below) if keep_below < 2**32 else np.ones(count, bool)
 
 
-def generate(init: dict, count: int) -> np.ndarray:
-    """The `count` initial f32 values of an (already validated) init record."""
+def row_orders(seed, stream, substream: int, rows: int, n: int) -> np.ndarray:
+    """rng.md 6.7: sigma_r for rows 0..rows-1 of length n, as a (rows, n) array.
+
+    Element i = r*n + j has the key word i & 3 of block i >> 2 of `substream`
+    (as the keep-mask); sigma_r lists the positions of row r ascending by key,
+    ties by position (a stable sort of 32-bit integers).
+    """
+    count = rows * n
+    w = words(seed, stream, substream, (count + 3) // 4)
+    keys = np.stack(w, axis=1).reshape(-1)[:count].reshape(rows, n)
+    return np.argsort(keys, axis=1, kind="stable")
+
+
+def levels_f32(values, seed, stream, count: int, n: int) -> np.ndarray:
+    """rng.md 6.8: the first `count` elements of a level pool with rows of length n.
+
+    Every row holds value v_k exactly m_k = n // K + (1 if k < n mod K) times;
+    the sorted pool P is laid out in the row order of substream 0:
+    out[r*n + sigma_r[t]] = P[t].  No float arithmetic: the stored values are
+    copied.  An element range is drawn by building the rows that hold it.
+    """
+    if count == 0:
+        return np.empty(0, dtype=np.float32)
+    K = len(values)
+    m = [n // K + (1 if k < n % K else 0) for k in range(K)]
+    pool = np.repeat(np.array(values, dtype=np.float32), m)  # P, n values
+    rows = -(-count // n)  # ceil: the rows that hold elements 0..count-1
+    sigma = row_orders(seed, stream, SUBSTREAM_LEVELS, rows, n)
+    out = np.empty((rows, n), dtype=np.float32)
+    np.put_along_axis(out, sigma, np.broadcast_to(pool, (rows, n)), axis=1)
+    return out.reshape(-1)[:count]
+
+
+def generate(init: dict, count: int, n: int) -> np.ndarray:
+    """The first `count` initial f32 values of an (already validated) init
+    record, for a tensor with rows of length `n` (only `levels` depends on n)."""
     seed, stream, dist, params = init["seed"], init["stream"], init["dist"], init["params"]
     if dist in DENSE_DISTS:
         return dense_f32(dist, params, seed, stream, count)
+    if dist == "levels":
+        return levels_f32(params["values"], seed, stream, count, n)
     kept = keep_mask(seed, stream, count, params["keep_below"])
     if dist == "sparse":
         base = dense_f32(params["base"]["dist"], params["base"]["params"], seed, stream, count)
@@ -343,6 +393,23 @@ def _check_dense(where: str, dist, params):
             _fail(where, "field 'std' too large: |mean| + 16*std exceeds f32 max")
 
 
+def _check_levels(where: str, params) -> None:
+    """rng.md 7, `levels`: `values` is an array of 1 to 65,536 f32 values,
+    strictly ascending, none -0.0."""
+    _check_keys(where + " params", params, {"values"})
+    values = params["values"]
+    if not isinstance(values, list):
+        _fail(where, "field 'values' must be an array")
+    if not 1 <= len(values) <= MAX_LEVELS:
+        _fail(where, f"field 'values' holds {len(values)} values, not 1 to {MAX_LEVELS}")
+    checked = [_check_f32(where, f"values[{k}]", v) for k, v in enumerate(values)]
+    for k, v in enumerate(checked):
+        if v == 0.0 and math.copysign(1.0, v) < 0:
+            _fail(where, f"field 'values[{k}]' is -0.0")
+        if k and not checked[k - 1] < v:
+            _fail(where, f"field 'values' is not strictly ascending at index {k}")
+
+
 def check_init(where: str, init) -> None:
     """rng.md Section 7 rules for one init record (format.md 6.2)."""
     _check_keys(where + " init", init, INIT_KEYS)
@@ -370,6 +437,8 @@ def check_init(where: str, init) -> None:
         _check_density(where, params)
         if _check_f32(where, "value", params["value"]) == 0.0:
             _fail(where, "field 'value' must be non-zero")
+    elif dist == "levels":
+        _check_levels(where, params)
     else:
         _fail(where, f"unknown dist {dist!r}")
 
@@ -467,7 +536,8 @@ SCHEMES = ("delta", "exact", "multiset")
 
 
 def check_scheme(where: str, scheme, params, shape) -> None:
-    """format.md 6.2: the scheme id and its scheme_params."""
+    """format.md 6.2: the scheme id and its scheme_params, for a tensor of
+    `shape` (a part of a block record: shape [R * c_g, s_g])."""
     if not isinstance(scheme, str) or scheme not in SCHEMES:
         _fail(where, f"unknown index scheme {scheme!r}")
     if not isinstance(params, dict):
@@ -488,7 +558,34 @@ def check_scheme(where: str, scheme, params, shape) -> None:
         _fail(where, f"scheme_params.lanes must be an integer, got {type(lanes).__name__}")
     if not 1 <= lanes <= max(R, 1):
         _fail(where, f"scheme_params.lanes = {lanes} is not in [1, {max(R, 1)}] "
-                     f"(the tensor has {R} rows)")
+                     f"(it has {R} rows)")
+
+
+def check_blocks(where: str, block, parts, shape, length: int) -> None:
+    """format.md 6.2, block records: the `block` map and the `parts` array."""
+    _check_keys(where + " block", block, BLOCK_KEYS)
+    layout, b = block["layout"], block["size"]
+    if not isinstance(layout, str) or layout not in BLOCK_LAYOUTS:
+        _fail(where, f"unknown block layout {layout!r}")
+    if not _is_int(b) or not 1 <= b <= MAX_BLOCK_SIZE:
+        _fail(where, f"block size {b!r} is not an integer in [1, 2^31 - 1]")
+    R, n = rows_of(shape)
+    runs = block_runs(layout, b, n)
+    if not isinstance(parts, list) or len(parts) != len(runs):
+        count = len(parts) if isinstance(parts, list) else type(parts).__name__
+        _fail(where, f"parts must be an array of {len(runs)} map(s) for layout {layout!r}, "
+                     f"size {b} and rows of {n}, got {count}")
+    total = 0
+    for g, (part, (c, s)) in enumerate(zip(parts, runs)):
+        part_where = f"{where} part {g}"
+        _check_keys(part_where, part, PART_KEYS)
+        # part g is coded as a tensor of R * c rows of length s (7.1)
+        check_scheme(part_where, part["scheme"], part["scheme_params"], [R * c, s])
+        if not _is_int(part["length"]) or part["length"] < 0:
+            _fail(part_where, "field 'length' must be an int >= 0")
+        total += part["length"]
+    if total != length:
+        _fail(where, f"the parts' lengths add up to {total}, not the record's length {length}")
 
 
 def check_record(rec, expected_offset: int) -> None:
@@ -500,7 +597,10 @@ def check_record(rec, expected_offset: int) -> None:
         raise ValueError("header: tensor record with missing or empty name")
     where = f"tensor {name!r}"
     kind = rec.get("kind")
-    if kind == "permuted":
+    blocked = kind == "permuted" and ("block" in rec or "parts" in rec)
+    if blocked:
+        _check_keys(where, rec, BLOCK_RECORD_KEYS)
+    elif kind == "permuted":
         _check_keys(where, rec, PERMUTED_KEYS)
     elif kind == "raw":
         _check_keys(where, rec, RAW_KEYS)
@@ -532,7 +632,10 @@ def check_record(rec, expected_offset: int) -> None:
         if len(shape) < 1:
             _fail(where, "permuted tensors need at least one dimension")
         check_init(where, rec["init"])
-        check_scheme(where, rec["scheme"], rec["scheme_params"], shape)
+        if blocked:
+            check_blocks(where, rec["block"], rec["parts"], shape, rec["length"])
+        else:
+            check_scheme(where, rec["scheme"], rec["scheme_params"], shape)
     elif rec["codec"] != "shuffle-zstd":
         _fail(where, f"unknown codec {rec['codec']!r}")
 
@@ -636,23 +739,31 @@ def ranks_from_order(order: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def decode_delta(where: str, rec: dict, section: bytes) -> np.ndarray:
-    shape = rec["shape"]
-    R, n = rows_of(shape)
+# The index schemes decode "rows": an R x n matrix of trained rows from the
+# section, the scheme_params and `initial`, a function returning the R x n
+# matrix of initial rows (called only where something is coded).  A tensor of
+# whole rows is one such matrix (Section 7); a block record is one per part
+# (Section 7.1).
+
+
+def decode_delta(where: str, R: int, n: int, initial, params: dict, section: bytes) -> np.ndarray:
+    """Section 8: zigzag rank differences in W byte planes, one zstd frame."""
     W = code_width(n)
     payload = zstd_decompress(where, section, R * n * W)
+    if R * n == 0:
+        # 8: an empty payload; nothing is regenerated, allocated or walked per row
+        return np.empty((R, n), dtype=np.float32)
     planes = np.frombuffer(payload, dtype=np.uint8).reshape(W, R * n).astype(np.int64)
     z = np.zeros(R * n, dtype=np.int64)
     for k in range(W):
         z |= planes[k] << (8 * k)
     d = np.where(z % 2 == 0, z // 2, -(z + 1) // 2).reshape(R, n)
-    init = generate(rec["init"], R * n).reshape(R, n)
+    init = initial()
     order = stable_order(init)
     a = ranks_from_order(order)
     b = a + d
     check_permutation(where, b, n)
-    out = np.take_along_axis(init, np.take_along_axis(order, b, axis=1), axis=1)
-    return out.reshape(shape)
+    return np.take_along_axis(init, np.take_along_axis(order, b, axis=1), axis=1)
 
 
 def check_permutation(where: str, b: np.ndarray, n: int) -> None:
@@ -852,18 +963,16 @@ def codes_nothing(where: str, section: bytes, lanes: int, R: int, n: int) -> boo
     return True
 
 
-def decode_exact(where: str, rec: dict, section: bytes) -> np.ndarray:
+def decode_exact(where: str, R: int, n: int, initial, params: dict, section: bytes) -> np.ndarray:
     """Section 10: swap-code digits -> pi; tensor[r][j] = init[r][pi_r[j]]."""
-    shape = rec["shape"]
-    R, n = rows_of(shape)
-    lanes = rec["scheme_params"]["lanes"]
+    lanes = params["lanes"]
     if codes_nothing(where, section, lanes, R, n):
-        # n <= 1: the only permutation is the identity, so the tensor is its initial values
-        return generate(rec["init"], R * n).reshape(shape)
-    init = generate(rec["init"], R * n).reshape(R, n)
+        # n <= 1: the only permutation is the identity, so the rows are the initial ones
+        return initial()
+    init = initial()
     pi = decode_lanes(where, section, lanes, R, lambda lane, r: decode_exact_row(lane, n))
     pi = np.array(pi, dtype=np.int64).reshape(R, n)
-    return np.take_along_axis(init, pi, axis=1).reshape(shape)
+    return np.take_along_axis(init, pi, axis=1)
 
 
 def row_classes(row: np.ndarray) -> tuple[list[int], np.ndarray]:
@@ -877,25 +986,109 @@ def row_classes(row: np.ndarray) -> tuple[list[int], np.ndarray]:
     return [int(m) for m in counts], pool[firsts]
 
 
-def decode_multiset(where: str, rec: dict, section: bytes) -> np.ndarray:
+def decode_multiset(where: str, R: int, n: int, initial, params: dict, section: bytes) -> np.ndarray:
     """Section 11: class c = c-th smallest distinct value of the initial row."""
-    shape = rec["shape"]
-    R, n = rows_of(shape)
-    lanes = rec["scheme_params"]["lanes"]
+    lanes = params["lanes"]
     if codes_nothing(where, section, lanes, R, n):
-        # n <= 1: one class, one position, so the tensor is its initial values
-        return generate(rec["init"], R * n).reshape(shape)
-    init = generate(rec["init"], R * n).reshape(R, n)
+        # n <= 1: one class, one position, so the rows are the initial ones
+        return initial()
+    init = initial()
     classes = [row_classes(init[r]) for r in range(R)]
     symbols = decode_lanes(where, section, lanes, R,
                            lambda lane, r: decode_multiset_row(lane, classes[r][0]))
     out = np.empty((R, n), dtype=np.float32)
     for r in range(R):
         out[r] = classes[r][1][np.array(symbols[r], dtype=np.int64)]
+    return out
+
+
+ROW_DECODERS = {"delta": decode_delta, "exact": decode_exact, "multiset": decode_multiset}
+
+
+# ==========================================================================
+# Blocks (format.md Section 7.1, revision 1.4)
+# ==========================================================================
+
+
+def block_runs(layout: str, b: int, n: int) -> list[tuple[int, int]]:
+    """The runs (c, s) of a row of length n: c blocks of s positions each,
+    in grouped order; their number G is the length of `parts`."""
+    if n <= b:
+        return [(1, n)]  # one block, the whole row (also for n = 0)
+    if layout == "contiguous":
+        runs = [(n // b, b), (1, n % b)]
+    else:  # strided, shuffled
+        q = -(-n // b)  # ceil(n / b) blocks
+        s, e = n // q, n % q
+        runs = [(e, s + 1), (q - e, s)]
+    return [(c, s) for c, s in runs if c > 0 and s > 0]
+
+
+def strided_order(n: int, q: int) -> np.ndarray:
+    """Positions 0..n-1 grouped by block j mod q, blocks ascending, each block's
+    positions ascending: t, t + q, t + 2q, ... for block t."""
+    return np.argsort(np.arange(n) % q, kind="stable")
+
+
+def grouped_order(block: dict, init: dict, R: int, n: int) -> np.ndarray:
+    """The grouped order of every row, as an (R, n) array of positions (7.1)."""
+    layout, b = block["layout"], block["size"]
+    if layout == "contiguous":  # blocks [0, b), [b, 2b), ...: already grouped
+        return np.broadcast_to(np.arange(n), (R, n))
+    q = -(-n // b)  # 1 when n <= b: one block, the whole row
+    by_block = strided_order(n, q)
+    if layout == "strided":
+        return np.broadcast_to(by_block, (R, n))
+    # shuffled: strided applied to the Philox order sigma_r (rng.md 6.7, substream 2);
+    # block t holds sigma_r[t], sigma_r[t + q], ... in that order
+    sigma = row_orders(init["seed"], init["stream"], SUBSTREAM_SHUFFLED, R, n)
+    return sigma[:, by_block]
+
+
+def decode_blocks(where: str, rec: dict, section: bytes) -> np.ndarray:
+    """7.1: decode each part as a matrix of blocks, then put every block back.
+
+    Reordering each row of the R x n tensor into grouped order, run g is the
+    columns [sum_{h<g} c_h s_h, sum_{h<=g} c_h s_h), read row by row as a
+    matrix of R * c_g rows of length s_g; part g codes that matrix exactly as
+    a tensor of whole rows is coded (so ties in `delta` ranks are broken by
+    the column of that matrix, not by the position in the tensor row).
+    """
+    shape = rec["shape"]
+    R, n = rows_of(shape)
+    runs = block_runs(rec["block"]["layout"], rec["block"]["size"], n)
+    if R * n == 0:
+        # No element: nothing to regenerate or reorder (Sections 8, 9.3, 15).
+        # Each part is an empty matrix whose section is still checked.
+        order, view = None, np.empty((R, n), dtype=np.float32)
+    else:
+        init = generate(rec["init"], R * n, n).reshape(R, n)
+        order = grouped_order(rec["block"], rec["init"], R, n)
+        view = np.take_along_axis(init, order, axis=1)  # rows in grouped order
+    trained = np.empty_like(view)
+    col = pos = 0
+    for g, ((c, s), part) in enumerate(zip(runs, rec["parts"])):
+        cols = slice(col, col + c * s)
+        part_section = section[pos:pos + part["length"]]  # parts lie back to back
+        blocks = ROW_DECODERS[part["scheme"]](
+            f"{where} part {g}", R * c, s, lambda: view[:, cols].reshape(R * c, s),
+            part["scheme_params"], part_section)
+        trained[:, cols] = blocks.reshape(R, c * s)
+        col, pos = col + c * s, pos + part["length"]
+    if order is None:
+        return trained.reshape(shape)
+    out = np.empty((R, n), dtype=np.float32)
+    np.put_along_axis(out, order, trained, axis=1)  # every block back to its positions
     return out.reshape(shape)
 
 
-PERMUTED_DECODERS = {"delta": decode_delta, "exact": decode_exact, "multiset": decode_multiset}
+def decode_whole_rows(where: str, rec: dict, section: bytes) -> np.ndarray:
+    """A permuted record without blocks: one matrix of R rows of length n."""
+    R, n = rows_of(rec["shape"])
+    rows = ROW_DECODERS[rec["scheme"]](
+        where, R, n, lambda: generate(rec["init"], R * n, n).reshape(R, n),
+        rec["scheme_params"], section)
+    return rows.reshape(rec["shape"])
 
 
 def tensor_bytes(arr: np.ndarray) -> bytes:
@@ -910,8 +1103,10 @@ def decode_section(rec: dict, buf: bytes, data_start: int) -> np.ndarray:
         _fail(where, "truncated section")
     if zlib.crc32(section) != rec["crc32"]:
         _fail(where, "section CRC-32 mismatch")
-    if rec["kind"] == "permuted":
-        arr = PERMUTED_DECODERS[rec["scheme"]](where, rec, section)
+    if rec["kind"] == "permuted" and "block" in rec:
+        arr = decode_blocks(where, rec, section)
+    elif rec["kind"] == "permuted":
+        arr = decode_whole_rows(where, rec, section)
     else:
         arr = decode_raw(where, rec, section)
     if hashlib.sha256(tensor_bytes(arr)).digest() != rec["sha256"]:

@@ -22,6 +22,7 @@ import zlib
 import msgpack
 
 from ..errors import FormatError, IntegrityError, LimitError, UnsupportedVersionError
+from ..init.distparams import MAX_LEVELS
 from ..keys import key_mismatch
 from .limits import Limits, limits_or_default
 from .records import DTYPE_SIZES, check_record  # noqa: F401 (DTYPE_SIZES: the dtypes a record may name)
@@ -34,9 +35,10 @@ PREAMBLE_SIZE = PREAMBLE.size
 
 HEADER_KEYS = {"format", "version", "tensors", "metadata"}
 # Containers (arrays and maps) a header may hold per tensor: the record, its shape, init, params,
-# a sparse base and its params, scheme_params. Beyond this the header cannot be valid; the cap stops
-# a header of empty containers from growing ~60x in memory while it is parsed.
-CONTAINERS_PER_TENSOR = 8
+# a sparse base and its params (or a level pool's values), scheme_params, or with blocks the block map,
+# the parts list and two parts with their scheme_params. Beyond this the header cannot be valid; the cap
+# stops a header of empty containers from growing ~60x in memory while it is parsed.
+CONTAINERS_PER_TENSOR = 12
 
 
 def crc32(data) -> int:
@@ -147,7 +149,7 @@ def unpack_header(raw: bytes, limits: Limits):
         # a valid header holds, so that a claimed count never sizes an allocation.
         return msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext,
                                object_pairs_hook=budget.map, list_hook=budget.array,
-                               max_array_len=min(len(raw), max(limits.max_tensors, limits.max_dims) + 1))
+                               max_array_len=min(len(raw), max(limits.max_tensors, limits.max_dims, MAX_LEVELS) + 1))
     except msgpack.ExtraData as err:
         raise FormatError(f"header holds {len(err.extra)} bytes after its map, within header_length") from None
     except (ValueError, msgpack.UnpackException) as err:

@@ -7,12 +7,13 @@ rely on every field having its key set, type and range.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from ..errors import FormatError, LimitError, SpecError
 from ..init import distparams
 from ..init.philox import RNG_NAME, check_seed, check_stream
 from ..keys import key_mismatch
-from ..rows import row_shape
+from ..rows import BlockLayout, row_shape
 from .limits import Limits
 from .schemes import INDEX_SCHEMES, RAW_CODECS
 
@@ -22,6 +23,10 @@ KINDS = ("permuted", "raw")
 COMMON_RECORD_KEYS = {"name", "kind", "dtype", "shape", "offset", "length", "crc32", "sha256"}
 RECORD_KEYS = {"permuted": COMMON_RECORD_KEYS | {"init", "scheme", "scheme_params"},
                "raw": COMMON_RECORD_KEYS | {"codec"}}
+# A permuted record with block-local permutations (format rev 1.4): the layout, and one coded part per run
+# of equal blocks in place of scheme and scheme_params.
+BLOCK_RECORD_KEYS = COMMON_RECORD_KEYS | {"init", "block", "parts"}
+PART_KEYS = {"scheme", "scheme_params", "length"}
 INIT_KEYS = {"rng", "seed", "stream", "dist", "params"}
 
 
@@ -49,7 +54,7 @@ def check_record(record, index: int, limits: Limits) -> None:
         raise FormatError(f"tensor record {index}: name must be a non-empty string, found {name!r}")
     where = f"tensor {name!r}"
     check_common_fields(record, where, limits)
-    expected = RECORD_KEYS[record["kind"]]
+    expected = BLOCK_RECORD_KEYS if record["kind"] == "permuted" and "block" in record else RECORD_KEYS[record["kind"]]
     found = key_mismatch(record, expected)
     if found:
         raise FormatError(f"{where}: a {record['kind']} record must have keys {sorted(expected)}, found {found}")
@@ -98,9 +103,75 @@ def check_permuted_fields(record: dict, where: str) -> None:
         raise FormatError(f"{where}: permuted tensors are float32, found {record['dtype']!r}")
     if not record["shape"]:
         raise FormatError(f"{where}: a permuted tensor needs at least one dimension")
-    rows, n = row_shape(record["shape"])
-    check_scheme_params(record["scheme"], record["scheme_params"], rows, n, where)
+    if "block" in record:
+        check_block_fields(record, where)
+    else:
+        rows, n = row_shape(record["shape"])
+        check_scheme_params(record["scheme"], record["scheme_params"], rows, n, where)
     record["init"] = checked_init(record["init"], where)
+
+
+def block_layout(record: dict, where: str) -> BlockLayout:
+    try:
+        return BlockLayout.from_dict(record["block"], where)
+    except SpecError as err:
+        raise FormatError(str(err)) from None
+
+
+def check_block_fields(record: dict, where: str) -> None:
+    """block is a known layout and size; parts has one map per run of equal blocks, each a valid scheme,
+    its parameters and a length, the lengths adding up to the section's."""
+    rows, n = row_shape(record["shape"])
+    groups = block_layout(record, where).groups(n)
+    parts = record["parts"]
+    if not isinstance(parts, list) or len(parts) != len(groups):
+        raise FormatError(f"{where}: parts must be a list of {len(groups)} map(s), one per run of equal blocks "
+                          f"{list(groups)}, found {_summary(parts)}")
+    total = 0
+    for index, (part, (count, size)) in enumerate(zip(parts, groups)):
+        at = f"{where} part {index}"
+        found = key_mismatch(part, PART_KEYS)
+        if found:
+            raise FormatError(f"{at}: must be a map with keys {sorted(PART_KEYS)}, found {found}")
+        check_scheme_params(part["scheme"], part["scheme_params"], rows * count, size, at)
+        if not _is_uint(part["length"]):
+            raise FormatError(f"{at}: length must be a non-negative 64-bit integer, found {part['length']!r}")
+        total += part["length"]
+    if total != record["length"]:
+        raise FormatError(f"{where}: part lengths add up to {total} bytes, the section holds {record['length']}")
+
+
+def _summary(value) -> str:
+    return f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
+
+
+class Part(NamedTuple):
+    """One coded matrix of a permuted section: its scheme, parameters, shape, and byte range in the section."""
+
+    scheme: str
+    params: dict
+    rows: int
+    n: int
+    start: int
+    end: int
+
+
+def record_parts(record: dict) -> list[Part]:
+    """The coded parts of a checked permuted record: one, the whole rows, unless it has blocks."""
+    rows, n = row_shape(record["shape"])
+    if "block" not in record:
+        return [Part(record["scheme"], record["scheme_params"], rows, n, 0, record["length"])]
+    groups = BlockLayout.from_dict(record["block"]).groups(n)
+    parts, start = [], 0
+    for part, (count, size) in zip(record["parts"], groups):
+        parts.append(Part(part["scheme"], part["scheme_params"], rows * count, size, start, start + part["length"]))
+        start += part["length"]
+    return parts
+
+
+def schemes_of(record: dict) -> str:
+    """The scheme id(s) of a permuted record, '+'-joined where its parts differ."""
+    return "+".join(dict.fromkeys(part.scheme for part in record_parts(record)))
 
 
 def checked_init(init, where: str) -> dict:

@@ -20,7 +20,10 @@ NORMAL_SPAN = 16.0
 
 DENSE = ("uniform", "normal", "he_uniform", "glorot_uniform", "he_normal", "glorot_normal")
 MASKED = ("sparse", "shared")
-DISTRIBUTIONS = DENSE + MASKED
+LEVELS = ("levels",)
+DISTRIBUTIONS = DENSE + MASKED + LEVELS
+# A level pool holds at most this many distinct values (the multiset scheme's classes per row).
+MAX_LEVELS = 1 << 16
 
 
 def to_float32(x: float) -> float:
@@ -122,6 +125,26 @@ def _validate_shared(dist: str, params: dict, where: str) -> dict:
     return _floats(params, ("value", "density"))
 
 
+def _validate_levels(dist: str, params: dict, where: str) -> dict:
+    _exact_keys(params, {"values"}, where)
+    values = params["values"]
+    if not isinstance(values, list) or not 1 <= len(values) <= MAX_LEVELS:
+        raise SpecError(f"{where}: levels values must be a list of 1 to {MAX_LEVELS} numbers, found "
+                        f"{type(values).__name__}" + (f" of {len(values)}" if isinstance(values, list) else ""))
+    checked = [_number({"value": v}, "value", f"{where} (levels value {i})") for i, v in enumerate(values)]
+    if any(a >= b for a, b in zip(checked, checked[1:])):
+        raise SpecError(f"{where}: levels values must be strictly ascending")
+    if any(v == 0.0 and math.copysign(1.0, v) < 0 for v in checked):
+        raise SpecError(f"{where}: levels values hold -0.0; pools hold +0.0 only")
+    return {"values": checked}
+
+
+def level_counts(levels: int, n: int) -> list[int]:
+    """Copies of each of K values in a row of n: n // K each, and one more for the first n mod K."""
+    each, extra = divmod(n, levels)
+    return [each + (k < extra) for k in range(levels)]
+
+
 def _floats(params: dict, keys: tuple) -> dict:
     return {key: float(value) if key in keys else value for key, value in params.items()}
 
@@ -137,4 +160,4 @@ def _validate_mask(params: dict, where: str) -> None:
 
 _VALIDATORS = {"uniform": _validate_uniform, "he_uniform": _validate_bounded, "glorot_uniform": _validate_bounded,
                "normal": _validate_normal, "he_normal": _validate_normal, "glorot_normal": _validate_normal,
-               "sparse": _validate_sparse, "shared": _validate_shared}
+               "sparse": _validate_sparse, "shared": _validate_shared, "levels": _validate_levels}

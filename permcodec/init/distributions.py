@@ -4,6 +4,9 @@ Element i of a tensor (flat, row-major) draws from substream 0:
 - uniform family: words 2h, 2h+1 of block i >> 1, h = i & 1 (a 53-bit uniform);
 - normal family: block i >> 1 gives one Box-Muller pair; even i takes r*cos, odd i r*sin.
 Sparse and shared pools also draw a keep-mask from substream 1: word i & 3 of block i >> 2.
+Level pools draw no values: each row holds fixed counts of K stored values, placed in the order of
+the row's substream-0 words (``row_orders``, the same per-row order the shuffled block layout takes
+from substream 2).
 
 Float work follows the rules of specs/rng.md: float64 basic operations one at a
 time, no library transcendental, one rounding to float32 at the end, then +0.0
@@ -14,13 +17,23 @@ mask threshold) is stored in the record; nothing is recomputed at decode time.
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import torch
 
 from ..errors import SpecError
 from . import exactmath
-from .distparams import DENSE, DISTRIBUTIONS, MASKED, keep_below, to_float32, validate  # noqa: F401 (re-exported)
+from .distparams import (  # noqa: F401 (re-exported)
+    DENSE,
+    DISTRIBUTIONS,
+    MASKED,
+    MAX_LEVELS,
+    keep_below,
+    level_counts,
+    to_float32,
+    validate,
+)
 from .philox import SUBSTREAM_MASK, SUBSTREAM_VALUES, check_seed, check_stream
 from .rng import compiled_kernel, philox_blocks
 
@@ -63,6 +76,14 @@ def make_params(dist: str, shape, **user) -> dict:
         user.clear()
         params = {"density": density, "keep_below": keep_below(density),
                   "base": {"dist": base, "params": base_params}}
+    elif dist == "levels":
+        levels = _levels_argument(user, where)
+        base = user.pop("base", "he_uniform")
+        if base not in DENSE:
+            raise SpecError(f"{where}: base must be one of {', '.join(DENSE)}, found {base!r}")
+        base_params = make_params(base, shape, **user)
+        user.clear()
+        params = {"values": level_values(base, base_params, levels, where)}
     else:
         density = _density_argument(user, where)
         if "value" not in user:
@@ -87,6 +108,33 @@ def _density_argument(user: dict, where: str) -> float:
     if not 0.0 < raw <= 1.0:
         raise SpecError(f"{where}: density must be in (0, 1], found {raw}")
     return to_float32(raw)
+
+
+def _levels_argument(user: dict, where: str) -> int:
+    levels = user.pop("num_levels", None)
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or not 1 <= levels <= MAX_LEVELS:
+        raise SpecError(f"{where}: argument 'num_levels' must be an integer in [1, {MAX_LEVELS}], found {levels!r}")
+    return int(levels)
+
+
+def level_values(base: str, base_params: dict, levels: int, where: str) -> list[float]:
+    """The K quantile midpoints of the base distribution, (2k + 1) / 2K for k < K, rounded to float32.
+
+    Computed once, at init; the record stores them, so no decoder evaluates a quantile function.
+    """
+    midpoints = [(2 * k + 1) / (2 * levels) for k in range(levels)]
+    if base in ("uniform", "he_uniform", "glorot_uniform"):
+        low, high = (base_params["low"], base_params["high"]) if base == "uniform" else \
+            (-base_params["bound"], base_params["bound"])
+        values = [low + (high - low) * q for q in midpoints]
+    else:
+        normal = statistics.NormalDist(base_params.get("mean", 0.0), base_params["std"])
+        values = [normal.inv_cdf(q) for q in midpoints]
+    rounded = [to_float32(v) + 0.0 for v in values]
+    if any(a >= b for a, b in zip(rounded, rounded[1:])):
+        raise SpecError(f"{where}: {levels} levels of {base} {base_params} are not distinct in float32; "
+                        f"choose fewer levels")
+    return rounded
 
 
 def _fan_params(dist: str, shape) -> dict:
@@ -180,9 +228,52 @@ def _sample_chunk(dist, params, seed, stream, start, count, device):
     return torch.where(keep, values, torch.zeros_like(values))
 
 
+def row_orders(seed, stream, substream, first_row, rows, n, device) -> torch.Tensor:
+    """int64 [rows, n]: each row's positions in ascending order of their 32-bit Philox words, ties by position.
+
+    Element i = row * n + j takes word i & 3 of block i >> 2 of ``substream`` (as the keep-mask does).
+    """
+    if rows * n == 0:
+        return torch.empty(rows, n, dtype=torch.int64, device=device)
+    words, offset = _blocks_for(seed, stream, substream, first_row * n, rows * n, 4, device)
+    keys = words.reshape(-1)[offset:offset + rows * n].reshape(rows, n)
+    return torch.argsort(keys, dim=1, stable=True)
+
+
+def level_rows(values, seed, stream, first_row, rows, n, device) -> torch.Tensor:
+    """float32 [rows, n] of a level pool: the row's sorted values (``level_counts`` copies each) laid out so
+    that the position with the t-th smallest substream-0 word holds the t-th smallest value."""
+    counts = torch.tensor(level_counts(len(values), n), device=device)
+    pool = torch.repeat_interleave(torch.tensor(values, dtype=torch.float32, device=device), counts)
+    order = row_orders(seed, stream, SUBSTREAM_VALUES, first_row, rows, n, device)
+    return torch.empty(rows, n, dtype=torch.float32, device=device).scatter_(1, order, pool.expand(rows, n))
+
+
+def _sample_levels(values, seed, stream, start, count, row_length, device) -> torch.Tensor:
+    """Elements [start, start+count) of a level pool with rows of ``row_length``, whole rows at a time."""
+    out = torch.empty(count, dtype=torch.float32, device=device)
+    if count == 0:
+        return out
+    rows_per_pass = max(1, CHUNK_ELEMENTS // max(row_length, 1))
+    first, last = start // row_length, (start + count - 1) // row_length
+    for row in range(first, last + 1, rows_per_pass):
+        rows = min(rows_per_pass, last + 1 - row)
+        chunk = level_rows(values, seed, stream, row, rows, row_length, device).reshape(-1)
+        lo, hi = max(start, row * row_length), min(start + count, (row + rows) * row_length)
+        out[lo - start:hi - start] = chunk[lo - row * row_length:hi - row * row_length]
+    return out
+
+
 def sample(dist: str, params: dict, seed: int, stream: int, start: int, count: int,
-           device="cpu") -> torch.Tensor:
-    """Elements [start, start+count) of the flat tensor drawn from (dist, params, seed, stream): float32 [count]."""
+           device="cpu", row_length: int | None = None) -> torch.Tensor:
+    """Elements [start, start+count) of the flat tensor drawn from (dist, params, seed, stream): float32 [count].
+
+    Level pools need the tensor's ``row_length`` (their counts are per row); other distributions ignore it.
+    """
+    if dist == "levels":
+        if row_length is None:
+            raise SpecError("dist='levels' needs the tensor's row_length to sample")
+        return _sample_levels(params["values"], seed, stream, start, count, row_length, device)
     out = torch.empty(count, dtype=torch.float32, device=device)
     for first in range(0, count, CHUNK_ELEMENTS):
         n = min(CHUNK_ELEMENTS, count - first)

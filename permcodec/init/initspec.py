@@ -16,12 +16,14 @@ from torch import nn
 
 from ..errors import SpecError
 from ..keys import key_mismatch
+from ..rows import BlockLayout, row_shape
 from . import distributions
 from .philox import RNG_NAME, check_seed, check_stream
 
 SPEC_FORMAT = "permcodec-init"
 SPEC_VERSION = 1
 INIT_ATTRIBUTE = "_permcodec_init"
+DEFAULT_BLOCK_LAYOUT = "shuffled"
 WEIGHTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -35,6 +37,7 @@ class TensorInit:
     stream: int
     dist: str
     params: dict = field(hash=False)
+    block: BlockLayout | None = None  # None: each row is permuted as a whole
 
     @property
     def numel(self) -> int:
@@ -43,13 +46,18 @@ class TensorInit:
 
     def to_dict(self) -> dict:
         """The record as a JSON- and msgpack-safe dict (specs/rng.md Section 7)."""
-        return {"name": self.name, "shape": list(self.shape), "seed": self.seed, "stream": self.stream,
-                "dist": self.dist, "params": self.params}
+        record = {"name": self.name, "shape": list(self.shape), "seed": self.seed, "stream": self.stream,
+                  "dist": self.dist, "params": self.params}
+        if self.block is not None:  # absent, not null: a spec without blocks keeps its bytes of before
+            record["block"] = self.block.to_dict()
+        return record
 
     @classmethod
     def from_dict(cls, d) -> "TensorInit":
         """The record of ``to_dict``, every field checked; SpecError names what is wrong."""
         expected = {"name", "shape", "seed", "stream", "dist", "params"}
+        if isinstance(d, dict) and "block" in d:
+            expected.add("block")
         found = key_mismatch(d, expected)
         if found:
             raise SpecError(f"init record must have keys {sorted(expected)}, found {found}")
@@ -64,14 +72,16 @@ class TensorInit:
         if not isinstance(dist, str):
             raise SpecError(f"tensor {name!r}: dist must be a string, found {dist!r}")
         params = distributions.validate(dist, d["params"], f"tensor {name!r}")
-        return cls(name, tuple(shape), check_seed(d["seed"]), check_stream(d["stream"]), dist, params)
+        block = BlockLayout.from_dict(d["block"], f"tensor {name!r}") if "block" in d else None
+        return cls(name, tuple(shape), check_seed(d["seed"]), check_stream(d["stream"]), dist, params, block)
 
     def sample(self, start: int = 0, count: int | None = None, device="cpu") -> torch.Tensor:
         """Flat elements [start, start+count) of the initial tensor, float32."""
         count = self.numel - start if count is None else count
         if not (0 <= start and 0 <= count and start + count <= self.numel):
             raise SpecError(f"tensor {self.name!r}: range [{start}, {start + count}) outside [0, {self.numel})")
-        return distributions.sample(self.dist, self.params, self.seed, self.stream, start, count, device)
+        return distributions.sample(self.dist, self.params, self.seed, self.stream, start, count, device,
+                                    row_length=row_shape(self.shape)[1])
 
     def regenerate(self, device="cpu") -> torch.Tensor:
         """The tensor's initial values on ``device``, bit-identical on every device and torch version."""
@@ -209,7 +219,7 @@ def refuse_tied_targets(module: nn.Module, targets: list[tuple[str, torch.Tensor
 
 
 def init_(module: nn.Module, seed: int, dist: str = "he_uniform", *, bias: bool = False,
-          **params) -> InitSpec:
+          block: int | None = None, block_layout: str = DEFAULT_BLOCK_LAYOUT, **params) -> InitSpec:
     """Draw every Conv/Linear weight of ``module`` (and bias, if ``bias``) from ``dist``; returns the spec.
 
     ``dist`` and its keyword parameters (specs/rng.md Section 6 defines each draw):
@@ -223,6 +233,13 @@ def init_(module: nn.Module, seed: int, dist: str = "he_uniform", *, bias: bool 
       ``base`` (default ``"he_uniform"``; any of the six above, with its own parameters), else 0.0.
     - ``"shared"``: each value is ``value`` (required, non-zero) with probability ``density`` (required),
       else 0.0.
+    - ``"levels"``: each row holds ``num_levels`` (required, K) fixed values, the quantile midpoints
+      (2k+1)/2K of ``base`` (default ``"he_uniform"``, with its own parameters), n // K copies each and
+      one more for the first n mod K, in a Philox-drawn order. Stored at about log2 K bits per weight.
+
+    ``block=b`` makes the permutations block-local: each row's positions are grouped into blocks of
+    about b (``block_layout``: ``"shuffled"``, the default, ``"strided"`` or ``"contiguous"``; see
+    ``permcodec.rows.BlockLayout``), and LaPerm permutes within each block, so a block costs log2(b!) bits.
 
     Parameters are stored as float32. Streams are numbered 0, 1, 2, ... in
     module order. The spec is attached to the module, where ``LaPerm`` and
@@ -230,6 +247,7 @@ def init_(module: nn.Module, seed: int, dist: str = "he_uniform", *, bias: bool 
     refused before any value changes.
     """
     seed = check_seed(seed)
+    layout = None if block is None else BlockLayout(block_layout, block)
     targets = init_targets(module, bias)
     refuse_tied_targets(module, targets)
     records = []
@@ -237,7 +255,7 @@ def init_(module: nn.Module, seed: int, dist: str = "he_uniform", *, bias: bool 
         if tensor.dtype != torch.float32:
             raise SpecError(f"tensor {name!r} has dtype {tensor.dtype}; permcodec pools are float32")
         record_params = distributions.make_params(dist, tensor.shape, **params)
-        records.append(TensorInit(name, tuple(tensor.shape), seed, stream, dist, record_params))
+        records.append(TensorInit(name, tuple(tensor.shape), seed, stream, dist, record_params, layout))
     if not records:
         raise SpecError(f"module {type(module).__name__} has no Conv/Linear layer to initialize")
     spec = InitSpec(records)

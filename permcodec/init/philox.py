@@ -25,6 +25,7 @@ MAX_STREAM = 2**32 - 1
 MAX_BLOCKS = 2**63  # block indices stay non-negative in int64
 SUBSTREAM_VALUES = 0
 SUBSTREAM_MASK = 1
+SUBSTREAM_BLOCKS = 2  # the per-row position order of the shuffled block layout
 
 
 def check_seed(seed) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..devices import checked_device
 from ..errors import FormatError, SpecError
+from ..rows import BlockLayout
 
 OPTIMIZERS = ("adam", "sgd")
 K_RULES = ("since_sync", "global_step")  # the same names as LaPerm's k_rule
@@ -35,7 +36,10 @@ class TrainConfig:
     k_rule: str = "since_sync"      # since_sync: k steps after the last sync; global_step: when step % k == 0
     seed: int = 0                   # Philox seed of the init; also seeds dropout and shuffling
     dist: str = "he_uniform"        # init distribution (init_), the paper's default
-    dist_params: dict | None = None  # its parameters, init_'s keywords: low/high, mean/std, density, value, base
+    dist_params: dict | None = None  # its parameters, init_'s keywords: low/high, mean/std, density, value, base,
+    #                                  num_levels
+    block: int | None = None        # block-local permutations: blocks of about this many positions (None: rows)
+    block_layout: str = "shuffled"  # how positions form blocks: shuffled, strided or contiguous (rows.BlockLayout)
     baseline: bool = False          # train with the inner optimizer alone (no permutation)
     augment: bool = True            # the notebooks' on-device augmentation
     reset_bn: bool = False          # reset BN gamma/beta at each sync (the rebuttal's variant)
@@ -72,6 +76,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise SpecError(f"keep must be 'last' or 'best', found {config.keep!r}")
     checked_device(config.device, allow_auto=True)
     check_dist(config.dist, config.dist_params)
+    if config.block is not None:
+        BlockLayout(config.block_layout, config.block)
     return config
 
 

@@ -133,9 +133,10 @@ class LaPerm(torch.optim.Optimizer):
             targets.append((record.name, params[record.name]))
         return targets
 
-    def _pool(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        initial = tensor.detach() if self.spec is None else self.spec.regenerate(name, device=tensor.device)
-        return perm.sorted_pool(perm.as_rows(initial.to(tensor.device)))
+    def _pool(self, name: str, tensor: torch.Tensor) -> perm.RowPools:
+        if self.spec is None:
+            return perm.RowPools.of(tensor.detach(), perm.BlockView.whole_rows(*perm.row_shape(tensor.shape)))
+        return perm.pools_of(self.spec[name], tensor.device)
 
     def current_k(self) -> int:
         """The k in force at the current step."""
@@ -166,13 +167,13 @@ class LaPerm(torch.optim.Optimizer):
     def synced_weights(self) -> dict[str, torch.Tensor]:
         """What a sync would write now, without changing the model."""
         with torch.no_grad():
-            return {name: perm.sync(tensor.detach(), self.pools[name]) for name, tensor in self.targets}
+            return {name: self.pools[name].sync(tensor.detach()) for name, tensor in self.targets}
 
     @torch.no_grad()
     def sync(self) -> None:
-        """Each permuted row becomes its pool in the trained row's rank order; the inner state is kept."""
+        """Each permuted row (or block) becomes its pool in the trained rank order; the inner state is kept."""
         for name, tensor in self.targets:
-            tensor.copy_(perm.sync(tensor, self.pools[name]))
+            tensor.copy_(self.pools[name].sync(tensor))
         if self.reset_bn:
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:

@@ -58,7 +58,8 @@ def initialized_model(config: TrainConfig, dataset: datasets.Dataset,
                       device: torch.device) -> tuple[nn.Module, InitSpec]:
     """The model, drawn by init_; biases that are not permuted start at zero as in Keras."""
     model = build_model(config.model, dataset.input_shape, dataset.num_classes)
-    spec = init_(model, config.seed, config.dist, bias=model.permute_bias, **(config.dist_params or {}))
+    spec = init_(model, config.seed, config.dist, bias=model.permute_bias, block=config.block,
+                 block_layout=config.block_layout, **(config.dist_params or {}))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("bias") and name not in spec and not _is_norm_param(model, name):
