@@ -137,22 +137,23 @@ def test_cli_subprocess_has_no_traceback(tmp_path):
     assert result.stderr == "permcodec train: error: k must be a positive integer, found -3\n"
 
 
-def launch_two_ranks(out):
+def launch_two_ranks(out, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "permcodec",
          "train", "--model", "mlp", "--steps", "6", "--k", "4", "--batch-size", "64", "--device", "cpu", "-q",
-         "-o", str(out)], capture_output=True, text=True, env=env, timeout=300)
+         "-o", str(out), *extra], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_ddp_two_processes_stay_bit_identical(tmp_path):
     """Two gloo ranks on CPU. A launch that fails is tried once more (torchrun's --standalone port can be
     taken by another process between its choice and its use); what the ranks computed is never retried."""
     out = tmp_path / "ddp.pt"
-    result = launch_two_ranks(out)
-    if result.returncode != 0:
-        result = launch_two_ranks(out)
-    diagnosis = f"stdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-3000:]}"
+    result = first = launch_two_ranks(out)
+    if result.returncode != 0:  # -f: the first launch may have got as far as writing its output
+        result = launch_two_ranks(out, "-f")
+    diagnosis = (f"stdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-3000:]}\n"
+                 f"first launch (exit {first.returncode}) stderr:\n{first.stderr[-2000:]}")
     assert result.returncode == 0, diagnosis
     final = json.loads(result.stdout.strip().splitlines()[-1])
     assert final["ranks"] == 2 and final["ranks_identical"] is True and final["syncs"] == 2, diagnosis
