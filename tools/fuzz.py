@@ -39,7 +39,15 @@ Cases come from two families, mixed, in both halves:
   and msgpack headers with duplicate keys, extension types, bad UTF-8 or deep
   nesting. In the default half, about one file in four also holds an empty
   tensor of shape [0, 2^31 - 1] or [2^31 - 1, 0] of every kind and scheme
-  (raw, delta, exact, multiset).
+  (raw, delta, exact, multiset). Since format revision 1.4 also block records
+  (``block`` and ``parts``, every layout, block sizes that divide the row or
+  not, of 1 and of the row or more, parts of each scheme, coded truthfully
+  part by part or damaged, with bad block maps, parts counts, part keys,
+  schemes, lanes and lengths, and sections that lie about their blocks; about
+  one file in eight holds an empty one with the longest rows or most rows the
+  half's limits allow), and ``levels`` init records (derived or arbitrary
+  stored values; unsorted, repeated, -0.0, non-f32, empty, and lists of up to
+  2^17 values, around the cap of 65,536).
 
 A valid file may declare billions of elements at the default limits, so the
 default half's generators keep the elements a file declares at most 2^22
@@ -87,6 +95,7 @@ case that killed it.
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import contextlib
 import ctypes
@@ -126,6 +135,8 @@ from permcodec.format import limits as caps
 from permcodec.format.container import Limits
 from permcodec.format.schemes import shuffle_zstd
 from permcodec.init import distributions
+from permcodec.init.distparams import FLOAT32_MAX, MAX_LEVELS
+from permcodec.rows import BLOCK_LAYOUTS, MAX_BLOCK_SIZE, BlockLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -629,10 +640,12 @@ def pack_value(obj) -> bytes:
         return b"\x91" * int(obj) + b"\xc0"
     if isinstance(obj, (Pairs, dict)):
         pairs = obj if isinstance(obj, Pairs) else list(obj.items())
-        head = bytes([0x80 | len(pairs)]) if len(pairs) < 16 else b"\xde" + struct.pack(">H", len(pairs))
+        head = bytes([0x80 | len(pairs)]) if len(pairs) < 16 else b"\xde" + struct.pack(">H", len(pairs)) \
+            if len(pairs) < 65536 else b"\xdf" + struct.pack(">I", len(pairs))
         return head + b"".join(pack_value(k) + pack_value(v) for k, v in pairs)
     if isinstance(obj, list):
-        head = bytes([0x90 | len(obj)]) if len(obj) < 16 else b"\xdc" + struct.pack(">H", len(obj))
+        head = bytes([0x90 | len(obj)]) if len(obj) < 16 else b"\xdc" + struct.pack(">H", len(obj)) \
+            if len(obj) < 65536 else b"\xdd" + struct.pack(">I", len(obj))  # a levels list may be longer
         return head + b"".join(pack_value(v) for v in obj)
     return msgpack.packb(obj, use_bin_type=True)
 
@@ -648,7 +661,7 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), 
 JUNK = st.one_of(SCALARS, st.lists(SCALARS, max_size=3),
                  st.dictionaries(st.one_of(st.text(max_size=3), st.binary(max_size=3), st.integers(0, 3)), SCALARS,
                                  max_size=3))
-KINDS = st.sampled_from(["permuted", "permuted", "raw"])
+KINDS = st.sampled_from(["permuted", "permuted", "raw", "block"])  # block: a permuted record with blocks
 DTYPES = st.sampled_from(sorted(container.DTYPE_SIZES))
 SMALL_SHAPES = st.lists(st.integers(0, 5), min_size=1, max_size=3)
 # Hypothesis draws the first item of a sampled_from (and 0 from integers) far more often than the others,
@@ -673,6 +686,15 @@ FRAMES = st.sampled_from(FRAME_KINDS)
 INDEX_SCHEMES = st.sampled_from(["delta", "delta", "exact", "multiset"])
 ARRANGEMENT_DAMAGE = ("valid", "valid", "flip", "truncate", "random")
 SHA_KINDS = st.sampled_from(["truth"] * 17 + ["random", "short", "junk"])
+# Block records (format rev 1.4): a layout and a block size picked against the row length n (see block_size);
+# shapes whose rows are long enough for two runs of blocks, and empty ones with the longest rows or the most
+# rows the half's limits allow (a zero dimension counts as 1).
+BLOCK_LAYOUT_NAMES = st.sampled_from(BLOCK_LAYOUTS)
+BLOCK_SIZES = st.sampled_from(["splits", "divides", "1", "n", "over_n", "2", "max"])
+LONG_ROWS = st.sampled_from([[3, 27], [2, 10], [4, 7], [1, 64], [2, 33], [2, 3, 3], [5, 1], [1, 1]])
+BLOCK_SHAPES = st.one_of(LONG_ROWS, LONG_ROWS, SMALL_SHAPES)
+EMPTY_BLOCK_SHAPES = {"lowered": st.sampled_from([[0, 2**20], [2**20, 0], [0, 2**10, 2**10]]),
+                      "default": st.sampled_from([[0, 2**31 - 1], [2**31 - 1, 0], [0, 2**16, 2**15 - 1]])}
 METADATA = st.one_of(st.just({}), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2))
 
 # Faults: one draw per record and one per file picks at most one; None (no fault) is the common draw.
@@ -696,8 +718,8 @@ RECORD_FAULT_VALUES = {
                         st.one_of(st.sampled_from(["+1", "-1", 0, 2**32 - 1, 2**64 - 1, -1, True]), JUNK)),
     "init_key": st.sampled_from(["rng", "seed", "stream", "dist", "params", "name", "shape"]),
     "init_value": st.tuples(st.sampled_from(["rng", "seed", "stream", "dist"]),
-                            st.one_of(st.sampled_from(INTERESTING_INTS + ["philox4x32-20", "he_unifrom", ""]),
-                                      JUNK)),
+                            st.one_of(st.sampled_from(INTERESTING_INTS + ["philox4x32-20", "he_unifrom", "",
+                                                                          "levels"]), JUNK)),
     "params_value": st.one_of(st.sampled_from([1.0, 0.5, -1.0, 0.0, -0.0, 3.4028234663852886e38, 1e39, 0.1,
                                                float("inf"), float("nan"), 2.0**-149, 1, 2**64 - 1, True, 2**31]),
                               st.floats(width=32), st.floats()),
@@ -706,8 +728,45 @@ RECORD_FAULT_VALUES = {
     "density": st.sampled_from([1.0, 0.30000001192092896, 2.0**-32, 2.0**-33, 1e-10, 0.0, 1.5, -0.5]),
     "sparse_base": st.one_of(st.sampled_from([
         {"dist": "normal"}, {"dist": "uniform", "params": {"low": 1.0, "high": 0.0}},
-        {"dist": "sparse", "params": {"density": 0.5, "keep_below": 2**31}}]), JUNK),
+        {"dist": "sparse", "params": {"density": 0.5, "keep_below": 2**31}},
+        {"dist": "levels", "params": {"values": [0.5]}}]), JUNK),
 }
+# Faults of a block record, drawn where RECORD_FAULTS drew none; applied once its section is made, so that
+# what the record then says about its parts (lanes, lengths, the layout itself) may lie about the section.
+BLOCK_FAULTS = st.sampled_from([None] * 16 + [
+    "block_value", "block_lie", "stream_lie", "parts_count", "part_key", "part_scheme", "part_params",
+    "part_length", "scheme_keys", "init_block"])
+
+
+def or_junk(named):
+    """``named``, or one time in four or less JUNK (one_of would flatten JUNK's many branches beside it)."""
+    return st.tuples(st.integers(0, 3), named, JUNK).map(lambda drawn: drawn[2] if drawn[0] == 3 else drawn[1])
+
+
+BLOCK_FAULT_VALUES = {
+    "block_value": or_junk(st.one_of(
+        st.builds(lambda size: {"layout": "strided", "size": size},
+                  st.sampled_from([0, -1, 2**31, 2**31 - 1, 1, True, 2.0, "2", None, [2], 2**64 - 1])),
+        st.builds(lambda layout: {"layout": layout, "size": 2},
+                  st.sampled_from(["Shuffled", "", "random", "contiguous ", b"strided", None, 1, ["strided"]])),
+        st.sampled_from([{"layout": "shuffled"}, {"size": 2}, {}, {"layout": "strided", "size": 2, "extra": 1},
+                         {b"layout": "strided", "size": 2}, {"layout": "strided", b"size": 2},
+                         {"layout": "strided", "size": 2, b"size": 2}, ["strided", 2], "strided", 2, None]))),
+    "parts_count": or_junk(st.sampled_from(["drop", "repeat", "append", "empty", "three"])),
+    "part_key": st.sampled_from(["drop", "extra", "bytes_key", "not_map", "lanes_beside", "block_inside"]),
+    "part_scheme": or_junk(st.sampled_from(["exact", "multiset", "delta", "delta2", "", "DELTA", "shuffle-zstd"])),
+    "part_params": or_junk(st.sampled_from(["over", "zero", "at_most", "huge", "negative", "bool", "float",
+                                            "missing", "extra", "delta_lanes", "bytes_key", "empty"])),
+    "part_length": st.one_of(st.sampled_from(["shift", "swap", "plus_one", "minus_one", "all_in_one", "zero"]),
+                             st.sampled_from(INTERESTING_INTS + [True, 1.0, "12", None])),
+    "scheme_keys": st.sampled_from(["both", "no_parts", "no_block", "raw_kind"]),
+}
+# Faults of a levels record's stored values (specs/rng.md section 7: 1 to 65,536 finite f32 values, strictly
+# ascending, none -0.0), drawn for each levels record; "huge" is a list around that cap (see level_values).
+LEVEL_FAULTS = st.sampled_from([None] * 12 + [
+    "unsorted", "repeated", "negative_zero", "not_f32", "non_finite", "empty", "not_list", "junk_item", "bools",
+    "ints", "huge"])
+LEVEL_COUNTS = (MAX_LEVELS, MAX_LEVELS - 1, MAX_LEVELS + 1, MAX_LEVELS + 2, 2**17)
 FILE_FAULT_VALUES = {
     "extra_top_key": st.tuples(st.sampled_from(["extra", b"format", "Format"]), JUNK),
     "format": st.one_of(st.sampled_from(["PERMCODEC", "", "safetensors"]), JUNK),
@@ -723,8 +782,14 @@ FILE_FAULT_VALUES = {
 }
 
 
+LEVEL_BASES = ("he_uniform", "glorot_uniform", "he_normal", "glorot_normal")  # need no parameter of their own
+# Stored values a levels record may hold: the f32 extremes, zero, the smallest subnormal and normal.
+LEVEL_EDGES = (-FLOAT32_MAX, -1.0, -(2.0**-149), 0.0, 2.0**-149, 2.0**-126, 0.5, 1.0, 3.0, FLOAT32_MAX)
+
+
 def init_record(dist: str, rng: random.Random) -> dict:
-    """A valid init record for ``dist`` (params as the reference encoder derives them)."""
+    """A valid init record for ``dist`` (params as the reference encoder derives them; for ``levels``, half
+    the time any valid list of stored values instead, see level_values)."""
     extra = {}
     if dist in distributions.MASKED:
         extra["density"] = rng.choice([0.5, 0.1, 1.0, 0.9])
@@ -732,9 +797,57 @@ def init_record(dist: str, rng: random.Random) -> dict:
         extra["value"] = rng.choice([0.5, -0.25, 3.0])
     if dist == "sparse":
         extra["base"] = rng.choice(distributions.DENSE)
+    if dist == "levels":
+        extra.update(num_levels=rng.choice([1, 2, 3, 4, 5, 8, 16, 64]), base=rng.choice(LEVEL_BASES))
     params = distributions.make_params(dist, (4, 4), **extra)
+    if dist == "levels" and rng.random() < 0.5:
+        params = {"values": level_values(rng)}
     return {"rng": "philox4x32-10", "seed": rng.randrange(2**64), "stream": rng.randrange(2**32), "dist": dist,
             "params": params}
+
+
+def level_values(rng: random.Random, count: int | None = None) -> list:
+    """Valid stored values of a levels record (specs/rng.md section 7): ``count`` evenly spaced exact f32
+    values, or else a few of LEVEL_EDGES and random finite f32 values, ascending."""
+    if count is not None:
+        return [(k - count // 2) * 2.0**-17 for k in range(count)]  # |k| <= 2^16: exact in f32; 0 is +0.0
+    pool = set(LEVEL_EDGES)
+    while len(pool) < 16:
+        value = struct.unpack("<f", rng.randbytes(4))[0]
+        if math.isfinite(value) and value != 0.0:
+            pool.add(value)
+    return sorted(rng.sample(sorted(pool), rng.choice([1, 2, 3, 7, 16])))
+
+
+def broken_levels(values: list, fault: str, rng: random.Random):
+    """``values`` (a valid levels list) broken the way ``fault`` says; "ints" and "huge" are sometimes valid."""
+    values = list(values) if len(values) >= 2 else [-0.5, 0.5]
+    at = rng.randrange(len(values))
+    if fault == "unsorted":
+        values[at - 1], values[at] = values[at], values[at - 1]
+    elif fault == "repeated":
+        values.insert(at, values[at])
+    elif fault == "negative_zero":
+        values = rng.choice([[-0.0], [-0.0, 0.0], [v for v in values if v < 0] + [-0.0] + [v for v in values if v > 0]])
+    elif fault == "not_f32":
+        bisect.insort(values, rng.choice([0.1, 1e39, -1e39, 2.0**-150, 1 + 2.0**-30, 3.4028235677973366e38]))
+    elif fault == "non_finite":
+        values = rng.choice([values + [math.inf], [-math.inf] + values, values[:at] + [math.nan] + values[at:]])
+    elif fault == "empty":
+        values = []
+    elif fault == "not_list":
+        values = rng.choice([0.5, "0.5", None, {"0": 0.5}, b"\0\0\0?", True, {"values": values}])
+    elif fault == "junk_item":
+        values.insert(at, rng.choice([None, "1", [0.5], {}, b"", True, msgpack.ExtType(1, b"x")]))
+    elif fault == "bools":
+        values = rng.choice([[False, True], [True], [False]])
+    elif fault == "ints":  # integers are numbers: exact f32 ones are valid; 2^24 + 1 is not
+        values = rng.choice([[-2, 0, 1], [0, 1, 2**24], [0, 2**24 + 1], [-(2**63), 0], [1, 2**31 - 1], [0, 2.5, 3]])
+    elif fault == "huge":  # near and over the cap of 65,536; some break only at their end
+        values = level_values(rng, rng.choice(LEVEL_COUNTS))
+        if rng.random() < 0.25:
+            values[-1] = rng.choice([values[-2], -0.0, 0.1])
+    return values
 
 
 def apply_record_fault(record: dict, fault: str, value, rng: random.Random) -> None:
@@ -763,11 +876,117 @@ def apply_record_fault(record: dict, fault: str, value, rng: random.Random) -> N
         params["base"] = value
 
 
+def block_size(kind: str, n: int, rng: random.Random) -> int:
+    """A block size for rows of ``n``: one that leaves a shorter block ("splits"), one that divides n, 1, n
+    itself, more than n, 2, or the largest a record may hold."""
+    small = range(2, min(n, 64))
+    if kind == "splits":
+        options = [size for size in small if n % size]
+    elif kind == "divides":
+        options = [size for size in small if n % size == 0]
+    else:
+        options = [{"1": 1, "n": max(n, 1), "over_n": n + rng.choice([1, 2, 1000]), "2": 2,
+                    "max": MAX_BLOCK_SIZE}[kind]]
+    return min(rng.choice(options or [2, 3]), MAX_BLOCK_SIZE)
+
+
+def block_parts(shape: list, block: dict, part_schemes: list, rng: random.Random) -> list:
+    """The parts of a block record, one per run of equal blocks (lengths 0 until its section is made; lanes
+    within [1, R * c_g], which the encoder replaces where it codes a part)."""
+    rows, n = perm.row_shape(shape)
+    return [{"scheme": scheme, "scheme_params": {} if scheme == "delta" else
+             {"lanes": min(rng.choice([1, 1, 1, 2, 3]), max(rows * count, 1))}, "length": 0}
+            for (count, _), scheme in zip(BlockLayout.from_dict(block).groups(n), part_schemes)]
+
+
+def apply_block_fault(record: dict, fault: str, value, rng: random.Random) -> None:
+    """Break block record ``record`` (in place; its section is made and its parts hold their true lanes and
+    lengths) the way ``fault`` says, with ``value`` drawn for it."""
+    parts = record["parts"]
+    g = rng.randrange(len(parts))
+    part = parts[g]
+    try:
+        rows, n = perm.row_shape(record["shape"])
+        runs = BlockLayout.from_dict(record["block"]).groups(n)
+    except Exception:  # noqa: BLE001 - a shape or block the generator cannot read (the decoder will not either)
+        rows, n, runs = 1, 1, ((1, 1),) * len(parts)
+    if fault == "block_value":
+        record["block"] = value
+    elif fault == "block_lie":  # another valid block; strided and shuffled always give the same runs
+        size = record["block"]["size"] if rng.random() < 0.5 else \
+            block_size(rng.choice(["splits", "divides", "1", "n", "over_n", "2"]), n, rng)
+        record["block"] = {"layout": rng.choice(BLOCK_LAYOUTS), "size": size}
+    elif fault == "stream_lie":  # another (seed, stream): other initial values, and shuffled blocks elsewhere
+        key = rng.choice(["seed", "stream"])
+        record["init"][key] = (record["init"][key] + rng.choice([1, -1])) % 2 ** (64 if key == "seed" else 32)
+    elif fault == "parts_count":
+        if value in ("drop", "repeat", "append", "three"):
+            extra = [{**part, "length": 0}, {"scheme": "delta", "scheme_params": {}, "length": 0}]
+            record["parts"] = parts[:-1] if value == "drop" else parts + extra[:1] if value == "repeat" else \
+                parts + extra[1:] if value == "append" else parts + extra[:3 - len(parts)]
+        else:
+            record["parts"] = [] if value == "empty" else value
+    elif fault == "part_key":
+        if value == "drop":
+            part.pop(rng.choice(sorted(part)))
+        elif value == "extra":
+            part[rng.choice(["extra", "offset", "crc32", "codec"])] = 1
+        elif value == "bytes_key":
+            key = rng.choice(sorted(part))
+            part[key.encode()] = part.pop(key)
+        elif value == "not_map":
+            parts[g] = rng.choice([None, [], part["scheme"], part["length"], list(part.values())])
+        elif value == "lanes_beside":
+            part["lanes"] = 1
+        else:
+            part["block"] = record["block"]
+    elif fault == "part_scheme":
+        part["scheme"] = value
+    elif fault == "part_params":  # lanes must be in [1, max(R * c_g, 1)] per part
+        cap = max(rows * runs[min(g, len(runs) - 1)][0], 1)
+        lanes = {"zero": 0, "over": cap + 1, "at_most": cap, "huge": rng.choice([2**31, 2**32, 2**63 - 1, 2**64 - 1]),
+                 "negative": -1, "bool": True, "float": 1.0, "delta_lanes": 1}
+        if isinstance(value, str) and value in lanes:
+            value = {"lanes": lanes[value]}
+        elif value in ("missing", "empty", "extra", "bytes_key"):
+            value = {"extra": {**part["scheme_params"], "extra": 1}, "bytes_key": {b"lanes": 1}}.get(value, {})
+        part["scheme_params"] = value
+    elif fault == "part_length":
+        other = parts[1 - g] if len(parts) == 2 else None
+        if value == "shift" and other is not None:  # the lengths still add up: the parts' bytes lie
+            moved = min(part["length"], rng.choice([1, 4, part["length"]]))
+            part["length"], other["length"] = part["length"] - moved, other["length"] + moved
+        elif value == "swap" and other is not None:
+            part["length"], other["length"] = other["length"], part["length"]
+        elif value == "all_in_one":
+            total = sum(p["length"] for p in parts)
+            for p in parts:
+                p["length"] = 0
+            part["length"] = total
+        elif value in ("plus_one", "minus_one", "zero", "shift", "swap"):
+            part["length"] = 0 if value in ("zero", "shift", "swap") else \
+                max(0, part["length"] + (1 if value == "plus_one" else -1))
+        else:
+            part["length"] = value
+    elif fault == "scheme_keys":
+        if value == "both":
+            record.update(scheme=part["scheme"], scheme_params=part["scheme_params"])
+        elif value == "raw_kind":
+            record["kind"] = "raw"
+        else:
+            record.pop("parts" if value == "no_parts" else "block")
+    elif fault == "init_block":  # block belongs in the record, not in init (specs/rng.md's block is the spec's)
+        record["init"]["block"] = record["block"]
+        if rng.random() < 0.5:
+            record.pop("block")
+
+
 @st.composite
 def tensor_records(draw, index: int, size: str = "small", half: str = "lowered"):
     """(record, section, sha256 of what the section decodes to or None, layout fault, frame kind).
 
-    ``size``: "small" (at most 125 elements), "big" (from BIG_SHAPES[half]) or "empty_long" (EMPTY_LONG_SHAPES).
+    ``size``: "small" (at most 128 elements), "big" (from BIG_SHAPES[half]), "empty_long" (EMPTY_LONG_SHAPES)
+    or "empty_block" (a block record of EMPTY_BLOCK_SHAPES[half]).
     """
     kind, scheme = draw(KINDS), draw(INDEX_SCHEMES)
     seed = draw(SEEDS)
@@ -776,25 +995,43 @@ def tensor_records(draw, index: int, size: str = "small", half: str = "lowered")
         pick = (draw(st.integers(0, 7)) + seed) % 8
         kind, scheme = EMPTY_LONG_KINDS[pick % 4]
         shape = list(EMPTY_LONG_SHAPES[pick // 4])
+    elif size == "empty_block":
+        kind, shape = "block", list(draw(EMPTY_BLOCK_SHAPES[half]))
     else:
-        shape = draw(BIG_SHAPES[half]) if size == "big" else draw(SMALL_SHAPES)
-    record = {"name": f"t{index}", "kind": kind, "dtype": "float32" if kind == "permuted" else draw(DTYPES),
-              "shape": shape}
+        shape = draw(BIG_SHAPES[half]) if size == "big" else draw(BLOCK_SHAPES) if kind == "block" \
+            else draw(SMALL_SHAPES)
+    record = {"name": f"t{index}", "kind": "permuted" if kind == "block" else kind,
+              "dtype": "float32" if kind != "raw" else draw(DTYPES), "shape": shape}
     if kind == "permuted":
         record.update(init=init_record(draw(DISTS), rng), scheme=scheme, scheme_params={})
         if record["scheme"] != "delta":
             lanes = rng.choice([1, 1, 1, 2, 3]) if size == "empty_long" else rng.randint(1, 3)
             record["scheme_params"] = {"lanes": lanes}
+    elif kind == "block":  # a permuted record with block and parts instead of scheme and scheme_params
+        record["init"] = init_record(draw(DISTS), rng)
+        record["block"] = {"layout": draw(BLOCK_LAYOUT_NAMES),
+                           "size": block_size(draw(BLOCK_SIZES), perm.row_shape(shape)[1], rng)}
+        record["parts"] = block_parts(shape, record["block"], [scheme, draw(INDEX_SCHEMES)], rng)
     else:
         record["codec"] = "shuffle-zstd"
+    if kind != "raw" and record["init"]["dist"] == "levels":
+        level_fault = draw(LEVEL_FAULTS)
+        if level_fault is not None:
+            params = record["init"]["params"]
+            params["values"] = broken_levels(params["values"], level_fault, rng)
     fault = draw(RECORD_FAULTS)
     if fault is not None and fault != "layout":
         apply_record_fault(record, fault, draw(RECORD_FAULT_VALUES[fault]) if fault in RECORD_FAULT_VALUES
                            else None, rng)
+    block_fault = draw(BLOCK_FAULTS) if kind == "block" and fault is None else None
     section, truth, frame_kind = section_for(record, draw(FRAMES), rng)
     sha_kind = draw(SHA_KINDS)
     record["sha256"] = draw(JUNK) if sha_kind == "junk" else rng.randbytes(31) if sha_kind == "short" \
         else truth if sha_kind == "truth" and truth else rng.randbytes(32)
+    if block_fault is not None:  # after the sha256: a record that now lies still claims the section's tensor
+        apply_block_fault(record, block_fault, draw(BLOCK_FAULT_VALUES[block_fault])
+                          if block_fault in BLOCK_FAULT_VALUES else None, rng)
+        truth, frame_kind = None, f"lie:{block_fault}"
     layout_fault = draw(RECORD_FAULT_VALUES["layout"]) if fault == "layout" else None
     truth = truth if frame_kind in ("valid", "valid_checksum", "crafted") else None
     return record, section, truth, layout_fault, frame_kind
@@ -821,8 +1058,6 @@ def permuted_truth(record: dict, rng: random.Random):
 
     The payload moves each row to a random permutation of its initial values.
     """
-    import torch
-
     try:
         init = decoder.tensor_init(record)
         rows, n = perm.row_shape(init.shape)
@@ -831,12 +1066,24 @@ def permuted_truth(record: dict, rng: random.Random):
         initial = encoder.initial_rows(init)
     except Exception:  # noqa: BLE001 - the decoder judges this record; the generator only skips it
         return None
+    final, trained = random_arrangement(initial, rng)
+    return delta_payload(final, initial), codec.sha256_of(trained.reshape(init.shape))
+
+
+def random_arrangement(initial: perm.SortedRows, rng: random.Random):
+    """(final ranks, trained rows): each row of ``initial`` moved to a random permutation of its values."""
+    import torch
+
+    rows, n = initial.rows.shape
     generator = torch.Generator().manual_seed(rng.randrange(2**63))
     final = torch.argsort(torch.rand(rows, n, generator=generator), dim=1)
+    return final, initial.rows.gather(1, initial.order.gather(1, final))
+
+
+def delta_payload(final, initial: perm.SortedRows) -> bytes:
+    """The delta scheme's payload (before zstd) of rows moved from ``initial`` to the ranks ``final``."""
     codes = indexcode.zigzag((final - initial.ranks).reshape(-1).numpy())
-    payload = indexcode.to_byte_planes(codes, schemes.index_width(n))
-    tensor = initial.rows.gather(1, initial.order.gather(1, final)).reshape(init.shape)
-    return payload, codec.sha256_of(tensor)
+    return indexcode.to_byte_planes(codes, schemes.index_width(initial.rows.shape[1]))
 
 
 def raw_payload(dtype: str, size: int, rng: random.Random) -> bytes:
@@ -872,20 +1119,117 @@ def arrangement_section(record: dict, rng: random.Random):
     except Exception:  # noqa: BLE001 - the decoder judges this record; the generator only skips it
         section = None
     if section is None:
-        lanes = rng.randint(1, 3)
-        lengths = [rng.choice([0, 1, 2, 3, 5]) for _ in range(lanes)]
-        words = rng.randbytes(4 * sum(lengths) + rng.choice([0, 0, 1, 4]))
-        return struct.pack(f"<{lanes}I", *lengths) + words, None, "random"
+        return random_lanes(rng), None, "random"
+    if how in ("flip", "truncate"):
+        return damaged_lanes(section, how, rng), None, how
+    return section, truth, "valid"
+
+
+def random_lanes(rng: random.Random) -> bytes:
+    """A rANS section of 1-3 lanes of random words, their counts right or a few bytes off."""
+    lanes = rng.randint(1, 3)
+    lengths = [rng.choice([0, 1, 2, 3, 5]) for _ in range(lanes)]
+    words = rng.randbytes(4 * sum(lengths) + rng.choice([0, 0, 1, 4]))
+    return struct.pack(f"<{lanes}I", *lengths) + words
+
+
+def damaged_lanes(section: bytes, how: str, rng: random.Random) -> bytes:
+    """A rANS section with one bit flipped ("flip") or cut short ("truncate")."""
     if how == "flip":
         at = rng.randrange(len(section))
-        return section[:at] + bytes([section[at] ^ (1 << rng.randrange(8))]) + section[at + 1:], None, how
-    if how == "truncate":
-        return section[:rng.randrange(len(section))], None, how
-    return section, truth, "valid"
+        return section[:at] + bytes([section[at] ^ (1 << rng.randrange(8))]) + section[at + 1:]
+    return section[:rng.randrange(len(section))]
+
+
+def block_section(record: dict, frame_kind: str, rng: random.Random):
+    """(section, sha256 or None, how it was made) of a block record: its parts back to back, each written into
+    the record (lanes, length). Each part codes the block view (permcodec's BlockView) of a random block-local
+    arrangement of the regenerated initial rows: a delta part by hand, as permuted_truth does, an exact or
+    multiset part by the encoder. One part, drawn, is made the way ``frame_kind`` says (delta) or damaged
+    as ARRANGEMENT_DAMAGE says; the others are valid. A block record without elements gets empty parts
+    (built without the encoder, as empty_section does); one too big to encode, zero codes in its delta
+    parts (a real decode) and random rANS words; one that the generator cannot read, random bytes."""
+    parts = record["parts"]
+    if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+        section = compress(rng.randbytes(rng.choice([0, 4, 16]))) if rng.random() < 0.5 else rng.randbytes(8)
+        return section, None, "unknown-size"
+    damaged = rng.randrange(len(parts)) if parts else -1
+    damage = rng.choice(ARRANGEMENT_DAMAGE)
+    try:
+        rows, n = perm.row_shape(record["shape"])
+        runs = BlockLayout.from_dict(record.get("block")).groups(n)
+        assert len(runs) == len(parts) and all(part.get("scheme") in schemes.INDEX_SCHEMES for part in parts)
+        if rows * n == 0:
+            made = empty_parts(parts, damaged, frame_kind, damage, rng)
+        elif rows * n <= 4096 and n <= 4096:
+            made = coded_parts(record, damaged, frame_kind, damage, rng)
+        elif sum(rows * count * size * schemes.index_width(size) for count, size in runs) <= 16 << 20:
+            made = [(frame_for(frame_kind if g == damaged else "valid", bytes(rows * count * size *
+                                                                              schemes.index_width(size)), rng)
+                     if part["scheme"] == "delta" else random_lanes(rng), {})
+                    for g, (part, (count, size)) in enumerate(zip(parts, runs))]
+            made = (made, None, frame_kind if parts[damaged]["scheme"] == "delta" else "random")
+        else:
+            raise ValueError("too big to make a payload of")
+    except Exception:  # noqa: BLE001 - the decoder judges this record; the generator only fills its parts
+        sections = [compress(rng.randbytes(rng.choice([0, 4, 16]))) if rng.random() < 0.5 else rng.randbytes(8)
+                    for _ in parts]
+        made = ([(section, {}) for section in sections], None, "unknown-size")
+    sections, truth, how = made
+    for part, (section, params) in zip(parts, sections):
+        if params:
+            part["scheme_params"] = params
+        part["length"] = len(section)
+    return b"".join(section for section, _ in sections), truth, how
+
+
+def coded_parts(record: dict, damaged: int, frame_kind: str, damage: str, rng: random.Random):
+    """([(section, scheme_params or {})] per part, sha256 or None, how the drawn part was made) of a small
+    block record: see block_section."""
+    init = decoder.tensor_init(record)
+    view = perm.BlockView.of(init)
+    initial_parts = view.split(init.regenerate().reshape(perm.row_shape(init.shape)))
+    made, trained_parts, how = [], [], "valid"
+    for g, (part, initial_part) in enumerate(zip(record["parts"], initial_parts)):
+        initial = perm.SortedRows.of(initial_part)
+        final, trained = random_arrangement(initial, rng)
+        trained_parts.append(trained)
+        if part["scheme"] == "delta":
+            kind = frame_kind if g == damaged else "valid"
+            made.append((frame_for(kind, delta_payload(final, initial), rng), {}))
+        else:
+            _, params, section = schemes.encode_best(perm.SortedRows.of(trained), initial, schemes.LEVELS["fast"],
+                                                     part["scheme"])
+            kind = damage if g == damaged else "valid"
+            made.append((damaged_lanes(section, kind, rng) if kind in ("flip", "truncate") else
+                         random_lanes(rng) if kind == "random" else section, params))
+        how = kind if g == damaged else how
+    truth = codec.sha256_of(view.join(trained_parts).reshape(init.shape))
+    return made, truth, how
+
+
+def empty_parts(parts: list, damaged: int, frame_kind: str, damage: str, rng: random.Random):
+    """([(section, {})] per part, sha256 of nothing or None, how the drawn part was made) of a block record
+    without elements: empty zstd frames and lanes that code nothing (their lanes as the record says)."""
+    made, how = [], "valid"
+    for g, part in enumerate(parts):
+        if part["scheme"] == "delta":
+            kind = frame_kind if g == damaged else "valid"
+            made.append((frame_for(kind, b"", rng), {}))
+        else:
+            lanes = part["scheme_params"].get("lanes") if isinstance(part["scheme_params"], dict) else None
+            section = rans.nothing_coded_section(lanes if isinstance(lanes, int) and 1 <= lanes <= 64 else 1)
+            kind = damage if g == damaged else "valid"
+            made.append((damaged_lanes(section, kind, rng) if kind in ("flip", "truncate") else
+                         rng.randbytes(rng.choice([0, 4, 12, 16])) if kind == "random" else section, {}))
+        how = kind if g == damaged else how
+    return made, hashlib.sha256(b"").digest(), how
 
 
 def section_for(record: dict, frame_kind: str, rng: random.Random):
     """(section, sha256 of the tensor a valid section decodes to or None, frame kind used)."""
+    if "parts" in record:
+        return block_section(record, frame_kind, rng)
     size = payload_size(record)
     if size == 0:
         return empty_section(record, frame_kind, rng)
@@ -933,7 +1277,9 @@ def hostile_files(draw, verify=None, half: str = "lowered"):
     count = draw(st.integers(0, 4))
     big_at = draw(st.integers(0, 199)) - 196  # a big tensor in about one file out of a hundred
     empty_long_at = draw(st.integers(0, 7)) if half == "default" else -1  # in about one file out of four
-    sizes = ["big" if i == big_at else "empty_long" if i == empty_long_at else "small" for i in range(count)]
+    empty_block_at = draw(st.integers(0, 15))  # in about one file out of eight
+    sizes = ["big" if i == big_at else "empty_long" if i == empty_long_at else
+             "empty_block" if i == empty_block_at else "small" for i in range(count)]
     made = [draw(tensor_records(i, size, half)) for i, size in enumerate(sizes)]
     records = with_layout([m[0] for m in made], [m[1] for m in made])
     for record, (*_, layout_fault, _) in zip(records, made):
@@ -954,8 +1300,18 @@ def hostile_files(draw, verify=None, half: str = "lowered"):
     data = assemble(header_bytes, data_area, **preamble)
     if half == "default":
         assume(declared_elements(data) <= MAX_DECLARED)
-    generator = "hostile" + "".join(f":{size}" for size in ("big", "empty_long") if size in sizes)
+    tags = set(sizes) | {tag for (record, *_), size in zip(made, sizes) if size != "empty_block"
+                         for tag in record_tags(record)}
+    generator = "hostile" + "".join(f":{tag}" for tag in ("big", "empty_long", "empty_block", "block", "levels")
+                                    if tag in tags)
     return Case(generator, data, expect, verify, "; ".join(rejected) or None, half)
+
+
+def record_tags(record: dict) -> set:
+    """What a generated record holds that the report counts apart: "block" (block or parts), "levels"."""
+    init = record.get("init")
+    return ({"block"} if "block" in record or "parts" in record else set()) | \
+        ({"levels"} if isinstance(init, dict) and init.get("dist") == "levels" else set())
 
 
 def file_with_fault(header: dict, data_area: bytes, fault, value, rng: random.Random):
