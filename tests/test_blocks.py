@@ -340,3 +340,12 @@ def test_cli_trains_block_and_level_models_and_info_shows_them(tmp_path, capsys)
                  str(tmp_path / "x.pt")]) == 1
     assert capsys.readouterr().err == ("permcodec train: error: dist='levels': argument 'num_levels' must be an "
                                        "integer in [1, 65536], found None\n")
+
+
+@pytest.mark.parametrize("value", [2**53 + 1, 2**64 - 1, 16777217])
+def test_an_integer_param_must_itself_be_a_float32_value(value):
+    """The spec asks for the value to be exactly f32; float(value) rounding it to one is not enough."""
+    with pytest.raises(SpecError, match=f"parameter 'bound' must be a float32 value, found {value}"):
+        distributions.validate("he_uniform", {"bound": value}, "tensor 'w'")
+    with pytest.raises(SpecError, match=f"must be a float32 value, found {value}"):
+        distributions.validate("levels", {"values": [value]}, "tensor 'w'")

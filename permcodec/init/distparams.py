@@ -41,9 +41,12 @@ def _number(params: dict, key: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{where}: parameter {key!r} must be a number, found {value!r}")
     try:
-        value = float(value)
+        as_float = float(value)
     except OverflowError:
         raise SpecError(f"{where}: parameter {key!r} must be finite, found an integer of {value.bit_length()} bits") from None
+    if isinstance(value, int) and as_float != value:  # exact: 2**53 + 1 is not the float 2**53
+        raise SpecError(f"{where}: parameter {key!r} must be a float32 value, found {value!r}")
+    value = as_float
     if not math.isfinite(value):
         raise SpecError(f"{where}: parameter {key!r} must be finite, found {value}")
     if abs(value) > FLOAT32_MAX or to_float32(value) != value:
