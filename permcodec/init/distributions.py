@@ -69,20 +69,12 @@ def make_params(dist: str, shape, **user) -> dict:
         params = _fan_params(dist, shape)
     elif dist == "sparse":
         density = _density_argument(user, where)
-        base = user.pop("base", "he_uniform")
-        if base not in DENSE:
-            raise SpecError(f"{where}: base must be one of {', '.join(DENSE)}, found {base!r}")
-        base_params = make_params(base, shape, **user)
-        user.clear()
+        base, base_params = _base_arguments(user, shape, where)
         params = {"density": density, "keep_below": keep_below(density),
                   "base": {"dist": base, "params": base_params}}
     elif dist == "levels":
         levels = _levels_argument(user, where)
-        base = user.pop("base", "he_uniform")
-        if base not in DENSE:
-            raise SpecError(f"{where}: base must be one of {', '.join(DENSE)}, found {base!r}")
-        base_params = make_params(base, shape, **user)
-        user.clear()
+        base, base_params = _base_arguments(user, shape, where)
         params = {"values": level_values(base, base_params, levels, where)}
     else:
         density = _density_argument(user, where)
@@ -108,6 +100,16 @@ def _density_argument(user: dict, where: str) -> float:
     if not 0.0 < raw <= 1.0:
         raise SpecError(f"{where}: density must be in (0, 1], found {raw}")
     return to_float32(raw)
+
+
+def _base_arguments(user: dict, shape, where: str) -> tuple[str, dict]:
+    """(base, its params) of sparse and levels: ``base`` (default he_uniform) takes every argument left."""
+    base = user.pop("base", "he_uniform")
+    if base not in DENSE:
+        raise SpecError(f"{where}: base must be one of {', '.join(DENSE)}, found {base!r}")
+    base_params = make_params(base, shape, **user)
+    user.clear()
+    return base, base_params
 
 
 def _levels_argument(user: dict, where: str) -> int:
