@@ -137,7 +137,8 @@ def encode_permuted(name: str, tensor: torch.Tensor, record: TensorInit, level: 
         initial, trained = perm.SortedRows.of(initial_part), perm.SortedRows.of(trained_part)
         bad = first_bad_row(trained, initial)
         if bad is not None:
-            what = "row" if record.block is None else "row's blocks (one block)"
+            what = "row" if record.block is None else \
+                f"row's blocks (one of them; {record.block.layout} blocks of {record.block.size})"
             raise NotPermuted(view.row_of(group, bad), f"its values differ from the initial values of that {what}")
         parts.append(schemes.encode_best(trained, initial, level, scheme))
     return permuted_record(name, tensor, record, parts), b"".join(section for _, _, section in parts)

@@ -124,7 +124,7 @@ def grouped_order(block: BlockLayout | None, rows: int, n: int, seed: int, strea
     strided = torch.argsort((j % q) * n + j)  # block t = j mod q, ascending within: keys are distinct
     if block.layout == "strided":
         return strided
-    from .init.distributions import row_orders
+    from .init.distributions import row_orders  # here: perm is imported by the header checks' callers too
     from .init.philox import SUBSTREAM_BLOCKS
 
     shuffled = row_orders(seed, stream, SUBSTREAM_BLOCKS, 0, rows, n, device)

@@ -106,6 +106,15 @@ def test_split_and_join_are_inverse_and_whole_rows_are_views():
 
 # ---------------------------------------------------------------- LaPerm within blocks
 
+def block_positions(layout: str, n: int, b: int, philox_order: list[int]) -> list[list[int]]:
+    """The positions of each block of a row, written from specs/format.md §7.1 alone."""
+    if layout == "contiguous":
+        return [list(range(start, min(start + b, n))) for start in range(0, n, b)]
+    q = max(1, -(-n // b))
+    order = philox_order if layout == "shuffled" else list(range(n))
+    return [[order[t] for t in range(block, n, q)] for block in range(q)]
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "shuffled"])
 def test_laperm_keeps_every_block_a_permutation_of_its_initial_values(layout):
     torch.manual_seed(0)
@@ -119,13 +128,15 @@ def test_laperm_keeps_every_block_a_permutation_of_its_initial_values(layout):
         opt.step()
     params = dict(model.named_parameters())
     for record in spec:
-        pools = perm.pools_of(record)
-        weight = params[record.name].detach()
-        assert pools.holds(weight), record.name
-        assert not torch.equal(weight, initial[record.name]), record.name  # training moved something
-        # no value left its block: sorting each block of the weight gives the initial block's sorted values
-        for part, pool in zip(pools.view.split(perm.as_rows(weight)), pools.sorted):
-            assert torch.equal(torch.sort(part, dim=1).values.view(torch.int32), pool.view(torch.int32))
+        weight = perm.as_rows(params[record.name].detach())
+        start = perm.as_rows(initial[record.name])
+        assert not torch.equal(weight, start), record.name  # training moved something
+        rows, n = weight.shape
+        orders = distributions.row_orders(record.seed, record.stream, SUBSTREAM_BLOCKS, 0, rows, n, "cpu")
+        for r in range(rows):  # by the spec's definition of the blocks, not through perm.BlockView
+            for positions in block_positions(layout, n, 4, orders[r].tolist()):
+                assert torch.equal(torch.sort(weight[r, positions]).values.view(torch.int32),
+                                   torch.sort(start[r, positions]).values.view(torch.int32)), (record.name, r)
 
 
 def test_blocks_of_one_freeze_the_weights():
@@ -195,7 +206,7 @@ def test_a_value_moved_across_blocks_is_not_a_permutation():
         model.weight[1] = model.weight[1][[4, 1, 2, 3, 0, 5, 6, 7]]  # positions 0 and 4 lie in different blocks
     with pytest.raises(NotAPermutationError, match=r"tensor 'weight': row 1 is not a permutation of its initial "
                                                    r"values \(its values differ from the initial values of that "
-                                                   r"row's blocks \(one block\)\)"):
+                                                   r"row's blocks \(one of them; contiguous blocks of 4\)\)"):
         permcodec.encode(model)
 
 
@@ -349,3 +360,30 @@ def test_an_integer_param_must_itself_be_a_float32_value(value):
         distributions.validate("he_uniform", {"bound": value}, "tensor 'w'")
     with pytest.raises(SpecError, match=f"must be a float32 value, found {value}"):
         distributions.validate("levels", {"values": [value]}, "tensor 'w'")
+
+
+def test_resume_refuses_a_block_setting_the_run_did_not_have(tmp_path):
+    from permcodec.resuming import merged_config
+    from permcodec.train.config import TrainConfig
+
+    saved = {"model": "mlp", "epochs": 1}  # a run of whole rows, written before blocks existed
+    with pytest.raises(SpecError, match=r"these flags ask for others: block=8 \(the file's run: None\), "
+                                        r"block_layout='strided' \(the file's run: 'shuffled'\)"):
+        merged_config(saved, TrainConfig(model="mlp", block=8, block_layout="strided"))
+    assert merged_config(saved, TrainConfig(model="mlp", epochs=3)).block is None
+
+
+def test_a_block_layout_needs_a_block_size():
+    from permcodec.train.config import TrainConfig, check_config
+
+    with pytest.raises(SpecError, match=r"block_layout 'strided' needs a block size \(--block B\)"):
+        check_config(TrainConfig(block_layout="strided"))
+
+
+def test_0d_records_sample_and_refuse_blocks_and_levels():
+    record = TensorInit.from_dict({"name": "s", "shape": [], "seed": 1, "stream": 0, "dist": "uniform",
+                                   "params": {"low": 0.0, "high": 1.0}})
+    assert record.regenerate().shape == ()
+    with pytest.raises(SpecError, match="tensor 's': a 0-D tensor has no rows, so it takes neither blocks nor levels"):
+        TensorInit.from_dict({"name": "s", "shape": [], "seed": 1, "stream": 0, "dist": "uniform",
+                              "params": {"low": 0.0, "high": 1.0}, "block": {"layout": "strided", "size": 2}})

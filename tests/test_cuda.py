@@ -50,6 +50,21 @@ def test_ranks_and_sync_match():
     assert torch.equal(perm.row_ranks(perm.as_rows(trained)), perm.row_ranks(perm.as_rows(trained).cuda()).cpu())
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "shuffled"])
+def test_level_pools_and_block_sync_match(layout):
+    from permcodec.init.initspec import TensorInit
+    from permcodec.rows import BlockLayout
+
+    params = D.make_params("levels", (64, 3, 5, 5), num_levels=8)
+    record = TensorInit("w", (64, 3, 5, 5), 5, 2, "levels", params, BlockLayout(layout, 16))
+    cpu_pool, gpu_pool = record.regenerate(), record.regenerate(device="cuda").cpu()
+    assert torch.equal(cpu_pool.view(torch.int32), gpu_pool.view(torch.int32))
+    trained = torch.randn(64, 3, 5, 5)
+    cpu = perm.pools_of(record).sync(trained)
+    gpu = perm.pools_of(record, "cuda").sync(trained.cuda()).cpu()
+    assert torch.equal(cpu.view(torch.int32), gpu.view(torch.int32))
+
+
 def test_codec_decodes_identically_on_cpu_and_cuda():
     from pathlib import Path
 

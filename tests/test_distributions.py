@@ -32,6 +32,26 @@ def sha256_bits(t):
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
 
 
+# specs/rng.md §8.3, revision 1.4: level pools with the shape's row length, and the row orders of §6.7
+LEVEL_CASES = [(dict(num_levels=8), "876cc287fc2049983dcdb447f748503f325c684a14fe8e338c4f84b8798d6b6a"),
+               (dict(num_levels=5, base="he_normal"), "c9419bbae97862f34a5e391e7000db9e6fa26555e7717db2c65d47b7e30bc11c")]
+ROW_ORDERS_SHA256 = "a7eb77917085a4d56d115fe9afb496750477cb68133355665cfb546cc378f01c"
+
+
+@pytest.mark.parametrize("user,digest", LEVEL_CASES)
+def test_golden_level_pools(user, digest):
+    params = D.make_params("levels", GOLDEN_SHAPE, **user)
+    assert sha256_bits(D.sample("levels", params, 2020, 11, 0, 100_000, row_length=75)) == digest
+
+
+def test_golden_row_orders():
+    from permcodec.init.philox import SUBSTREAM_BLOCKS
+
+    orders = D.row_orders(2020, 11, SUBSTREAM_BLOCKS, 0, 1000, 100, "cpu")
+    assert orders[0, :8].tolist() == [0, 41, 87, 67, 66, 52, 70, 76]
+    assert hashlib.sha256(orders.to(torch.int32).numpy().astype("<u4").tobytes()).hexdigest() == ROW_ORDERS_SHA256
+
+
 @pytest.mark.parametrize("dist", list(GOLDEN_CASES))
 def test_golden_bits(dist):
     user, digest = GOLDEN_CASES[dist]

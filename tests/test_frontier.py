@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import torch
+import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import bench_frontier  # noqa: E402
@@ -14,7 +15,11 @@ def test_rtn_rounds_each_channel_to_its_own_grid_and_counts_the_scales():
     weight = torch.tensor([[0.0, 1.0, 2.0, 3.0], [-1.0, -1.0, -1.0, -1.0]])
     restored, stored = bench_frontier.rtn(weight, bits=1)  # two levels per channel: its min and its max
     assert restored.tolist() == [[0.0, 0.0, 3.0, 3.0], [-1.0, -1.0, -1.0, -1.0]]
-    assert stored > 2 * 8  # zstd of the codes plus min and step (two float32) per channel
+    codes = bytes([0, 0, 1, 1, 0, 0, 0, 0])
+    assert stored == len(zstandard.ZstdCompressor(level=19).compress(codes)) + 2 * 8  # min and step per channel
+    bias = torch.tensor([0.5, 1.1, 2.0])
+    kept, bias_bytes = bench_frontier.rtn(bias, bits=1)  # a 1-D bias stays float32
+    assert torch.equal(kept, bias) and bias_bytes == 12
     exact, _ = bench_frontier.rtn(weight, bits=2)  # four levels: 0, 1, 2, 3 exactly
     assert torch.equal(exact[0], weight[0])
 

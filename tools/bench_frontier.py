@@ -11,7 +11,7 @@ same set, and BatchNorm is stored alike by all of them.
 
 The Adam model (``--baseline``) gets the same sweep, and each of its runs is also stored as fp16 and by
 per-channel round-to-nearest (RTN) at 2-8 bits + zstd-19: each output channel's min and step (two float32),
-its codes as bytes, zstd-19 over the tensor. NNCodec rows appear where NNCodec is installed
+its codes as bytes, zstd-19 over the tensor; biases (1-D) stay float32. NNCodec rows appear where NNCodec is installed
 (``PERMCODEC_NNCODEC_PYTHON``, tools/README.md); without it they are skipped.
 
 Every finished run is one JSON line in tools/results/frontier-<model>-<part>.jsonl, written as soon as the run
@@ -83,7 +83,10 @@ def pc_bits(state, spec) -> tuple[float, float]:
 
 def rtn(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     """Per-output-channel round-to-nearest on a grid of 2^bits levels from the row's min to its max:
-    (the dequantized weight, bytes stored: zstd-19 of the codes + two float32 per channel)."""
+    (the dequantized weight, bytes stored: zstd-19 of the codes + two float32 per channel). A 1-D tensor
+    (a bias) is kept in float32, as quantizers usually keep biases (NNCodec codes them near-losslessly)."""
+    if weight.dim() == 1:
+        return weight.clone(), 4 * weight.numel()
     rows = weight.reshape(weight.shape[0], -1).double()
     low, high = rows.min(dim=1, keepdim=True).values, rows.max(dim=1, keepdim=True).values
     levels = (1 << bits) - 1
@@ -253,7 +256,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help=f"where the JSON lines go (default {RESULTS}; --smoke: a "
                                                  "temporary directory)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     dataset = get_dataset("mnist5k")
     if args.smoke:
         import tempfile

@@ -22,7 +22,8 @@ DENSE = ("uniform", "normal", "he_uniform", "glorot_uniform", "he_normal", "glor
 MASKED = ("sparse", "shared")
 LEVELS = ("levels",)
 DISTRIBUTIONS = DENSE + MASKED + LEVELS
-# A level pool holds at most this many distinct values (the multiset scheme's classes per row).
+# A level pool holds at most this many distinct values: a bound on the header's arrays, so that a
+# decoder's msgpack cap stays fixed (specs/format.md Section 5).
 MAX_LEVELS = 1 << 16
 
 

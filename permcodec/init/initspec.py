@@ -16,14 +16,13 @@ from torch import nn
 
 from ..errors import SpecError
 from ..keys import key_mismatch
-from ..rows import BlockLayout, row_shape
+from ..rows import DEFAULT_BLOCK_LAYOUT, BlockLayout, row_shape
 from . import distributions
 from .philox import RNG_NAME, check_seed, check_stream
 
 SPEC_FORMAT = "permcodec-init"
 SPEC_VERSION = 1
 INIT_ATTRIBUTE = "_permcodec_init"
-DEFAULT_BLOCK_LAYOUT = "shuffled"
 WEIGHTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -73,6 +72,8 @@ class TensorInit:
             raise SpecError(f"tensor {name!r}: dist must be a string, found {dist!r}")
         params = distributions.validate(dist, d["params"], f"tensor {name!r}")
         block = BlockLayout.from_dict(d["block"], f"tensor {name!r}") if "block" in d else None
+        if not shape and (block is not None or dist == "levels"):
+            raise SpecError(f"tensor {name!r}: a 0-D tensor has no rows, so it takes neither blocks nor levels")
         return cls(name, tuple(shape), check_seed(d["seed"]), check_stream(d["stream"]), dist, params, block)
 
     def sample(self, start: int = 0, count: int | None = None, device="cpu") -> torch.Tensor:
@@ -80,8 +81,9 @@ class TensorInit:
         count = self.numel - start if count is None else count
         if not (0 <= start and 0 <= count and start + count <= self.numel):
             raise SpecError(f"tensor {self.name!r}: range [{start}, {start + count}) outside [0, {self.numel})")
+        row_length = row_shape(self.shape)[1] if self.dist == "levels" else None  # 0-D tensors have no rows
         return distributions.sample(self.dist, self.params, self.seed, self.stream, start, count, device,
-                                    row_length=row_shape(self.shape)[1])
+                                    row_length=row_length)
 
     def regenerate(self, device="cpu") -> torch.Tensor:
         """The tensor's initial values on ``device``, bit-identical on every device and torch version."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..devices import checked_device
 from ..errors import FormatError, SpecError
-from ..rows import BlockLayout
+from ..rows import DEFAULT_BLOCK_LAYOUT, BlockLayout
 
 OPTIMIZERS = ("adam", "sgd")
 K_RULES = ("since_sync", "global_step")  # the same names as LaPerm's k_rule
@@ -39,7 +39,7 @@ class TrainConfig:
     dist_params: dict | None = None  # its parameters, init_'s keywords: low/high, mean/std, density, value, base,
     #                                  num_levels
     block: int | None = None        # block-local permutations: blocks of about this many positions (None: rows)
-    block_layout: str = "shuffled"  # how positions form blocks: shuffled, strided or contiguous (rows.BlockLayout)
+    block_layout: str = DEFAULT_BLOCK_LAYOUT  # how positions form blocks: shuffled, strided or contiguous
     baseline: bool = False          # train with the inner optimizer alone (no permutation)
     augment: bool = True            # the notebooks' on-device augmentation
     reset_bn: bool = False          # reset BN gamma/beta at each sync (the rebuttal's variant)
@@ -78,6 +78,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     check_dist(config.dist, config.dist_params)
     if config.block is not None:
         BlockLayout(config.block_layout, config.block)
+    elif config.block_layout != DEFAULT_BLOCK_LAYOUT:
+        raise SpecError(f"block_layout {config.block_layout!r} needs a block size (--block B)")
     return config
 
 

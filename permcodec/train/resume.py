@@ -33,8 +33,8 @@ from .config import TrainConfig
 
 # What a resumed run must share with the run that wrote its checkpoint when it restores the optimizer;
 # epochs, steps, save_every, device and data_dir may change (another device gives other bits).
-MUST_MATCH = ("model", "data", "seed", "dist", "dist_params", "batch_size", "optimizer", "lr", "baseline",
-              "augment", "reset_bn", "k", "k_schedule", "k_rule", "keep")
+MUST_MATCH = ("model", "data", "seed", "dist", "dist_params", "block", "block_layout", "batch_size", "optimizer",
+              "lr", "baseline", "augment", "reset_bn", "k", "k_schedule", "k_rule", "keep")
 RESUME_KEYS = {"state_dict", "optimizer", "generators", "epoch", "step"}
 
 
