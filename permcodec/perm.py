@@ -146,7 +146,7 @@ class BlockView:
     def of(cls, record: "TensorInit", device="cpu") -> "BlockView":
         rows, n = row_shape(record.shape)
         if record.block is None:
-            return cls(rows, n, full_rows(n))
+            return cls.whole_rows(rows, n)
         order = grouped_order(record.block, rows, n, record.seed, record.stream, device)
         return cls(rows, n, record.block.groups(n), order)
 

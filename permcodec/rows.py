@@ -65,7 +65,7 @@ class BlockLayout:
     def groups(self, n: int) -> tuple[tuple[int, int], ...]:
         """(block count, block length) of each run of equal blocks in the grouped order of a row of length n."""
         if n <= self.size:
-            return ((1, n),)
+            return full_rows(n)
         q = self.block_count(n)
         if self.layout == "contiguous":
             full, rest = divmod(n, self.size)

@@ -199,10 +199,15 @@ def _normal_f64(seed, stream, start, count, mean, std, device):
     return z * std + mean
 
 
+def element_words(seed, stream, substream, start, count, device) -> torch.Tensor:
+    """One 32-bit word per element (int64 [count]): word i & 3 of block i >> 2 of ``substream``."""
+    words, offset = _blocks_for(seed, stream, substream, start, count, 4, device)
+    return words.reshape(-1)[offset:offset + count]
+
+
 def keep_mask(seed, stream, start, count, threshold, device) -> torch.Tensor:
-    """Bool mask: element i kept iff word (i & 3) of substream-1 block (i >> 2) < threshold."""
-    words, offset = _blocks_for(seed, stream, SUBSTREAM_MASK, start, count, 4, device)
-    return words.reshape(-1)[offset:offset + count] < threshold
+    """Bool mask: element i kept iff its substream-1 word (``element_words``) < threshold."""
+    return element_words(seed, stream, SUBSTREAM_MASK, start, count, device) < threshold
 
 
 def _dense_f64(dist, params, seed, stream, start, count, device):
@@ -233,12 +238,11 @@ def _sample_chunk(dist, params, seed, stream, start, count, device):
 def row_orders(seed, stream, substream, first_row, rows, n, device) -> torch.Tensor:
     """int64 [rows, n]: each row's positions in ascending order of their 32-bit Philox words, ties by position.
 
-    Element i = row * n + j takes word i & 3 of block i >> 2 of ``substream`` (as the keep-mask does).
+    Element i = row * n + j is keyed by its word of ``substream`` (``element_words``, as the keep-mask).
     """
     if rows * n == 0:
         return torch.empty(rows, n, dtype=torch.int64, device=device)
-    words, offset = _blocks_for(seed, stream, substream, first_row * n, rows * n, 4, device)
-    keys = words.reshape(-1)[offset:offset + rows * n].reshape(rows, n)
+    keys = element_words(seed, stream, substream, first_row * n, rows * n, device).reshape(rows, n)
     return torch.argsort(keys, dim=1, stable=True)
 
 
