@@ -387,3 +387,14 @@ def test_0d_records_sample_and_refuse_blocks_and_levels():
     with pytest.raises(SpecError, match="tensor 's': a 0-D tensor has no rows, so it takes neither blocks nor levels"):
         TensorInit.from_dict({"name": "s", "shape": [], "seed": 1, "stream": 0, "dist": "uniform",
                               "params": {"low": 0.0, "high": 1.0}, "block": {"layout": "strided", "size": 2}})
+
+
+def test_levels_that_round_to_one_float32_are_refused():
+    with pytest.raises(SpecError, match=r"dist='levels': 100 levels of uniform \{'low': 1.0, 'high': "
+                                        r"1.000000238418579\} are not distinct in float32; choose fewer levels"):
+        distributions.make_params("levels", (2, 2), num_levels=100, base="uniform", low=1.0, high=1.0000002)
+
+
+def test_sampling_a_level_pool_needs_its_row_length():
+    with pytest.raises(SpecError, match=r"^dist='levels' needs the tensor's row_length to sample$"):
+        distributions.sample("levels", {"values": [0.5]}, 1, 2, 0, 4)

@@ -26,6 +26,22 @@ import time
 from pathlib import Path
 
 PYTHON = sys.executable
+# A diagnostic, not a permcodec command: parse the header and rANS-decode every `exact` part, without torch;
+# it shows how much of decode's start-up is the codec and how much is torch (README, Known gaps).
+CODEC_ONLY = """
+import sys
+from permcodec.format import container, rans
+from permcodec.format.records import record_parts
+data = open(sys.argv[1], "rb").read()
+length, crc = container.parse_preamble(data[:container.PREAMBLE_SIZE])
+header = container.parse_header(data[container.PREAMBLE_SIZE:container.PREAMBLE_SIZE + length], crc)
+start = container.PREAMBLE_SIZE + length
+for record in (r for r in header["tensors"] if r["kind"] == "permuted"):
+    section = data[start + record["offset"]:start + record["offset"] + record["length"]]
+    for part in (p for p in record_parts(record) if p.scheme == "exact"):
+        rans.decode_permutations(section[part.start:part.end], part.rows, part.n, part.params["lanes"], "")
+assert "torch" not in sys.modules
+"""
 
 
 def median_seconds(command: list[str], runs: int) -> float:
@@ -67,6 +83,10 @@ def main() -> None:
          "python: import torch; safetensors load_file",
          [PYTHON, "-c", "import sys, torch, safetensors.torch; safetensors.torch.load_file(sys.argv[1])",
           str(weights)], 1.5),
+        ("(diagnostic) header + rANS decode of the exact parts, no torch", [PYTHON, "-c", CODEC_ONLY, str(pc)],
+         "python: import torch; safetensors load_file",
+         [PYTHON, "-c", "import sys, torch, safetensors.torch; safetensors.torch.load_file(sys.argv[1])",
+          str(weights)], None),
     ]
     print(f"model {args.model} ({pc.stat().st_size:,}-byte .pc); median of {args.runs} runs after a warm-up\n")
     print("| command | seconds | baseline | baseline seconds | ratio | limit |")
@@ -77,7 +97,8 @@ def main() -> None:
             print(f"| `{name}` | {seconds:.3f} | - | - | - | {limit} s |")
             continue
         base = median_seconds(base_command, args.runs)
-        print(f"| `{name}` | {seconds:.3f} | `{base_name}` | {base:.3f} | {seconds / base:.2f} x | {limit} x |")
+        bound = "-" if limit is None else f"{limit} x"
+        print(f"| `{name}` | {seconds:.3f} | `{base_name}` | {base:.3f} | {seconds / base:.2f} x | {bound} |")
     heavy = help_imports()
     print(f"\n`permcodec --help` imports: {', '.join(heavy) if heavy else 'neither torch nor numba'}")
 
