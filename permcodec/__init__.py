@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "encode": "codec", "decode": "codec", "save": "codec", "load": "codec", "load_into": "codec",
-    "safe_open": "codec", "PCFile": "codec", "load_spec": "codec", "describe": "inspection",
-    "InitSpec": "init.initspec", "TensorInit": "init.initspec", "init_": "init.initspec",
+    "safe_open": "decoder", "PCFile": "decoder", "load_spec": "codec", "describe": "inspection",
+    "InitSpec": "init.initspec", "TensorInit": "init.initspec", "init_": "init.modules",
     "LaPerm": "train.laperm",
 }
 

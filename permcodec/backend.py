@@ -2,7 +2,7 @@
 
 Each accelerated module has two files with the same function names, a numba
 one and a fallback (``format/_rans_numba.py`` and ``_rans_numpy.py``;
-``init/_philox_numba.py`` and ``_philox_torch.py``). They give identical
+``init/_philox_numba.py`` and ``_philox_arrays.py``). They give identical
 words, and the tests compare them; ``kernels`` hands out the chosen one.
 """
 

@@ -3,7 +3,8 @@
 The elements in C order, little-endian whatever the host, so that a SHA-256
 stored in a .pc file (specs/format.md 6.1) and a digest compared between
 training ranks (`state_digest`) mean the same on every machine. Shared by the
-codec and the trainer, which never import each other.
+codec and the trainer, which never import each other. numpy arrays (the CPU
+decoder's) and torch tensors give the same bytes for the same elements.
 """
 
 from __future__ import annotations
@@ -12,24 +13,48 @@ import hashlib
 import sys
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+from .errors import SpecError
+
+if TYPE_CHECKING:
+    import torch
+
+# The record dtypes numpy holds (specs/format.md 6.2), little-endian; bfloat16 has no numpy dtype.
+NUMPY_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
+                ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """The tensor's elements in C order as little-endian bytes, whatever the host's byte order."""
+def tensor_bytes(tensor: "torch.Tensor | np.ndarray") -> bytes:
+    """The tensor's (or numpy array's) elements in C order as little-endian bytes, whatever the host's byte order."""
+    if isinstance(tensor, np.ndarray):
+        flat = np.ascontiguousarray(tensor).reshape(-1)
+        return _little_endian(flat.view(np.uint8).tobytes(), flat.itemsize) if flat.size else b""
+    import torch
+
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     if not flat.numel():
         return b""
     return _little_endian(flat.view(torch.uint8).numpy().tobytes(), flat.element_size())
 
 
-def tensor_from_bytes(data: bytes, dtype: torch.dtype, shape) -> torch.Tensor:
+def tensor_from_bytes(data: bytes, dtype: "torch.dtype", shape) -> "torch.Tensor":
     """The CPU tensor whose C-order little-endian element bytes are ``data`` (the inverse of tensor_bytes)."""
+    import torch
+
     if not data:
         return torch.empty(shape, dtype=dtype)
     data = _little_endian(data, dtype.itemsize)  # the swap is its own inverse
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def array_from_bytes(data: bytes, dtype: str, shape, what: str) -> np.ndarray:
+    """The numpy array (of record dtype name ``dtype``) whose C-order little-endian element bytes are ``data``."""
+    if dtype not in NUMPY_DTYPES:
+        raise SpecError(f"{what} is {dtype}, which numpy has no dtype for; read it as a torch tensor (get_tensor)")
+    return np.frombuffer(bytearray(data), dtype=NUMPY_DTYPES[dtype]).reshape(shape)
 
 
 def _little_endian(data: bytes, itemsize: int) -> bytes:
@@ -39,11 +64,11 @@ def _little_endian(data: bytes, itemsize: int) -> bytes:
     return np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize)[:, ::-1].tobytes()
 
 
-def sha256_of(tensor: torch.Tensor) -> bytes:
+def sha256_of(tensor: "torch.Tensor | np.ndarray") -> bytes:
     return hashlib.sha256(tensor_bytes(tensor)).digest()
 
 
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+def state_digest(state: "Mapping[str, torch.Tensor]") -> str:
     """SHA-256 (hex) of each name's UTF-8 bytes then its tensor_bytes, in the mapping's own order."""
     h = hashlib.sha256()
     for name, tensor in state.items():

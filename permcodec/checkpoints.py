@@ -1,4 +1,4 @@
-"""Model files around the codec: read model.pt / .safetensors inputs, write decoded tensors.
+"""Model files into the codec: read model.pt / .safetensors inputs (``decoded_files`` writes the outputs).
 
 model.pt is read only with ``torch.load(..., weights_only=True)``, so a crafted
 pickle cannot run code; it must be the trainer's dict ``{"state_dict", "init", ...}``.
@@ -16,15 +16,11 @@ import safetensors.torch
 import torch
 
 from . import perm
-from .atomicfile import atomic_write, atomic_write_bytes, check_output_path
+from .decoded_files import SAFETENSORS_INIT_KEY, SAFETENSORS_ORDER_KEY
 from .errors import FormatError
 from .format.container import MAGIC
 from .init.initspec import InitSpec
 from .weightsonly import load_weights_only
-
-SAFETENSORS_INIT_KEY = "permcodec.init"    # the init spec, as JSON
-SAFETENSORS_ORDER_KEY = "permcodec.order"  # the tensor names in the .pc file's order, as JSON (safetensors sorts)
-OUTPUT_SUFFIXES = (".safetensors", ".pt")
 
 
 def read_model(path, notes: list[str] | None = None) -> tuple[dict[str, torch.Tensor], InitSpec, dict[str, str]]:
@@ -143,58 +139,3 @@ def read_tensors(path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise FormatError(f"{path} holds neither a dict of tensors nor a checkpoint with a 'state_dict'")
     return obj
-
-
-def check_decode_output(path, overwrite: bool = True) -> Path:
-    """A writable path ending in one of OUTPUT_SUFFIXES."""
-    return check_output_path(path, OUTPUT_SUFFIXES, "decode writes .safetensors or .pt files: the output",
-                             overwrite)
-
-
-def on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU copies (where needed) of decoded tensors, as both writers store them."""
-    return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-
-
-def write_decoded(path, tensors: dict[str, torch.Tensor], spec: InitSpec, metadata: dict[str, str]) -> None:
-    """Decoded tensors in a form ``encode`` takes back to the same .pc bytes, atomically.
-
-    .safetensors: the init spec, the tensor order and the .pc metadata go in its metadata map (keys sorted);
-    .pt: the permcodec checkpoint layout ``{"state_dict", "init", "metadata"}``.
-    """
-    path = check_decode_output(path)
-    if path.suffix.lower() == ".safetensors":
-        extra = {SAFETENSORS_INIT_KEY: json.dumps(spec.to_dict()), SAFETENSORS_ORDER_KEY: json.dumps(list(tensors))}
-        write_tensors(path, tensors, dict(sorted({**metadata, **extra}.items())))
-        return
-    checkpoint = {"state_dict": on_cpu(tensors), "init": spec.to_dict(), "metadata": dict(metadata)}
-    atomic_write(path, lambda temp: torch.save(checkpoint, temp))
-
-
-def sorted_metadata(data: bytes) -> bytes:
-    """safetensors bytes with the header's metadata keys in sorted order.
-
-    safetensors writes its metadata map in hash order, which changes from one process to the next; with the
-    keys sorted, decoding a file twice gives the same bytes. Only the order changes, so the header keeps its
-    length and every offset holds (if it did not, the bytes are returned as they were).
-    """
-    length = int.from_bytes(data[:8], "little")
-    text = data[8:8 + length].decode("utf-8")
-    header = json.loads(text)
-    if "__metadata__" not in header:
-        return data
-    header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
-    body = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if len(body) > length:
-        return data
-    return data[:8] + body + b" " * (length - len(body)) + data[8 + length:]
-
-
-def write_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Write decoded tensors as .safetensors or as a .pt dict of tensors, atomically."""
-    path = check_decode_output(path)
-    tensors = on_cpu(tensors)
-    if path.suffix.lower() == ".safetensors":
-        atomic_write_bytes(path, sorted_metadata(safetensors.torch.save(tensors, metadata=metadata)))
-    else:
-        atomic_write(path, lambda temp: torch.save(tensors, temp))

@@ -12,7 +12,6 @@ arguments and names the entry points. See specs/format.md.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 
@@ -20,13 +19,13 @@ from torch import nn
 
 from .atomicfile import atomic_write_bytes, check_output_path
 from .bits import sha256_of, tensor_bytes  # noqa: F401 (part of the codec's API)
-from .decoder import PCFile
+from .decoder import PCFile, decode_all, safe_open  # noqa: F401 (safe_open: part of the codec's API)
 from .encoder import Fallback, encode_state, refuse_baseline, state_and_spec  # noqa: F401 (Fallback: what encode reports)
 from .errors import SpecError
 from .format import schemes
 from .format.container import Limits
-from .init.initspec import InitSpec, attach_spec
-from .progress import progress as progress_lines
+from .init.initspec import InitSpec
+from .init.modules import attach_spec
 
 
 def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.DEFAULT_LEVEL,
@@ -74,16 +73,6 @@ def save(obj, path, init=None, **options) -> None:
     atomic_write_bytes(path, encode(obj, init, **options))
 
 
-def safe_open(path, device="cpu", verify: bool = True, limits: Limits | None = None) -> PCFile:
-    """Open a .pc file for lazy per-tensor reads; use as a context manager."""
-    stream = open(path, "rb")
-    try:
-        return PCFile(stream, device, verify, limits, owns_stream=True)
-    except BaseException:
-        stream.close()
-        raise
-
-
 def decode(data: bytes, device="cpu", verify: bool = True, limits: Limits | None = None,
            progress: bool = False) -> dict:
     """All tensors of a .pc file given as bytes."""
@@ -97,18 +86,6 @@ def load(path, device="cpu", verify: bool = True, limits: Limits | None = None, 
     """All tensors of the .pc file at ``path``, rebuilt bit-exactly on ``device``."""
     with safe_open(path, device, verify, limits) as f:
         return decode_all(f, progress)
-
-
-def decode_all(f: PCFile, progress: bool = False) -> dict:
-    """Every tensor of an open file, in file order."""
-    elements = {name: math.prod(f.record(name)["shape"]) for name in f.keys()}
-    bar = progress_lines(sum(elements.values()), "decode", "weights", progress)
-    tensors = {}
-    for name, count in elements.items():
-        tensors[name] = f.get_tensor(name)
-        bar.update(count)
-    bar.close()
-    return tensors
 
 
 def load_into(module: nn.Module, path, strict: bool = True, verify: bool = True):

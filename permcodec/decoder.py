@@ -2,28 +2,36 @@
 
 ``PCFile`` reads the header up front (``format.container`` checks all of it)
 and each tensor's section only when asked; every method may be called from
-several threads at once.
+several threads at once. On the CPU the pools are rebuilt with numpy
+(``permcodec.arrays``), so ``get_array`` and the CLI's .safetensors output
+never import torch; another device rebuilds them with torch, in place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
-from . import perm
-from .bits import sha256_of, tensor_from_bytes
+from . import arrays, perm
+from .bits import NUMPY_DTYPES, array_from_bytes, tensor_bytes, tensor_from_bytes
 from .devices import checked_device
-from .dtypes import TORCH_DTYPES
 from .errors import FormatError, IntegrityError, MemoryLimitError, SpecError
 from .format import container, records, schemes
 from .format.container import Limits
 from .init.initspec import InitSpec, TensorInit
+from .progress import progress as progress_lines
+
+if TYPE_CHECKING:
+    import torch
 
 
 def tensor_init(record: dict) -> TensorInit:
@@ -38,7 +46,13 @@ def tensor_init(record: dict) -> TensorInit:
         raise FormatError(f"bad init record: {err}") from None
 
 
-def decode_permuted(record: dict, section: bytes, device) -> torch.Tensor:
+def engine_for(device):
+    """The ``arrays`` namespace that rebuilds tensors for ``device``: numpy on the CPU, else torch there."""
+    return arrays.NUMPY if str(device) == "cpu" else arrays.TorchArrays(device)
+
+
+def decode_permuted(record: dict, section: bytes, xp):
+    """The float32 values of a permuted record, an array of the ``arrays`` namespace ``xp``."""
     what = f"tensor {record['name']!r}"
     rows, n = perm.row_shape(record["shape"])
     parts = records.record_parts(record)
@@ -46,35 +60,59 @@ def decode_permuted(record: dict, section: bytes, device) -> torch.Tensor:
         schemes.INDEX_SCHEMES[part.scheme].check_layout(part.params, part.rows, part.n,
                                                         section[part.start:part.end], what)
     if rows * n == 0:  # nothing to regenerate: the section's own bytes were all there was to check
-        return torch.empty(record["shape"], dtype=torch.float32, device=device)
+        return xp.empty(tuple(record["shape"]), xp.float32)
     init = tensor_init(record)
-    view = perm.BlockView.of(init, device)
-    initial = view.split(init.regenerate(device).reshape(rows, n))
+    view = perm.BlockView.of(init, xp)
+    initial = view.split(init.regenerate(xp).reshape(rows, n))
     decoded = [schemes.INDEX_SCHEMES[part.scheme].decode(part.params, part_initial, section[part.start:part.end], what)
                for part, part_initial in zip(parts, initial)]
     return view.join(decoded).reshape(init.shape)
 
 
-def decode_raw(record: dict, section: bytes, device) -> torch.Tensor:
+def decode_raw(record: dict, section: bytes) -> bytes:
+    """The element bytes (little-endian, C order) of a raw record."""
     name, dtype = record["name"], record["dtype"]
     itemsize = container.DTYPE_SIZES[dtype]
     data = schemes.RAW_CODECS[record["codec"]].decode(section, itemsize, math.prod(record["shape"]),
                                                       f"tensor {name!r}")
     if dtype == "bool" and data.translate(None, b"\x00\x01"):
         raise FormatError(f"tensor {name!r}: bool tensor holds bytes other than 0 and 1")
-    return tensor_from_bytes(data, TORCH_DTYPES[dtype], record["shape"]).to(device)
+    return data
 
 
-def decode_record(record: dict, section: bytes, device, verify: bool) -> torch.Tensor:
+def decode_checked(record: dict, section: bytes, xp, verify: bool):
+    """A permuted record's values (an ``xp`` array) or a raw record's element bytes, once the section's CRC-32
+    and, if ``verify``, the SHA-256 of the result have been checked."""
     container.check_section(record, section)
     with memory_errors_named(record):
         if record["kind"] == "permuted":
-            tensor = decode_permuted(record, section, device)
+            decoded = decode_permuted(record, section, xp)
+            data = tensor_bytes(decoded) if verify else b""
         else:
-            tensor = decode_raw(record, section, device)
-        if verify and sha256_of(tensor) != record["sha256"]:
+            decoded = data = decode_raw(record, section)
+        if verify and hashlib.sha256(data).digest() != record["sha256"]:
             raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
-    return tensor
+    return decoded
+
+
+def decode_record(record: dict, section: bytes, device, verify: bool) -> "torch.Tensor":
+    """One record's tensor on ``device`` (a torch tensor; on the CPU it shares the numpy result's memory)."""
+    import torch
+
+    from .dtypes import TORCH_DTYPES
+
+    decoded = decode_checked(record, section, engine_for(device), verify)
+    if record["kind"] == "raw":
+        return tensor_from_bytes(decoded, TORCH_DTYPES[record["dtype"]], record["shape"]).to(device)
+    return torch.from_numpy(decoded) if isinstance(decoded, np.ndarray) else decoded
+
+
+def decode_record_array(record: dict, section: bytes, verify: bool) -> np.ndarray:
+    """One record's tensor as a numpy array, rebuilt without torch (a SpecError for bfloat16, which numpy lacks)."""
+    decoded = decode_checked(record, section, arrays.NUMPY, verify)
+    if record["kind"] == "raw":
+        return array_from_bytes(decoded, record["dtype"], record["shape"], f"tensor {record['name']!r}")
+    return decoded
 
 
 @contextmanager
@@ -92,7 +130,10 @@ def memory_errors_named(record: dict):
 
 def is_out_of_memory(err: BaseException) -> bool:
     """numpy's and Python's MemoryError, torch's CPU allocator failure, or CUDA's out-of-memory error."""
-    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
+    torch = sys.modules.get("torch")  # a torch error can only come from a process that imported torch
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, MemoryError) or "can't allocate memory" in str(err)
 
 
 # ---------------------------------------------------------------- reading a file
@@ -164,11 +205,16 @@ class PCFile:
                  owns_stream: bool = False):
         self._stream = source
         self._owns_stream = owns_stream
-        self.device = checked_device(device)
+        self._device = "cpu" if isinstance(device, str) and device == "cpu" else checked_device(device)
         self.verify = verify
         size, self._read_at = positional_reader(source)
         self.header, self._data_start = read_header(size, self._read_at, limits)
         self._records = {record["name"]: record for record in self.header["tensors"]}
+
+    @property
+    def device(self) -> "torch.device":
+        """The torch device ``get_tensor`` rebuilds on."""
+        return checked_device(self._device)
 
     def __enter__(self):
         return self
@@ -200,10 +246,50 @@ class PCFile:
         record = self.record(name)
         return self._read_at(self._data_start + record["offset"], record["length"])
 
-    def get_tensor(self, name: str) -> torch.Tensor:
+    def get_tensor(self, name: str) -> "torch.Tensor":
         """The tensor ``name``, rebuilt bit-exactly on this file's device (its hash checked if ``verify``)."""
-        return decode_record(self.record(name), self.read_section(name), self.device, self.verify)
+        return decode_record(self.record(name), self.read_section(name), self._device, self.verify)
+
+    def get_array(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as a numpy array, rebuilt on the CPU without importing torch (its hash checked if
+        ``verify``). A bfloat16 tensor raises SpecError: numpy has no such dtype; use ``get_tensor``."""
+        return decode_record_array(self.record(name), self.read_section(name), self.verify)
+
+    def numpy_holds_all(self) -> bool:
+        """Whether ``get_array`` can give every tensor: all have a numpy dtype (all but bfloat16)."""
+        return all(record["dtype"] in NUMPY_DTYPES for record in self._records.values())
 
     def init_spec(self) -> InitSpec:
         """The InitSpec of the file's permuted tensors, in file order: what ``save`` needs to encode them again."""
         return InitSpec(tensor_init(record) for record in self.header["tensors"] if record["kind"] == "permuted")
+
+
+def safe_open(path, device="cpu", verify: bool = True, limits: Limits | None = None) -> PCFile:
+    """Open a .pc file for lazy per-tensor reads; use as a context manager."""
+    stream = open(path, "rb")
+    try:
+        return PCFile(stream, device, verify, limits, owns_stream=True)
+    except BaseException:
+        stream.close()
+        raise
+
+
+def decode_all(f: PCFile, progress: bool = False) -> "dict[str, torch.Tensor]":
+    """Every tensor of an open file, in file order."""
+    return _every(f, f.get_tensor, progress)
+
+
+def decode_all_arrays(f: PCFile, progress: bool = False) -> dict[str, np.ndarray]:
+    """Every tensor of an open file as a numpy array, in file order, without torch (see ``PCFile.get_array``)."""
+    return _every(f, f.get_array, progress)
+
+
+def _every(f: PCFile, get: Callable, progress: bool) -> dict:
+    elements = {name: math.prod(f.record(name)["shape"]) for name in f.keys()}
+    bar = progress_lines(sum(elements.values()), "decode", "weights", progress)
+    decoded = {}
+    for name, count in elements.items():
+        decoded[name] = get(name)
+        bar.update(count)
+    bar.close()
+    return decoded

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from . import codec
 from .atomicfile import check_output_path
-from .checkpoints import read_model, write_tensors
+from .checkpoints import read_model
+from .decoded_files import write_tensors
 from .errors import IntegrityError
 from .inspection import describe, same_bits
 from .train.data import get_dataset

@@ -18,7 +18,8 @@ from .bits import sha256_of, tensor_bytes
 from .dtypes import dtype_name
 from .errors import NotAPermutationError, SpecError
 from .format import container, schemes
-from .init.initspec import InitSpec, TensorInit, attached_spec, refuse_aliased
+from .init.initspec import InitSpec, TensorInit
+from .init.modules import attached_spec, refuse_aliased
 from .init.philox import RNG_NAME
 from .progress import progress as progress_lines
 

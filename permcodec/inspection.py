@@ -1,19 +1,24 @@
-"""What is inside a .pc file (``permcodec info``) and whether it decodes to what it should (``verify``)."""
+"""What is inside a .pc file (``permcodec info``) and whether it decodes to what it should (``verify``).
+
+``describe`` (``info``) needs no torch: its bounds come from pools regenerated on numpy arrays.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from typing import TYPE_CHECKING
 
-import torch
-
-from . import codec, perm
-from .checkpoints import read_tensors
-from .decoder import memory_errors_named, tensor_init
+from . import arrays, perm
+from .bits import tensor_bytes
+from .decoder import memory_errors_named, safe_open, tensor_init
 from .errors import IntegrityError
 from .format.container import Limits
 from .format.records import schemes_of
+
+if TYPE_CHECKING:
+    import torch
 
 
 def bound_bits(record: dict) -> float:
@@ -21,7 +26,7 @@ def bound_bits(record: dict) -> float:
     if math.prod(record["shape"]) == 0:
         return 0.0  # and nothing regenerated: an empty shape may have 2^31 - 1 rows or a row that long
     with memory_errors_named(record):
-        return perm.pools_of(tensor_init(record)).bound_bits()
+        return perm.pools_of(tensor_init(record), arrays.NUMPY).bound_bits()
 
 
 def ratio(numerator: float, denominator: float) -> float | None:
@@ -33,7 +38,7 @@ def describe(path, limits: Limits | None = None) -> dict:
     """What ``permcodec info --json`` prints for the .pc file at ``path``: per-tensor sizes, schemes, bits per
     weight and bounds; totals with ratios to the bound, fp32 and fp16; every metadata value, and the training
     config and final test accuracy where the file carries them."""
-    with codec.safe_open(path, limits=limits) as f:
+    with safe_open(path, limits=limits) as f:
         records = [f.record(name) for name in f.keys()]
         metadata = f.metadata()
     tensors = [tensor_figures(record) for record in records]
@@ -98,6 +103,9 @@ def stored_test_accuracy(metadata: dict[str, str]) -> float | None:
 
 def verify(path, against=None, device="cpu", limits: Limits | None = None) -> dict:
     """Decode every tensor with checksum and hash checks; with ``against``, compare bits to a model file."""
+    from . import codec
+    from .checkpoints import read_tensors
+
     tensors = codec.load(path, device=device, verify=True, limits=limits)
     report = {"tensors": len(tensors), "hashes": "ok"}
     if against is not None:
@@ -115,16 +123,18 @@ def verify(path, against=None, device="cpu", limits: Limits | None = None) -> di
     return report
 
 
-def bit_difference(decoded: torch.Tensor, expected: torch.Tensor) -> str | None:
+def bit_difference(decoded: "torch.Tensor", expected: "torch.Tensor") -> str | None:
     """None if the two tensors hold the same bits; else how they differ: dtype, shape, or how many elements
     differ and the index of the first."""
+    import torch
+
     if decoded.dtype != expected.dtype:
         return f"dtype {decoded.dtype} in the .pc file, {expected.dtype} in the model"
     if decoded.shape != expected.shape:
         return f"shape {tuple(decoded.shape)} in the .pc file, {tuple(expected.shape)} in the model"
     if same_bits(decoded, expected):
         return None
-    as_bytes = [torch.frombuffer(bytearray(codec.tensor_bytes(t)), dtype=torch.uint8).reshape(-1, t.element_size())
+    as_bytes = [torch.frombuffer(bytearray(tensor_bytes(t)), dtype=torch.uint8).reshape(-1, t.element_size())
                 for t in (decoded, expected)]
     differs = (as_bytes[0] != as_bytes[1]).any(dim=1)
     first = int(differs.nonzero()[0])
@@ -134,6 +144,5 @@ def bit_difference(decoded: torch.Tensor, expected: torch.Tensor) -> str | None:
             f"{expected.reshape(-1)[first].item()!r} in the model)")
 
 
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (a.dtype == b.dtype and a.shape == b.shape
-            and codec.tensor_bytes(a) == codec.tensor_bytes(b))
+def same_bits(a: "torch.Tensor", b: "torch.Tensor") -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and tensor_bytes(a) == tensor_bytes(b)

@@ -3,7 +3,8 @@
 What a row is (``row_shape``) is defined in ``rows``. Ranks use a canonical tie
 rule: equal values are ranked by position (a stable sort), so the rank vector of
 a row is unique on every device. Everything is
-vectorized over rows and runs on the tensor's device.
+vectorized over rows and runs where its input lives: on a torch tensor's
+device, or on numpy arrays (``permcodec.arrays``; the CPU decoder).
 """
 
 from __future__ import annotations
@@ -12,45 +13,48 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
+from . import arrays
 from .errors import SpecError
 from .rows import BlockLayout, full_rows, row_shape  # noqa: F401 (the one definition of a row; re-exported)
 
 if TYPE_CHECKING:
+    import torch
+
     from .init.initspec import InitSpec, TensorInit
 
 
-def as_rows(tensor: torch.Tensor) -> torch.Tensor:
+def as_rows(tensor):
     """A [rows, length] view (or copy, if not contiguous) of ``tensor``."""
     return tensor.reshape(row_shape(tensor.shape))
 
 
-def row_ranks(rows: torch.Tensor) -> torch.Tensor:
+def row_ranks(rows):
     """rank[r, j] = position of rows[r, j] in its row sorted ascending, ties broken by position (int64)."""
-    order = torch.argsort(rows, dim=1, stable=True)
-    return inverse_permutation(order)
+    return inverse_permutation(arrays.of(rows).argsort_rows(rows))
 
 
-def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+def inverse_permutation(order):
     """inverse[r, order[r, j]] = j for each row of an int64 permutation matrix."""
-    if order.numel() == 0:  # no rows: an arange of the row length would be sized by nothing real
-        return torch.empty_like(order)
-    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, positions)
+    xp = arrays.of(order)
+    rows, n = order.shape
+    if rows * n == 0:  # no rows: an arange of the row length would be sized by nothing real
+        return xp.empty((rows, n), xp.int64)
+    return xp.put_rows(order, xp.broadcast_rows(xp.arange(n), rows, n))
 
 
-def sorted_pool(rows: torch.Tensor) -> torch.Tensor:
+def sorted_pool(rows):
     """Each row's values sorted ascending."""
-    return torch.sort(rows, dim=1).values
+    return arrays.of(rows).sort_rows(rows)
 
 
-def place(pool_sorted: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+def place(pool_sorted, ranks):
     """out[r, j] = pool_sorted[r, ranks[r, j]]: a sorted pool laid out in a given rank order."""
-    return torch.gather(pool_sorted, 1, ranks)
+    return arrays.of(pool_sorted).take_rows(pool_sorted, ranks)
 
 
-def sync(trained: torch.Tensor, pool_sorted: torch.Tensor) -> torch.Tensor:
+def sync(trained: "torch.Tensor", pool_sorted: "torch.Tensor") -> "torch.Tensor":
     """The LaPerm sync: each row becomes its sorted initial values in the rank order of the trained row."""
     rows = as_rows(trained)
     if tuple(pool_sorted.shape) != tuple(rows.shape):
@@ -58,12 +62,13 @@ def sync(trained: torch.Tensor, pool_sorted: torch.Tensor) -> torch.Tensor:
     return place(pool_sorted.to(rows.dtype), row_ranks(rows)).reshape(trained.shape)
 
 
-def same_bits_per_row(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def same_bits_per_row(a, b):
     """Bool [rows]: whether row r of float32 ``a`` and ``b`` hold identical bits."""
-    return (a.view(torch.int32) == b.view(torch.int32)).all(dim=1)
+    xp = arrays.of(a)
+    return xp.all_rows(xp.bits_as(a, xp.int32) == xp.bits_as(b, xp.int32))
 
 
-def is_row_permutation(candidate: torch.Tensor, pool_sorted: torch.Tensor) -> torch.Tensor:
+def is_row_permutation(candidate, pool_sorted):
     """Bool [rows]: whether each row of ``candidate`` holds exactly the bits of the sorted pool's row."""
     return same_bits_per_row(sorted_pool(as_rows(candidate)), pool_sorted)
 
@@ -72,31 +77,29 @@ def is_row_permutation(candidate: torch.Tensor, pool_sorted: torch.Tensor) -> to
 class SortedRows:
     """Rows with their stable sort order and ranks, from one argsort: the pool and the ranks share it."""
 
-    rows: torch.Tensor
-    order: torch.Tensor
-    ranks: torch.Tensor
+    rows: "torch.Tensor"  # or numpy arrays, all three alike
+    order: "torch.Tensor"
+    ranks: "torch.Tensor"
 
     @classmethod
-    def of(cls, rows: torch.Tensor) -> "SortedRows":
-        if rows.numel() == 0:  # torch's argsort sizes work by the row length even with no rows
-            order = torch.empty(rows.shape, dtype=torch.int64, device=rows.device)
-        else:
-            order = torch.argsort(rows, dim=1, stable=True)
+    def of(cls, rows) -> "SortedRows":
+        order = arrays.of(rows).argsort_rows(rows)
         return cls(rows, order, inverse_permutation(order))
 
-    def pool(self) -> torch.Tensor:
-        return torch.gather(self.rows, 1, self.order)
+    def pool(self):
+        return place(self.rows, self.order)
 
 
-def class_starts(pool_sorted: torch.Tensor) -> torch.Tensor:
+def class_starts(pool_sorted):
     """Bool [rows, n]: where a run of equal bits (a class of the pool) begins; every row's first position."""
-    bits = pool_sorted.contiguous().view(torch.int32)
-    starts = torch.ones_like(bits, dtype=torch.bool)
+    xp = arrays.of(pool_sorted)
+    bits = xp.bits_as(pool_sorted, xp.int32)
+    starts = xp.full(tuple(bits.shape), True, xp.bool)
     starts[:, 1:] = bits[:, 1:] != bits[:, :-1]
     return starts
 
 
-def permutation_bound_bits(pool_sorted: torch.Tensor) -> float:
+def permutation_bound_bits(pool_sorted) -> float:
     """Information bound of the row permutations: sum over rows of log2(n! / prod_v m_v!).
 
     m_v are the multiplicities of the distinct values of each row (ties make
@@ -105,29 +108,30 @@ def permutation_bound_bits(pool_sorted: torch.Tensor) -> float:
     rows, n = pool_sorted.shape
     if rows == 0 or n == 0:
         return 0.0
-    run_ids = torch.cumsum(class_starts(pool_sorted).reshape(-1).to(torch.int64), 0) - 1
-    lengths = torch.bincount(run_ids).to(torch.float64)
-    nats = rows * math.lgamma(n + 1) - torch.lgamma(lengths + 1).sum().item()
-    return nats / math.log(2)
+    starts = arrays.of(pool_sorted).to_numpy(class_starts(pool_sorted)).reshape(-1)
+    lengths = np.diff(np.append(np.flatnonzero(starts), starts.size))
+    multiplicities, how_often = np.unique(lengths, return_counts=True)
+    ties = sum(int(times) * math.lgamma(int(m) + 1) for m, times in zip(multiplicities, how_often))
+    return (rows * math.lgamma(n + 1) - ties) / math.log(2)
 
 
 # ---------------------------------------------------------------- blocks
 
-def grouped_order(block: BlockLayout | None, rows: int, n: int, seed: int, stream: int,
-                  device) -> torch.Tensor | None:
+def grouped_order(block: BlockLayout | None, rows: int, n: int, seed: int, stream: int, device):
     """Each row's positions in grouped order (block by block): int64 [n] shared by all rows, [rows, n]
     for the shuffled layout, or None where the grouped order is the row itself (no blocks, contiguous)."""
     if block is None or block.layout == "contiguous" or n == 0:
         return None
+    xp = arrays.on(device)
     q = block.block_count(n)
-    j = torch.arange(n, device=device)
-    strided = torch.argsort((j % q) * n + j)  # block t = j mod q, ascending within: keys are distinct
+    j = xp.arange(n)
+    strided = xp.argsort_rows(((j % q) * n + j).reshape(1, n)).reshape(n)  # block t = j mod q; keys distinct
     if block.layout == "strided":
         return strided
     from .init.distributions import row_orders  # here: perm is imported by the header checks' callers too
     from .init.philox import SUBSTREAM_BLOCKS
 
-    shuffled = row_orders(seed, stream, SUBSTREAM_BLOCKS, 0, rows, n, device)
+    shuffled = row_orders(seed, stream, SUBSTREAM_BLOCKS, 0, rows, n, xp)
     return shuffled[:, strided]
 
 
@@ -140,10 +144,11 @@ class BlockView:
     rows: int
     n: int
     groups: tuple[tuple[int, int], ...]
-    order: torch.Tensor | None = None
+    order: "torch.Tensor | None" = None  # or a numpy array
 
     @classmethod
     def of(cls, record: "TensorInit", device="cpu") -> "BlockView":
+        """The view of ``record``'s tensor on ``device`` (a torch device, or an ``arrays`` namespace)."""
         rows, n = row_shape(record.shape)
         if record.block is None:
             return cls.whole_rows(rows, n)
@@ -154,25 +159,26 @@ class BlockView:
     def whole_rows(cls, rows: int, n: int) -> "BlockView":
         return cls(rows, n, full_rows(n))
 
-    def _index(self, like: torch.Tensor) -> torch.Tensor:
-        return self.order.to(like.device).expand(self.rows, self.n)
+    def _index(self, like):
+        return arrays.of(like).broadcast_rows(self.order, self.rows, self.n)
 
-    def split(self, rows: torch.Tensor) -> list[torch.Tensor]:
+    def split(self, rows) -> list:
         """[rows, n] -> one [rows * count, size] matrix per group, its rows the blocks in row-major order."""
-        grouped = rows if self.order is None else torch.gather(rows, 1, self._index(rows))
+        grouped = rows if self.order is None else place(rows, self._index(rows))
         parts, column = [], 0
         for count, size in self.groups:
             parts.append(grouped[:, column:column + count * size].reshape(self.rows * count, size))
             column += count * size
         return parts
 
-    def join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+    def join(self, parts: list):
         """The [rows, n] rows whose ``split`` is ``parts``."""
+        xp = arrays.of(parts[0])
         pieces = [part.reshape(self.rows, count * size) for part, (count, size) in zip(parts, self.groups)]
-        grouped = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        grouped = pieces[0] if len(pieces) == 1 else xp.cat(pieces, axis=1)
         if self.order is None:
             return grouped
-        return torch.empty_like(grouped).scatter_(1, self._index(grouped), grouped)
+        return xp.put_rows(self._index(grouped), grouped)
 
     def row_of(self, group: int, block_row: int) -> int:
         """The tensor row that row ``block_row`` of group ``group``'s matrix lies in."""
@@ -184,13 +190,13 @@ class RowPools:
     """A permuted tensor's sorted initial blocks (its rows, without blocks): what a LaPerm sync places."""
 
     view: BlockView
-    sorted: tuple[torch.Tensor, ...]
+    sorted: tuple
 
     @classmethod
-    def of(cls, initial: torch.Tensor, view: BlockView) -> "RowPools":
+    def of(cls, initial, view: BlockView) -> "RowPools":
         return cls(view, tuple(sorted_pool(part) for part in view.split(as_rows(initial))))
 
-    def sync(self, trained: torch.Tensor) -> torch.Tensor:
+    def sync(self, trained: "torch.Tensor") -> "torch.Tensor":
         """Each block becomes its sorted initial values in the rank order of the trained block."""
         parts = self.view.split(as_rows(trained))
         synced = [sync(part, pool) for part, pool in zip(parts, self.sorted)]
@@ -200,7 +206,7 @@ class RowPools:
         """The information bound of the tensor's arrangement: log2(b! / prod m_v!) summed over its blocks."""
         return sum(permutation_bound_bits(pool) for pool in self.sorted)
 
-    def holds(self, candidate: torch.Tensor) -> bool:
+    def holds(self, candidate) -> bool:
         """Whether every block of ``candidate`` holds exactly the bits of its initial block."""
         parts = self.view.split(as_rows(candidate))
         return all(bool(is_row_permutation(part, pool).all()) for part, pool in zip(parts, self.sorted))
@@ -211,12 +217,20 @@ def pools_of(record: "TensorInit", device="cpu") -> RowPools:
     return RowPools.of(record.regenerate(device=device), BlockView.of(record, device))
 
 
-@torch.no_grad()
-def synced_state_dict(state_dict: dict[str, torch.Tensor], spec: "InitSpec", *,
-                      reset_bn: bool = False) -> dict[str, torch.Tensor]:
+def synced_state_dict(state_dict: "dict[str, torch.Tensor]", spec: "InitSpec", *,
+                      reset_bn: bool = False) -> "dict[str, torch.Tensor]":
     """What a sync would write now, without the codec: each tensor of ``spec`` becomes its sorted init
     pool in the rank order of its trained rows; the rest is copied. ``reset_bn`` (the run's setting) also
     sets BatchNorm gamma to 1 and beta to 0, as LaPerm's sync does. Synced weights come back unchanged."""
+    import torch
+
+    with torch.no_grad():
+        return _synced(state_dict, spec, reset_bn)
+
+
+def _synced(state_dict: "dict[str, torch.Tensor]", spec: "InitSpec", reset_bn: bool) -> "dict[str, torch.Tensor]":
+    import torch
+
     synced = {name: tensor.clone() for name, tensor in state_dict.items()}
     for record in spec:
         if record.name not in state_dict:

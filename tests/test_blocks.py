@@ -196,7 +196,7 @@ def test_files_without_blocks_keep_their_record_shape():
     with permcodec.PCFile(permcodec.encode(model)) as f:
         assert {"scheme", "scheme_params"} <= set(f.record("weight"))
         assert "block" not in f.record("weight") and "parts" not in f.record("weight")
-    assert "block" not in permcodec.init.initspec.attached_spec(model).to_dict()["tensors"][0]
+    assert "block" not in permcodec.init.modules.attached_spec(model).to_dict()["tensors"][0]
 
 
 def test_a_value_moved_across_blocks_is_not_a_permutation():

@@ -9,7 +9,7 @@ from torch import nn
 
 from permcodec import InitSpec, SpecError, TensorInit, init_
 from permcodec.init import distributions as D
-from permcodec.init.initspec import attached_spec
+from permcodec.init.modules import attached_spec
 
 
 def small_model():

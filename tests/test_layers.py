@@ -131,4 +131,16 @@ def module_level_imports(name: str) -> set[str]:
 def test_format_imports_torch_only_inside_functions():
     assert [name for name in sorted(MODULES) if name.startswith("permcodec.format")
             and "torch" in module_level_imports(name)] == []
-    assert "torch" in module_level_imports("permcodec.decoder")  # the check sees a module-level import
+    assert "torch" in module_level_imports("permcodec.encoder")  # the check sees a module-level import
+
+
+# What ``permcodec decode`` to .safetensors and ``get_array`` run through: none may import torch on import
+# (tests/test_arrays.py runs the command and looks at sys.modules; this names the module that broke it).
+NUMPY_DECODE_PATH = ("permcodec.arrays", "permcodec.bits", "permcodec.decoder", "permcodec.decoded_files",
+                     "permcodec.perm", "permcodec.progress", "permcodec.init.distributions",
+                     "permcodec.init.exactmath", "permcodec.init.initspec", "permcodec.init.rng",
+                     "permcodec.init._philox_arrays")
+
+
+def test_the_numpy_decode_path_imports_torch_only_inside_functions():
+    assert [name for name in NUMPY_DECODE_PATH if "torch" in module_level_imports(name)] == []

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from permcodec import SpecError
-from permcodec.init import _philox_torch, philox, rng
+from permcodec.init import _philox_arrays, philox, rng
 
 # Known-answer vectors from DEShawResearch/random123, tests/kat_vectors
 # (lines "philox4x32 10 <ctr0..3> <key0..1> <expected0..3>").
@@ -32,7 +32,7 @@ def seed_of(key):
 
 @pytest.mark.parametrize("counter,key,expected", KAT_PHILOX4X32_10)
 def test_kat_torch(counter, key, expected):
-    words = _philox_torch.philox_rounds_torch(*[torch.tensor([c], dtype=torch.int64) for c in counter], seed_of(key))
+    words = _philox_arrays.philox_rounds(*[torch.tensor([c], dtype=torch.int64) for c in counter], seed_of(key))
     assert tuple(int(w) for w in words) == expected
 
 
@@ -59,23 +59,23 @@ def torch_path_blocks(monkeypatch, seed, stream, substream, start, count):
     monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
     assert rng.compiled_kernel() is None
     passes = []
-    real_rounds = _philox_torch.philox_rounds_torch
+    real_rounds = _philox_arrays.philox_rounds
 
     def counted(c0, *rest):
         passes.append(c0.numel())
         return real_rounds(c0, *rest)
 
-    monkeypatch.setattr(_philox_torch, "philox_rounds_torch", counted)
+    monkeypatch.setattr(_philox_arrays, "philox_rounds", counted)
     words = rng.philox_blocks(seed, stream, substream, start, count)
-    full, tail = divmod(count, _philox_torch.CHUNK_BLOCKS)
-    assert passes == [_philox_torch.CHUNK_BLOCKS] * full + ([tail] if tail else [])
+    full, tail = divmod(count, _philox_arrays.CHUNK_BLOCKS)
+    assert passes == [_philox_arrays.CHUNK_BLOCKS] * full + ([tail] if tail else [])
     return words
 
 
 @pytest.mark.parametrize("seed,stream,substream,start,count", TORCH_RANGES)
 def test_torch_matches_numpy_reference(monkeypatch, seed, stream, substream, start, count):
     """The torch int64 path (what CUDA runs) on the CPU, over several chunks, word for word."""
-    assert _philox_torch.CHUNK_BLOCKS == 65_536 and count > _philox_torch.CHUNK_BLOCKS
+    assert _philox_arrays.CHUNK_BLOCKS == 65_536 and count > _philox_arrays.CHUNK_BLOCKS
     got = torch_path_blocks(monkeypatch, seed, stream, substream, start, count).numpy().astype(np.uint64)
     assert np.array_equal(got, philox.philox_blocks_numpy(seed, stream, substream, start, count))
 
@@ -90,11 +90,11 @@ def test_torch_path_reaches_the_last_block(monkeypatch):
 @pytest.mark.parametrize("seed,stream,substream,start", [
     (0, 0, 0, 12_345), (2**64 - 1, 2**32 - 1, 1, 2**32 - 3), (0xDEADBEEF12345678, 12, 0, 2**40 + 7)])
 def test_torch_rounds_match_numpy_rounds_on_raw_counters(seed, stream, substream, start):
-    """philox_rounds_torch itself, on counters with every bit pattern of c0 near the 2^32 carry."""
+    """philox_rounds itself, on counters with every bit pattern of c0 near the 2^32 carry."""
     index = np.arange(start, start + 5000, dtype=np.uint64)
     counter = np.stack([index & np.uint64(0xFFFFFFFF), index >> np.uint64(32),
                         np.full(5000, stream, np.uint64), np.full(5000, substream, np.uint64)], axis=1)
-    words = _philox_torch.philox_rounds_torch(*[torch.from_numpy(counter[:, i].astype(np.int64)) for i in range(4)], seed)
+    words = _philox_arrays.philox_rounds(*[torch.from_numpy(counter[:, i].astype(np.int64)) for i in range(4)], seed)
     got = torch.stack(words, dim=1).numpy().astype(np.uint64)
     assert np.array_equal(got, philox.philox_numpy(counter, seed))
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import permcodec
 from permcodec import FormatError, perm
-from permcodec.checkpoints import SAFETENSORS_INIT_KEY, SAFETENSORS_ORDER_KEY, sorted_metadata
+from permcodec.decoded_files import SAFETENSORS_INIT_KEY, SAFETENSORS_ORDER_KEY, sorted_metadata
 from permcodec.cli import main
 from permcodec.format import schemes
 
@@ -91,7 +91,7 @@ def test_decoded_pt_is_a_permcodec_checkpoint(tmp_path, originals):
 def test_load_spec_and_init_spec_give_the_spec_of_the_permuted_tensors(originals):
     model, paths = originals
     spec = permcodec.load_spec(paths["max"])
-    assert spec == permcodec.init.initspec.attached_spec(model)
+    assert spec == permcodec.init.modules.attached_spec(model)
     with permcodec.safe_open(paths["max"]) as f:
         assert f.init_spec() == spec
 
@@ -115,7 +115,7 @@ def test_metadata_order_does_not_change_the_bytes():
 @pytest.mark.parametrize("order", ['["0.weight"]', "not json", '{"a": 1}'])
 def test_a_bad_order_key_is_refused(tmp_path, originals, order):
     model, _ = originals
-    spec = permcodec.init.initspec.attached_spec(model)
+    spec = permcodec.init.modules.attached_spec(model)
     path = tmp_path / "bad.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
                                 metadata={SAFETENSORS_INIT_KEY: json.dumps(spec.to_dict()),

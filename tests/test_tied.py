@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from permcodec import LaPerm, SpecError, init_
-from permcodec.init.initspec import aliased_pairs, attached_spec, refuse_aliased
+from permcodec.init.modules import aliased_pairs, attached_spec, refuse_aliased
 
 
 def tied_message(a, b):

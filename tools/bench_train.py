@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from benchutil import best_seconds, wait
 
-from permcodec.init.initspec import init_
+from permcodec.init.modules import init_
 from permcodec.models import build_model
 from permcodec.train.laperm import LaPerm
 from permcodec.train.config import TrainConfig

@@ -26,7 +26,8 @@ from torch import nn
 
 from permcodec import codec, init_, perm
 from permcodec.format.records import record_parts
-from permcodec.init.initspec import InitSpec, TensorInit, attach_spec
+from permcodec.init.initspec import InitSpec, TensorInit
+from permcodec.init.modules import attach_spec
 from permcodec.rows import BlockLayout
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"

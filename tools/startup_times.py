@@ -12,7 +12,7 @@ cache and the OS file cache are warm, "second run onward"):
 | permcodec info model.pc                   | python -c "import torch"                       | 1.2 x   |
 | permcodec decode model.pc -o x.safetensors| python: import torch; safetensors load_file    | 1.5 x   |
 
-and whether --help imported torch or numba (python -X importtime).
+and which of torch and numba each command imported (python -X importtime).
 """
 
 from __future__ import annotations
@@ -26,24 +26,6 @@ import time
 from pathlib import Path
 
 PYTHON = sys.executable
-# A diagnostic, not a permcodec command: parse the header and rANS-decode every `exact` part, without torch;
-# it shows how much of decode's start-up is the codec and how much is torch (README, Known gaps).
-CODEC_ONLY = """
-import sys
-from permcodec.format import container, rans
-from permcodec.format.records import record_parts
-data = open(sys.argv[1], "rb").read()
-length, crc = container.parse_preamble(data[:container.PREAMBLE_SIZE])
-header = container.parse_header(data[container.PREAMBLE_SIZE:container.PREAMBLE_SIZE + length], crc)
-start = container.PREAMBLE_SIZE + length
-for record in (r for r in header["tensors"] if r["kind"] == "permuted"):
-    section = data[start + record["offset"]:start + record["offset"] + record["length"]]
-    for part in (p for p in record_parts(record) if p.scheme == "exact"):
-        rans.decode_permutations(section[part.start:part.end], part.rows, part.n, part.params["lanes"], "")
-assert "torch" not in sys.modules
-"""
-
-
 def median_seconds(command: list[str], runs: int) -> float:
     """The median wall time of ``runs`` runs of ``command``, after one untimed warm-up run."""
     subprocess.run(command, check=True, capture_output=True)
@@ -55,9 +37,9 @@ def median_seconds(command: list[str], runs: int) -> float:
     return statistics.median(times)
 
 
-def help_imports() -> list[str]:
-    """The heavy modules ``permcodec --help`` imports (it must import none)."""
-    done = subprocess.run([PYTHON, "-X", "importtime", "-m", "permcodec", "--help"], capture_output=True,
+def heavy_imports(arguments: list[str]) -> list[str]:
+    """Which of torch and numba ``permcodec ARGUMENTS`` imports (python -X importtime)."""
+    done = subprocess.run([PYTHON, "-X", "importtime", "-m", "permcodec", *arguments], capture_output=True,
                           text=True, check=True)
     names = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     return sorted(name for name in names if name in ("torch", "numba"))
@@ -83,10 +65,6 @@ def main() -> None:
          "python: import torch; safetensors load_file",
          [PYTHON, "-c", "import sys, torch, safetensors.torch; safetensors.torch.load_file(sys.argv[1])",
           str(weights)], 1.5),
-        ("(diagnostic) header + rANS decode of the exact parts, no torch", [PYTHON, "-c", CODEC_ONLY, str(pc)],
-         "python: import torch; safetensors load_file",
-         [PYTHON, "-c", "import sys, torch, safetensors.torch; safetensors.torch.load_file(sys.argv[1])",
-          str(weights)], None),
     ]
     print(f"model {args.model} ({pc.stat().st_size:,}-byte .pc); median of {args.runs} runs after a warm-up\n")
     print("| command | seconds | baseline | baseline seconds | ratio | limit |")
@@ -99,8 +77,11 @@ def main() -> None:
         base = median_seconds(base_command, args.runs)
         bound = "-" if limit is None else f"{limit} x"
         print(f"| `{name}` | {seconds:.3f} | `{base_name}` | {base:.3f} | {seconds / base:.2f} x | {bound} |")
-    heavy = help_imports()
-    print(f"\n`permcodec --help` imports: {', '.join(heavy) if heavy else 'neither torch nor numba'}")
+    print()
+    for arguments in (["--help"], ["info", str(pc)], ["decode", str(pc), "-o", str(out), "-f", "-q"]):
+        heavy = heavy_imports(arguments)
+        shown = " ".join(["permcodec", *arguments]).replace(str(work) + "/", "")
+        print(f"`{shown}` imports: {', '.join(heavy) if heavy else 'neither torch nor numba'}")
 
 
 if __name__ == "__main__":

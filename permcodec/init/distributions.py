@@ -10,7 +10,9 @@ from substream 2).
 
 Float work follows the rules of specs/rng.md: float64 basic operations one at a
 time, no library transcendental, one rounding to float32 at the end, then +0.0
-so that -0.0 never appears. Every parameter a decoder needs (a bound, a std, a
+so that -0.0 never appears. The same code runs on numpy arrays and on torch
+tensors (``permcodec.arrays``): ``device`` is a torch device, or an ``arrays``
+namespace such as ``arrays.NUMPY`` (what the CPU decoder uses). Every parameter a decoder needs (a bound, a std, a
 mask threshold) is stored in the record; nothing is recomputed at decode time.
 """
 
@@ -20,8 +22,8 @@ import math
 import statistics
 
 import numpy as np
-import torch
 
+from .. import arrays
 from ..errors import SpecError
 from . import exactmath
 from .distparams import (  # noqa: F401 (re-exported)
@@ -35,7 +37,7 @@ from .distparams import (  # noqa: F401 (re-exported)
     validate,
 )
 from .philox import SUBSTREAM_MASK, SUBSTREAM_VALUES, check_seed, check_stream
-from .rng import compiled_kernel, philox_blocks
+from .rng import compiled_kernel, on_host, philox_blocks
 
 TWO_POW_MINUS_52 = 2.0**-52
 TWO_POW_MINUS_53 = 2.0**-53
@@ -154,134 +156,141 @@ def _fan_params(dist: str, shape) -> dict:
 
 # ---------------------------------------------------------------- sampling
 
-def _blocks_for(seed, stream, substream, start, count, per_block, device):
+def _blocks_for(seed, stream, substream, start, count, per_block, xp):
     """Words of the blocks that hold elements [start, start+count), and the offset of `start` in them."""
     first = start // per_block
     last = (start + count - 1) // per_block
-    words = philox_blocks(seed, stream, substream, first, last - first + 1, device)
+    words = philox_blocks(seed, stream, substream, first, last - first + 1, xp)
     return words, start - first * per_block
 
 
-def uniform53(high_word: torch.Tensor, low_word: torch.Tensor) -> torch.Tensor:
+def uniform53(high_word, low_word):
     """k = (high_word >> 5) * 2^26 + (low_word >> 6), an integer in [0, 2^53)."""
     return ((high_word >> 5) << 26) | (low_word >> 6)
 
 
-def uniform_integers(seed, stream, start, count, device) -> torch.Tensor:
+def uniform_integers(seed, stream, start, count, device):
     """The 53-bit integer k of each element (words 2h, 2h+1 of block i >> 1); compiled on the CPU."""
-    if compiled_kernel(count // 2 + 1) is not None and torch.device(device).type == "cpu":
+    xp = arrays.on(device)
+    if on_host(xp) and compiled_kernel(count // 2 + 1) is not None:
         from . import _uniform_numba
 
-        return torch.from_numpy(_uniform_numba.uniform53(check_seed(seed), check_stream(stream), start, count))
-    words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, device)
+        return xp.from_numpy(_uniform_numba.uniform53(check_seed(seed), check_stream(stream), start, count))
+    words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, xp)
     pairs = words.reshape(-1, 2)[offset:offset + count]
     return uniform53(pairs[:, 0], pairs[:, 1])
 
 
-def _uniform_f64(seed, stream, start, count, low, high, device):
-    u = uniform_integers(seed, stream, start, count, device).to(torch.float64) * TWO_POW_MINUS_53
+def _uniform_f64(seed, stream, start, count, low, high, xp):
+    u = xp.astype(uniform_integers(seed, stream, start, count, xp), xp.float64) * TWO_POW_MINUS_53
     return u * (high - low) + low
 
 
-def box_muller(words: torch.Tensor) -> torch.Tensor:
+def box_muller(words):
     """Standard normal pairs from blocks [n, 4] -> float64 [n, 2] (r*cos, r*sin)."""
-    u = (uniform53(words[:, 0], words[:, 1]) + 1).to(torch.float64) * TWO_POW_MINUS_53  # in (0, 1]
-    radius = torch.sqrt(exactmath.log_positive(u) * -2.0)
+    xp = arrays.of(words)
+    u = xp.astype(uniform53(words[:, 0], words[:, 1]) + 1, xp.float64) * TWO_POW_MINUS_53  # in (0, 1]
+    radius = xp.sqrt(exactmath.log_positive(u) * -2.0)
     quadrant = words[:, 2] >> 30
-    fraction = (((words[:, 2] & 0x3FFFFFFF) << 22) | (words[:, 3] >> 10)).to(torch.float64) * TWO_POW_MINUS_52
+    fraction = xp.astype(((words[:, 2] & 0x3FFFFFFF) << 22) | (words[:, 3] >> 10), xp.float64) * TWO_POW_MINUS_52
     sin, cos = exactmath.sincos_turn(quadrant, fraction * exactmath.HALF_PI)
-    return torch.stack([radius * cos, radius * sin], dim=1)
+    return xp.stack([radius * cos, radius * sin], axis=1)
 
 
-def _normal_f64(seed, stream, start, count, mean, std, device):
-    words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, device)
+def _normal_f64(seed, stream, start, count, mean, std, xp):
+    words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, xp)
     z = box_muller(words).reshape(-1)[offset:offset + count]
     return z * std + mean
 
 
-def element_words(seed, stream, substream, start, count, device) -> torch.Tensor:
+def element_words(seed, stream, substream, start, count, device):
     """One 32-bit word per element (int64 [count]): word i & 3 of block i >> 2 of ``substream``."""
-    words, offset = _blocks_for(seed, stream, substream, start, count, 4, device)
+    words, offset = _blocks_for(seed, stream, substream, start, count, 4, arrays.on(device))
     return words.reshape(-1)[offset:offset + count]
 
 
-def keep_mask(seed, stream, start, count, threshold, device) -> torch.Tensor:
+def keep_mask(seed, stream, start, count, threshold, device):
     """Bool mask: element i kept iff its substream-1 word (``element_words``) < threshold."""
     return element_words(seed, stream, SUBSTREAM_MASK, start, count, device) < threshold
 
 
-def _dense_f64(dist, params, seed, stream, start, count, device):
+def _dense_f64(dist, params, seed, stream, start, count, xp):
     if dist == "uniform":
-        return _uniform_f64(seed, stream, start, count, params["low"], params["high"], device)
+        return _uniform_f64(seed, stream, start, count, params["low"], params["high"], xp)
     if dist in ("he_uniform", "glorot_uniform"):
-        return _uniform_f64(seed, stream, start, count, -params["bound"], params["bound"], device)
-    return _normal_f64(seed, stream, start, count, params.get("mean", 0.0), params["std"], device)
+        return _uniform_f64(seed, stream, start, count, -params["bound"], params["bound"], xp)
+    return _normal_f64(seed, stream, start, count, params.get("mean", 0.0), params["std"], xp)
 
 
-def canonical_float32(x64: torch.Tensor) -> torch.Tensor:
+def canonical_float32(x64):
     """Round once to float32, then add +0.0 so that -0.0 becomes +0.0."""
-    return x64.to(torch.float32) + 0.0
+    xp = arrays.of(x64)
+    return xp.astype(x64, xp.float32) + 0.0
 
 
-def _sample_chunk(dist, params, seed, stream, start, count, device):
+def _sample_chunk(dist, params, seed, stream, start, count, xp):
     if dist in DENSE:
-        return canonical_float32(_dense_f64(dist, params, seed, stream, start, count, device))
-    keep = keep_mask(seed, stream, start, count, params["keep_below"], device)
+        return canonical_float32(_dense_f64(dist, params, seed, stream, start, count, xp))
+    keep = keep_mask(seed, stream, start, count, params["keep_below"], xp)
     if dist == "sparse":
         base = params["base"]
-        values = canonical_float32(_dense_f64(base["dist"], base["params"], seed, stream, start, count, device))
+        values = canonical_float32(_dense_f64(base["dist"], base["params"], seed, stream, start, count, xp))
     else:
-        values = torch.full((count,), params["value"], dtype=torch.float32, device=device)
-    return torch.where(keep, values, torch.zeros_like(values))
+        values = xp.full((count,), params["value"], xp.float32)
+    return xp.where(keep, values, xp.zeros((count,), xp.float32))
 
 
-def row_orders(seed, stream, substream, first_row, rows, n, device) -> torch.Tensor:
+def row_orders(seed, stream, substream, first_row, rows, n, device):
     """int64 [rows, n]: each row's positions in ascending order of their 32-bit Philox words, ties by position.
 
     Element i = row * n + j is keyed by its word of ``substream`` (``element_words``, as the keep-mask).
     """
+    xp = arrays.on(device)
     if rows * n == 0:
-        return torch.empty(rows, n, dtype=torch.int64, device=device)
-    keys = element_words(seed, stream, substream, first_row * n, rows * n, device).reshape(rows, n)
-    return torch.argsort(keys, dim=1, stable=True)
+        return xp.empty((rows, n), xp.int64)
+    keys = element_words(seed, stream, substream, first_row * n, rows * n, xp).reshape(rows, n)
+    return xp.argsort_rows(keys)
 
 
-def level_rows(values, seed, stream, first_row, rows, n, device) -> torch.Tensor:
+def level_rows(values, seed, stream, first_row, rows, n, device):
     """float32 [rows, n] of a level pool: the row's sorted values (``level_counts`` copies each) laid out so
     that the position with the t-th smallest substream-0 word holds the t-th smallest value."""
-    counts = torch.tensor(level_counts(len(values), n), device=device)
-    pool = torch.repeat_interleave(torch.tensor(values, dtype=torch.float32, device=device), counts)
-    order = row_orders(seed, stream, SUBSTREAM_VALUES, first_row, rows, n, device)
-    return torch.empty(rows, n, dtype=torch.float32, device=device).scatter_(1, order, pool.expand(rows, n))
+    xp = arrays.on(device)
+    counts = xp.tensor(level_counts(len(values), n), xp.int64)
+    pool = xp.repeat(xp.tensor(values, xp.float32), counts)
+    order = row_orders(seed, stream, SUBSTREAM_VALUES, first_row, rows, n, xp)
+    return xp.put_rows(order, xp.broadcast_rows(pool, rows, n))
 
 
-def _sample_levels(values, seed, stream, start, count, row_length, device) -> torch.Tensor:
+def _sample_levels(values, seed, stream, start, count, row_length, xp):
     """Elements [start, start+count) of a level pool with rows of ``row_length``, whole rows at a time."""
-    out = torch.empty(count, dtype=torch.float32, device=device)
+    out = xp.empty((count,), xp.float32)
     if count == 0:
         return out
     rows_per_pass = max(1, CHUNK_ELEMENTS // max(row_length, 1))
     first, last = start // row_length, (start + count - 1) // row_length
     for row in range(first, last + 1, rows_per_pass):
         rows = min(rows_per_pass, last + 1 - row)
-        chunk = level_rows(values, seed, stream, row, rows, row_length, device).reshape(-1)
+        chunk = level_rows(values, seed, stream, row, rows, row_length, xp).reshape(-1)
         lo, hi = max(start, row * row_length), min(start + count, (row + rows) * row_length)
         out[lo - start:hi - start] = chunk[lo - row * row_length:hi - row * row_length]
     return out
 
 
 def sample(dist: str, params: dict, seed: int, stream: int, start: int, count: int,
-           device="cpu", row_length: int | None = None) -> torch.Tensor:
-    """Elements [start, start+count) of the flat tensor drawn from (dist, params, seed, stream): float32 [count].
+           device="cpu", row_length: int | None = None):
+    """Elements [start, start+count) of the flat tensor drawn from (dist, params, seed, stream): float32 [count],
+    a tensor on ``device``, or a numpy array for ``device=arrays.NUMPY``.
 
     Level pools need the tensor's ``row_length`` (their counts are per row); other distributions ignore it.
     """
+    xp = arrays.on(device)
     if dist == "levels":
         if row_length is None:
             raise SpecError("dist='levels' needs the tensor's row_length to sample")
-        return _sample_levels(params["values"], seed, stream, start, count, row_length, device)
-    out = torch.empty(count, dtype=torch.float32, device=device)
+        return _sample_levels(params["values"], seed, stream, start, count, row_length, xp)
+    out = xp.empty((count,), xp.float32)
     for first in range(0, count, CHUNK_ELEMENTS):
         n = min(CHUNK_ELEMENTS, count - first)
-        out[first:first + n] = _sample_chunk(dist, params, seed, stream, start + first, n, device)
+        out[first:first + n] = _sample_chunk(dist, params, seed, stream, start + first, n, xp)
     return out

@@ -5,12 +5,13 @@ libraries, so permcodec defines its own: range reduction by exact bit
 manipulation, then a fixed polynomial evaluated by Horner's rule, one rounded
 operation at a time (multiply, then add; never fused). Every constant is the
 float64 written here in hex; specs/rng.md lists the same values.
-Only ``+ - * / sqrt`` on float64, comparisons and integer bit operations are used.
+Only ``+ - * / sqrt`` on float64, comparisons and integer bit operations are used, on numpy arrays or torch
+tensors alike (``permcodec.arrays``).
 """
 
 from __future__ import annotations
 
-import torch
+from .. import arrays
 
 # Taylor coefficients (-1)^k / (2k+1)! of sin(x)/x in powers of z = x*x.
 SIN_COEFFS = tuple(float.fromhex(h) for h in (
@@ -45,41 +46,43 @@ _MANTISSA_BITS = 52
 _MANTISSA_MASK = (1 << _MANTISSA_BITS) - 1
 
 
-def horner(z: torch.Tensor, coeffs: tuple[float, ...]) -> torch.Tensor:
+def horner(z, coeffs: tuple[float, ...]):
     """sum(coeffs[k] * z^k), highest power first, one rounded multiply and one rounded add per step."""
-    acc = torch.full_like(z, coeffs[-1])
+    acc = arrays.of(z).full_like(z, coeffs[-1])
     for c in reversed(coeffs[:-1]):
         acc = acc * z
         acc = acc + c
     return acc
 
 
-def log_positive(u: torch.Tensor) -> torch.Tensor:
+def log_positive(u):
     """Natural log of positive, normal float64 values.
 
     u = m * 2^e with m in (sqrt(2)/2, sqrt(2)], found from the bits of u;
     ln(m) = 2 atanh(s) with s = (m - 1) / (m + 1), |s| <= 0.1716.
     """
-    bits = u.view(torch.int64)
+    xp = arrays.of(u)
+    bits = xp.bits_as(u, xp.int64)
     exponent = (bits >> _MANTISSA_BITS) - _EXPONENT_BIAS
-    m = ((bits & _MANTISSA_MASK) | (_EXPONENT_BIAS << _MANTISSA_BITS)).view(torch.float64)
+    m = xp.bits_as((bits & _MANTISSA_MASK) | (_EXPONENT_BIAS << _MANTISSA_BITS), xp.float64)
     large = m > SQRT2
-    m = torch.where(large, m * 0.5, m)
-    e = (exponent + large.to(torch.int64)).to(torch.float64)
+    m = xp.where(large, m * 0.5, m)
+    e = xp.astype(exponent + xp.astype(large, xp.int64), xp.float64)
     s = (m - 1.0) / (m + 1.0)
     ln_m = (s * 2.0) * horner(s * s, ATANH_COEFFS)
     return e * LN2_HI + (e * LN2_LO + ln_m)
 
 
-def sincos_quadrant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sincos_quadrant(x):
     """sin(x) and cos(x) for x in [0, pi/2)."""
     z = x * x
     return x * horner(z, SIN_COEFFS), horner(z, COS_COEFFS)
 
 
-def sincos_turn(quadrant: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sincos_turn(quadrant, x):
     """sin and cos of quadrant * pi/2 + x, for integer quadrant in 0..3 and x in [0, pi/2)."""
+    where = arrays.of(x).where
     s, c = sincos_quadrant(x)
-    sin = torch.where(quadrant == 0, s, torch.where(quadrant == 1, c, torch.where(quadrant == 2, -s, -c)))
-    cos = torch.where(quadrant == 0, c, torch.where(quadrant == 1, -s, torch.where(quadrant == 2, -c, s)))
+    sin = where(quadrant == 0, s, where(quadrant == 1, c, where(quadrant == 2, -s, -c)))
+    cos = where(quadrant == 0, c, where(quadrant == 1, -s, where(quadrant == 2, -c, s)))
     return sin, cos

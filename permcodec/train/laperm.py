@@ -20,7 +20,8 @@ from torch import nn
 
 from .. import perm
 from ..errors import SpecError
-from ..init.initspec import InitSpec, attached_spec, init_targets, refuse_tied_targets
+from ..init.initspec import InitSpec
+from ..init.modules import attached_spec, init_targets, refuse_tied_targets
 from .config import K_RULES
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
-from ..init.initspec import WEIGHTED_LAYERS
+from ..init.modules import WEIGHTED_LAYERS
 from .config import MODEL_NAMES
 
 # Keras BatchNormalization keeps moving = 0.99 * moving + 0.01 * batch, with eps 1e-3.

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
-from ..init.initspec import InitSpec, init_
+from ..init.initspec import InitSpec
+from ..init.modules import init_
 from . import data as datasets
 from .config import DEFAULT_LR, TrainConfig
 from .distributed import Ranks, data_parallel, gather_from_ranks, rank_device, shard

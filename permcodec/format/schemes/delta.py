@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from ... import arrays
 from ...errors import FormatError
 from .. import indexcode, zstdframe
 from .base import RowsToEncode
@@ -31,8 +34,6 @@ def encode_delta(trained: "SortedRows", initial: "SortedRows", zstd_level: int) 
 
 
 def decode_delta(initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
-    import torch
-
     from ...perm import SortedRows
 
     rows, n = initial.shape
@@ -40,25 +41,25 @@ def decode_delta(initial: "torch.Tensor", section: bytes, what: str) -> "torch.T
     payload = zstdframe.decompress_exact(section, rows * n * width, what)
     if rows * n == 0:
         return initial
+    xp = arrays.of(initial)
     deltas = indexcode.unzigzag(indexcode.from_byte_planes(payload, rows * n, width))
     sorted_initial = SortedRows.of(initial)
-    final_ranks = sorted_initial.ranks + torch.from_numpy(deltas).to(initial.device).reshape(rows, n)
+    final_ranks = sorted_initial.ranks + xp.from_numpy(deltas).reshape(rows, n)
     check_ranks(final_ranks, what)
-    return torch.gather(initial, 1, torch.gather(sorted_initial.order, 1, final_ranks))
+    return xp.take_rows(initial, xp.take_rows(sorted_initial.order, final_ranks))
 
 
 def check_ranks(ranks: "torch.Tensor", what: str) -> None:
     """Each row must hold every rank 0 .. n-1 exactly once."""
-    import torch
-
     rows, n = ranks.shape
-    if ranks.numel() == 0:
+    if rows * n == 0:
         return
     if int(ranks.min()) < 0 or int(ranks.max()) >= n:
         raise FormatError(f"{what}: decoded ranks fall outside [0, {n})")
-    seen = torch.zeros(rows, n, dtype=torch.bool, device=ranks.device).scatter_(1, ranks, True)
+    xp = arrays.of(ranks)
+    seen = xp.all_rows(xp.put_rows_into(xp.zeros((rows, n), xp.bool), ranks, True))
     if not bool(seen.all()):
-        bad = int((~seen.all(dim=1)).nonzero()[0])
+        bad = int(np.flatnonzero(~xp.to_numpy(seen))[0])
         raise FormatError(f"{what}: decoded ranks of row {bad} are not a permutation")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ... import arrays
 from .. import rans
 from .base import LanesScheme, RowsToEncode, lanes_for
 
@@ -30,11 +31,10 @@ class Exact(LanesScheme):
         return {"lanes": lanes}, rans.encode_permutations(pi.numpy(), lanes)
 
     def decode(self, params: dict, initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
-        import torch
-
         rows, n = initial.shape
         pi = rans.decode_permutations(section, rows, n, params["lanes"], what)
-        return torch.gather(initial, 1, torch.from_numpy(pi).to(initial.device))
+        xp = arrays.of(initial)
+        return xp.take_rows(initial, xp.from_numpy(pi))
 
 
 EXACT = Exact()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ... import arrays
 from .. import rans
 from .base import LanesScheme, RowsToEncode, lanes_for
 
@@ -28,23 +29,18 @@ class PoolClasses:
 
     @classmethod
     def of(cls, pool_sorted: "torch.Tensor") -> "PoolClasses":
-        import torch
-
         from ...perm import class_starts
 
+        xp = arrays.of(pool_sorted)
         rows, n = pool_sorted.shape
-        of_sorted = torch.cumsum(class_starts(pool_sorted).to(torch.int64), dim=1) - 1
+        of_sorted = xp.cumsum(xp.astype(class_starts(pool_sorted), xp.int64), axis=1) - 1
         k = int(of_sorted[:, -1].max()) + 1 if rows and n else 0
-        counts = torch.zeros(rows, k, dtype=torch.int64, device=pool_sorted.device)
-        counts.scatter_add_(1, of_sorted, torch.ones_like(of_sorted))
-        return cls(of_sorted, counts)
+        return cls(of_sorted, xp.add_at_rows((rows, k), of_sorted, xp.int64))
 
     def values(self, pool_sorted: "torch.Tensor") -> "torch.Tensor":
         """float32 [rows, K]: the value of each class (0.0 in the padding)."""
-        import torch
-
-        out = torch.zeros(self.counts.shape, dtype=pool_sorted.dtype, device=pool_sorted.device)
-        return out.scatter_(1, self.of_sorted, pool_sorted)
+        xp = arrays.of(pool_sorted)
+        return xp.put_rows_into(xp.zeros(tuple(self.counts.shape), xp.float32), self.of_sorted, pool_sorted)
 
 
 class Multiset(LanesScheme):
@@ -60,13 +56,12 @@ class Multiset(LanesScheme):
         return {"lanes": lanes}, rans.encode_arrangement(symbols.numpy(), classes.counts.numpy(), lanes)
 
     def decode(self, params: dict, initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
-        import torch
-
+        xp = arrays.of(initial)
         rows, n = initial.shape
-        pool = torch.sort(initial, dim=1).values
+        pool = xp.sort_rows(initial)
         classes = PoolClasses.of(pool)
-        symbols = rans.decode_arrangement(section, classes.counts.cpu().numpy(), rows, n, params["lanes"], what)
-        return torch.gather(classes.values(pool), 1, torch.from_numpy(symbols).to(initial.device))
+        symbols = rans.decode_arrangement(section, xp.to_numpy(classes.counts), rows, n, params["lanes"], what)
+        return xp.take_rows(classes.values(pool), xp.from_numpy(symbols))
 
 
 MULTISET = Multiset()

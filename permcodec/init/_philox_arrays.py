@@ -1,4 +1,4 @@
-"""Philox4x32-10 on torch int64 tensors (permcodec.init.rng): runs unchanged on the CPU and on CUDA.
+"""Philox4x32-10 on int64 arrays (permcodec.init.rng), numpy or torch (``permcodec.arrays``): CPU and CUDA.
 
 torch.uint32 lacks shifts, and 32x32-bit products overflow int64, so each
 product is split into two 32x16-bit halves whose partial products stay
@@ -7,8 +7,7 @@ below 2^48. Words equal those of ``_philox_numba`` and the numpy reference.
 
 from __future__ import annotations
 
-import torch
-
+from .. import arrays
 from .philox import MASK32, PHILOX_M0, PHILOX_M1, round_keys
 
 # Blocks generated per pass: large enough to amortise kernel launches, small
@@ -24,7 +23,7 @@ _M0_HI, _M0_LO = _split_multiplier(PHILOX_M0)
 _M1_HI, _M1_LO = _split_multiplier(PHILOX_M1)
 
 
-def _mulhilo(a: torch.Tensor, m_hi: int, m_lo: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _mulhilo(a, m_hi: int, m_lo: int):
     """High and low 32-bit words of a * (m_hi * 2^16 + m_lo), for int64 a in [0, 2^32)."""
     upper = a * m_hi
     lower = a * m_lo
@@ -34,8 +33,8 @@ def _mulhilo(a: torch.Tensor, m_hi: int, m_lo: int) -> tuple[torch.Tensor, torch
     return hi, lo
 
 
-def philox_rounds_torch(c0, c1, c2, c3, seed: int):
-    """Ten Philox rounds on int64 tensors holding 32-bit words; returns the four output words."""
+def philox_rounds(c0, c1, c2, c3, seed: int):
+    """Ten Philox rounds on int64 arrays holding 32-bit words; returns the four output words."""
     for k0, k1 in round_keys(seed):
         hi0, lo0 = _mulhilo(c0, _M0_HI, _M0_LO)
         hi1, lo1 = _mulhilo(c2, _M1_HI, _M1_LO)
@@ -43,16 +42,18 @@ def philox_rounds_torch(c0, c1, c2, c3, seed: int):
     return c0, c1, c2, c3
 
 
-def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int, device="cpu") -> torch.Tensor:
-    """Output words of blocks ``start .. start+count-1`` (checked by the caller): int64 [count, 4]."""
-    out = torch.empty((count, 4), dtype=torch.int64, device=device)
+def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int, device="cpu"):
+    """Output words of blocks ``start .. start+count-1`` (checked by the caller): int64 [count, 4] on ``device``
+    (a torch device, or an ``arrays`` namespace)."""
+    xp = arrays.on(device)
+    out = xp.empty((count, 4), xp.int64)
     for first in range(0, count, CHUNK_BLOCKS):
         n = min(CHUNK_BLOCKS, count - first)
-        index = torch.arange(n, dtype=torch.int64, device=device) + (start + first)  # an end of 2^63 overflows int64
+        index = xp.arange(n) + (start + first)  # an end of 2^63 overflows int64
         c0 = index & MASK32
         c1 = (index >> 32) & MASK32
-        c2 = torch.full_like(c0, stream)
-        c3 = torch.full_like(c0, substream)
-        words = philox_rounds_torch(c0, c1, c2, c3, seed)
-        out[first:first + n] = torch.stack(words, dim=1)
+        c2 = xp.full_like(c0, stream)
+        c3 = xp.full_like(c0, substream)
+        words = philox_rounds(c0, c1, c2, c3, seed)
+        out[first:first + n] = xp.stack(words, axis=1)
     return out
