@@ -21,6 +21,7 @@ checks that every rank holds the same bits.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -118,10 +119,14 @@ def train(config: TrainConfig, *, progress: bool = True, log=None, resume: Resum
     ranks = start_distributed(config.device)
     try:
         with reproducible(rank_device(config.device, ranks), config.seed):
-            return _train(config, ranks, progress=progress and ranks.is_main, log=log or print_json,
-                          resume=resume, checkpoint_path=checkpoint_path)
+            state = _train(config, ranks, progress=progress and ranks.is_main, log=log or print_json,
+                           resume=resume, checkpoint_path=checkpoint_path)
+        return state
     finally:
         if ranks.world > 1:
+            # The DDP wrapper sits in reference cycles; left to the interpreter's exit, its reducer outlives the
+            # process group and a rank can abort ("terminate called without an active exception").
+            gc.collect()
             torch.distributed.destroy_process_group()
 
 
