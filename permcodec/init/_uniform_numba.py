@@ -1,8 +1,13 @@
-"""numba kernel of the uniform family's 53-bit integers (permcodec.init.distributions), on the CPU.
+"""numba kernels of the uniform family (permcodec.init.distributions), on the CPU.
 
 Element i takes words 2h, 2h+1 (h = i & 1) of substream-0 block i >> 1, and
-k = (a >> 5) * 2^26 + (b >> 6) (specs/rng.md §6). Equal, element for element,
-to ``distributions.uniform53`` over ``rng.philox_blocks``; only faster.
+k = (a >> 5) * 2^26 + (b >> 6) (specs/rng.md §6). ``uniform53`` gives k, equal
+element for element to ``distributions.uniform53`` over ``rng.philox_blocks``.
+``uniform_values`` goes on to the canonical float32 in the same pass:
+((k * 2^-53) * (high - low)) + low in float64, one rounding, then + 0.0. numba
+compiles without fast-math, so LLVM neither fuses the multiply and add into an
+FMA nor reorders them; tests/test_kernels.py compares 10^7 values per case with
+the array path bit for bit.
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ from ..parallel import run_over
 from ._philox_numba import philox
 from .philox import MASK32, SUBSTREAM_VALUES
 
+TWO_POW_MINUS_53 = 2.0**-53
+
 _U5 = np.uint64(5)
 _U6 = np.uint64(6)
 _U26 = np.uint64(26)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _k53(high_word, low_word):
+def k53(high_word, low_word):
     return np.int64(((high_word >> _U5) << _U26) | (low_word >> _U6))
 
 
@@ -29,9 +36,9 @@ def _uniform_block(i, first, start, k0, k1, stream, out):
     c0, c1, c2, c3 = philox(first + i, stream, SUBSTREAM_VALUES, k0, k1)
     even = 2 * (first + i) - start
     if even >= 0:
-        out[even] = _k53(c0, c1)
+        out[even] = k53(c0, c1)
     if even + 1 < out.shape[0]:
-        out[even + 1] = _k53(c2, c3)
+        out[even + 1] = k53(c2, c3)
 
 
 @njit(cache=True, nogil=True)
@@ -47,4 +54,38 @@ def uniform53(seed: int, stream: int, start: int, count: int) -> np.ndarray:
     if count:
         blocks = ((start + count - 1) >> 1) - (start >> 1) + 1
         run_over(_uniform53, blocks, seed & MASK32, seed >> 32, stream, start, out, work=count)
+    return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def canonical(x):
+    """One rounding of a float64 to float32, then + 0.0 (so -0.0 becomes +0.0)."""
+    return np.float32(x) + np.float32(0.0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scaled(k, low, scale):
+    return canonical(np.float64(k) * TWO_POW_MINUS_53 * scale + low)
+
+
+@njit(cache=True, nogil=True)
+def _uniform_values(k0, k1, stream, start, low, scale, out, lo, hi):
+    first = start >> 1
+    for i in range(lo, hi):
+        c0, c1, c2, c3 = philox(first + i, stream, SUBSTREAM_VALUES, k0, k1)
+        even = 2 * (first + i) - start
+        if even >= 0:
+            out[even] = _scaled(k53(c0, c1), low, scale)
+        if even + 1 < out.shape[0]:
+            out[even + 1] = _scaled(k53(c2, c3), low, scale)
+
+
+def uniform_values(seed: int, stream: int, start: int, count: int, low: float, high: float) -> np.ndarray:
+    """The canonical float32 values of elements ``start .. start+count-1`` drawn from U(low, high)."""
+    out = np.empty(count, dtype=np.float32)
+    if count:
+        blocks = ((start + count - 1) >> 1) - (start >> 1) + 1
+        scale = float(high) - float(low)  # in float64, as the array path computes it
+        run_over(_uniform_values, blocks, seed & MASK32, seed >> 32, stream, start, float(low), scale, out,
+                 work=count)
     return out

@@ -186,6 +186,16 @@ def _uniform_f64(seed, stream, start, count, low, high, xp):
     return u * (high - low) + low
 
 
+def _uniform_f32(seed, stream, start, count, low, high, xp):
+    """Canonical float32 U(low, high): in one compiled pass on the CPU, else on the array path."""
+    if on_host(xp) and compiled_kernel(count // 2 + 1) is not None:
+        from . import _uniform_numba
+
+        values = _uniform_numba.uniform_values(check_seed(seed), check_stream(stream), start, count, low, high)
+        return xp.from_numpy(values)
+    return canonical_float32(_uniform_f64(seed, stream, start, count, low, high, xp))
+
+
 def box_muller(words):
     """Standard normal pairs from blocks [n, 4] -> float64 [n, 2] (r*cos, r*sin)."""
     xp = arrays.of(words)
@@ -203,6 +213,16 @@ def _normal_f64(seed, stream, start, count, mean, std, xp):
     return z * std + mean
 
 
+def _normal_f32(seed, stream, start, count, mean, std, xp):
+    """Canonical float32 N(mean, std): in one compiled pass on the CPU, else on the array path."""
+    if on_host(xp) and compiled_kernel(count // 2 + 1) is not None:
+        from . import _normal_numba
+
+        return xp.from_numpy(_normal_numba.normal_values(check_seed(seed), check_stream(stream), start, count,
+                                                         mean, std))
+    return canonical_float32(_normal_f64(seed, stream, start, count, mean, std, xp))
+
+
 def element_words(seed, stream, substream, start, count, device):
     """One 32-bit word per element (int64 [count]): word i & 3 of block i >> 2 of ``substream``."""
     words, offset = _blocks_for(seed, stream, substream, start, count, 4, arrays.on(device))
@@ -214,12 +234,13 @@ def keep_mask(seed, stream, start, count, threshold, device):
     return element_words(seed, stream, SUBSTREAM_MASK, start, count, device) < threshold
 
 
-def _dense_f64(dist, params, seed, stream, start, count, xp):
+def _dense_f32(dist, params, seed, stream, start, count, xp):
+    """The canonical float32 values of a dense distribution."""
     if dist == "uniform":
-        return _uniform_f64(seed, stream, start, count, params["low"], params["high"], xp)
+        return _uniform_f32(seed, stream, start, count, params["low"], params["high"], xp)
     if dist in ("he_uniform", "glorot_uniform"):
-        return _uniform_f64(seed, stream, start, count, -params["bound"], params["bound"], xp)
-    return _normal_f64(seed, stream, start, count, params.get("mean", 0.0), params["std"], xp)
+        return _uniform_f32(seed, stream, start, count, -params["bound"], params["bound"], xp)
+    return _normal_f32(seed, stream, start, count, params.get("mean", 0.0), params["std"], xp)
 
 
 def canonical_float32(x64):
@@ -230,11 +251,11 @@ def canonical_float32(x64):
 
 def _sample_chunk(dist, params, seed, stream, start, count, xp):
     if dist in DENSE:
-        return canonical_float32(_dense_f64(dist, params, seed, stream, start, count, xp))
+        return _dense_f32(dist, params, seed, stream, start, count, xp)
     keep = keep_mask(seed, stream, start, count, params["keep_below"], xp)
     if dist == "sparse":
         base = params["base"]
-        values = canonical_float32(_dense_f64(base["dist"], base["params"], seed, stream, start, count, xp))
+        values = _dense_f32(base["dist"], base["params"], seed, stream, start, count, xp)
     else:
         values = xp.full((count,), params["value"], xp.float32)
     return xp.where(keep, values, xp.zeros((count,), xp.float32))
