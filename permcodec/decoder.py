@@ -16,12 +16,13 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import arrays, perm
+from . import arrays, parallel, perm
 from .bits import NUMPY_DTYPES, array_from_bytes, tensor_bytes, tensor_from_bytes
 from .devices import checked_device
 from .errors import FormatError, IntegrityError, MemoryLimitError, SpecError
@@ -284,12 +285,29 @@ def decode_all_arrays(f: PCFile, progress: bool = False) -> dict[str, np.ndarray
     return _every(f, f.get_array, progress)
 
 
+# Tensors below this many elements are decoded in the calling thread: for them, handing work to a thread and
+# contending for the GIL cost more than the overlap saves (ResNet-50's 349 small tensors decoded 1.5x slower).
+PARALLEL_TENSOR_MIN = 1 << 16
+
+
 def _every(f: PCFile, get: Callable, progress: bool) -> dict:
+    """``get`` of every tensor, in file order; the large ones on a pool of WORKERS threads, ahead of their turn.
+
+    The compiled kernels, numpy's sorts and gathers, zstd and SHA-256 release the GIL, so large tensors overlap
+    where one alone would leave a core idle. Results are taken in file order, so the first failure in file
+    order is raised, as one at a time would; the tensors not started yet are then dropped.
+    """
     elements = {name: math.prod(f.record(name)["shape"]) for name in f.keys()}
+    large = [name for name, count in elements.items() if count >= PARALLEL_TENSOR_MIN]
     bar = progress_lines(sum(elements.values()), "decode", "weights", progress)
-    decoded = {}
-    for name, count in elements.items():
-        decoded[name] = get(name)
-        bar.update(count)
+    pool = ThreadPoolExecutor(max(1, min(parallel.WORKERS, len(large))), thread_name_prefix="permcodec-tensors")
+    try:
+        ahead = {name: pool.submit(get, name) for name in large} if len(large) > 1 else {}
+        decoded = {}
+        for name, count in elements.items():
+            decoded[name] = ahead[name].result() if name in ahead else get(name)
+            bar.update(count)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     return decoded

@@ -20,6 +20,7 @@ from permcodec import FormatError, LimitError, PermcodecError, encoder, init_, p
 from permcodec.atomicfile import TEMP_MARK
 from permcodec.cli import main
 from permcodec.format import container
+from permcodec.format.schemes.base import RowsToEncode
 from permcodec.format.schemes.delta import encode_delta
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -69,7 +70,7 @@ def test_frame_without_declared_size_is_refused():
     model, spec = make_fixtures.tiny_linear()
     records = [encoder.permuted_record("weight", model.weight, spec["weight"], [("delta", {}, b"")]), encoder.raw_record("bias", model.bias)]
     trained = perm.SortedRows.of(perm.as_rows(model.weight.detach()))
-    weight = encode_delta(trained, encoder.initial_rows(spec["weight"]), 3)
+    weight = encode_delta(RowsToEncode(trained, encoder.initial_rows(spec["weight"])).delta_codes, 3, 3)
     with pytest.raises(FormatError, match="zstd frame declares no size, header says 8 bytes"):
         permcodec.decode(container.pack(records, [weight, frame]))
 

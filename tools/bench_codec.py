@@ -16,7 +16,8 @@ decode speed in M stored elements/s, CPU and (when present) CUDA. Baselines in
 the same run: safetensors fp32 (size, load to the device), zstd-19 of the fp32
 bytes (size, decompression), and torch.rand of as many values. Decode speeds
 include the SHA-256 check of every tensor; encode runs once (it is slow at
-default and max), decode is the best of --repeat.
+default and max, after a warm-up encode at fast), decode is the median of --repeat after one warm-up decode;
+"x rand" is decode's speed over torch.rand's for the same count, timed alike in the same process.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 import zstandard
-from benchutil import best_seconds
+from benchutil import median_seconds
 
 from permcodec import codec, init_, perm
 from permcodec.checkpoints import read_model
@@ -99,8 +100,8 @@ def level_row(state, spec, level: str, devices, repeat: int, bound: float, weigh
            "bits": 8 * permuted_bytes / weights, "ratio": 8 * permuted_bytes / bound,
            "file_bytes": len(data), "encode": elements / encode_seconds / 1e6}
     for device in devices:
-        row[f"decode_{device}"] = elements / best_seconds(lambda: codec.decode(data, device=device), repeat,
-                                                          device) / 1e6
+        row[f"decode_{device}"] = elements / median_seconds(lambda: codec.decode(data, device=device), repeat,
+                                                            device) / 1e6
     return row
 
 
@@ -115,24 +116,24 @@ def baseline_rows(state, devices, repeat: int, weights: int, elements: int) -> l
     for device in devices:
         def load_fp32():
             return {k: v.to(device) for k, v in safetensors.torch.load(fp32).items()}
-        rows[0][f"decode_{device}"] = elements / best_seconds(load_fp32, repeat, device) / 1e6
-        rows[1][f"decode_{device}"] = elements / best_seconds(
+        rows[0][f"decode_{device}"] = elements / median_seconds(load_fp32, repeat, device) / 1e6
+        rows[1][f"decode_{device}"] = elements / median_seconds(
             lambda: torch.frombuffer(bytearray(decompressor.decompress(zstd_fp32)), dtype=torch.float32).to(device),
             repeat, device) / 1e6
-        rows[2][f"decode_{device}"] = elements / best_seconds(lambda: torch.rand(elements, device=device), repeat,
-                                                              device) / 1e6
+        rows[2][f"decode_{device}"] = elements / median_seconds(lambda: torch.rand(elements, device=device),
+                                                                repeat, device) / 1e6
     return rows
 
 
 def print_table(rows: list[dict], devices) -> None:
-    decode_heads = "".join(f" {'decode ' + d:>12} |" for d in devices)
+    decode_heads = "".join(f" {'decode ' + d:>12} | {'x rand':>6} |" for d in devices)
     print(f"| {'level / baseline':<17} | {'schemes':<30} | {'bits/weight':>11} | {'x bound':>7} | "
           f"{'file bytes':>11} | {'encode':>7} |{decode_heads}")
-    print(f"|{'-' * 19}|{'-' * 32}|{'-' * 13}|{'-' * 9}|{'-' * 13}|{'-' * 9}|" + "".join(f"{'-' * 14}|" for _ in devices))
+    print(f"|{'-' * 19}|{'-' * 32}|{'-' * 13}|{'-' * 9}|{'-' * 13}|{'-' * 9}|" + "".join(f"{'-' * 14}|{'-' * 8}|" for _ in devices))
     for row in rows:
         def cell(key, fmt, width):
             return f"{row[key]:{width}{fmt}}" if key in row else " " * width
-        decodes = "".join(f" {cell('decode_' + d, '.2f', 12)} |" for d in devices)
+        decodes = "".join(f" {cell('decode_' + d, '.2f', 12)} | {cell('rand_' + d, '.3f', 6)} |" for d in devices)
         print(f"| {row['level']:<17} | {row.get('schemes', ''):<30} | {cell('bits', '.3f', 11)} | "
               f"{cell('ratio', '.4f', 7)} | {cell('file_bytes', ',', 11)} | {cell('encode', '.2f', 7)} |{decodes}",
               flush=True)
@@ -144,7 +145,7 @@ def main() -> None:
                         help=f"which cases (default: all of {', '.join(CASES)})")
     parser.add_argument("--levels", nargs="+", choices=list(schemes.LEVELS), default=list(schemes.LEVELS))
     parser.add_argument("--cache", default="runs/bench", help="where trained Conv7 checkpoints are kept")
-    parser.add_argument("--repeat", type=int, default=3, help="timed decode repeats; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="timed decode repeats; the median is reported")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     from permcodec.format import rans
@@ -161,7 +162,11 @@ def main() -> None:
               f"bound {bound / weights:.3f} bits/weight\n")
         rows = [level_row(state, spec, level, devices, args.repeat, bound, weights, elements)
                 for level in args.levels]
-        print_table(rows + baseline_rows(state, devices, args.repeat, weights, elements), devices)
+        baselines = baseline_rows(state, devices, args.repeat, weights, elements)
+        for row in rows + baselines:
+            for device in devices:
+                row[f"rand_{device}"] = row[f"decode_{device}"] / baselines[-1][f"decode_{device}"]
+        print_table(rows + baselines, devices)
 
 
 if __name__ == "__main__":

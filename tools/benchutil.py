@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -24,3 +25,17 @@ def best_seconds(fn, repeat: int, device="cpu") -> float:
         wait(device)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def median_seconds(fn, repeat: int, device="cpu") -> float:
+    """The median of ``repeat`` timed calls of ``fn``, after one untimed warm-up call (so caches and numba's
+    kernels are warm)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        wait(device)
+        start = time.perf_counter()
+        fn()
+        wait(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -67,7 +67,9 @@ def encode_best(trained: "SortedRows", initial: "SortedRows", level: Level,
     else:
         wanted = [scheme for scheme in schemes_to_try(level, multiset_gain(tensor)) if fits(scheme, n)]
         wanted = wanted or [scheme for scheme in INDEX_SCHEMES.values() if fits(scheme, n)]
-    found = [(scheme.id, *scheme.encode(tensor, level)) for scheme in wanted]
+    found = [(scheme.id, *scheme.encode(tensor, level)) for scheme in wanted if scheme is not DELTA]
+    if DELTA in wanted and (not found or DELTA.can_win(tensor, level, min(len(item[2]) for item in found))):
+        found.append((DELTA.id, *DELTA.encode(tensor, level)))
     return min(found, key=lambda item: len(item[2]))
 
 

@@ -41,6 +41,13 @@ class RowsToEncode:
         return self.initial.pool()
 
     @cached_property
+    def delta_codes(self):
+        """zigzag(rank of trained row - rank of initial row), flat: what delta stores (int64 numpy)."""
+        from ..indexcode import zigzag
+
+        return zigzag(arrays_to_numpy(self.trained.ranks - self.initial.ranks).reshape(-1))
+
+    @cached_property
     def exact_bits(self) -> float:
         """rows * log2(n!): what exact codes, and what multiset saves on."""
         rows, n = self.initial.rows.shape
@@ -52,6 +59,13 @@ class RowsToEncode:
         from ...perm import permutation_bound_bits
 
         return permutation_bound_bits(self.pool)
+
+
+def arrays_to_numpy(x):
+    """A numpy array of a torch tensor (on the CPU) or of a numpy array."""
+    from ... import arrays
+
+    return arrays.of(x).to_numpy(x)
 
 
 class IndexScheme(Protocol):
