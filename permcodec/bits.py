@@ -65,6 +65,9 @@ def _little_endian(data: bytes, itemsize: int) -> bytes:
 
 
 def sha256_of(tensor: "torch.Tensor | np.ndarray") -> bytes:
+    """SHA-256 of ``tensor_bytes``; a C-ordered numpy array on a little-endian host is hashed in place."""
+    if isinstance(tensor, np.ndarray) and tensor.flags.c_contiguous and sys.byteorder == "little" and tensor.size:
+        return hashlib.sha256(tensor.reshape(-1).view(np.uint8)).digest()
     return hashlib.sha256(tensor_bytes(tensor)).digest()
 
 

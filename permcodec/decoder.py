@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import arrays, parallel, perm
-from .bits import NUMPY_DTYPES, array_from_bytes, tensor_bytes, tensor_from_bytes
+from .bits import NUMPY_DTYPES, array_from_bytes, sha256_of, tensor_from_bytes
 from .devices import checked_device
 from .errors import FormatError, IntegrityError, MemoryLimitError, SpecError
 from .format import container, records, schemes
@@ -88,10 +88,11 @@ def decode_checked(record: dict, section: bytes, xp, verify: bool):
     with memory_errors_named(record):
         if record["kind"] == "permuted":
             decoded = decode_permuted(record, section, xp)
-            data = tensor_bytes(decoded) if verify else b""
+            digest = sha256_of(decoded) if verify else None
         else:
-            decoded = data = decode_raw(record, section)
-        if verify and hashlib.sha256(data).digest() != record["sha256"]:
+            decoded = decode_raw(record, section)
+            digest = hashlib.sha256(decoded).digest() if verify else None
+        if verify and digest != record["sha256"]:
             raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
     return decoded
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -149,6 +150,48 @@ def test_levels_choose_the_smallest_scheme_they_try():
     trained(sparse, init_(sparse, 1, dist="sparse", density=0.3), 3)
     assert chosen_schemes(permcodec.encode(sparse)) == ["multiset"]
     assert chosen_schemes(permcodec.encode(sparse, level="fast")) == ["multiset"]
+
+
+def counting_delta_encodes(monkeypatch) -> list:
+    calls = []
+    real = schemes.DELTA.encode
+    monkeypatch.setattr(type(schemes.DELTA), "encode", lambda self, tensor, level: calls.append(1) or real(tensor, level))
+    return calls
+
+
+def test_default_skips_delta_only_where_its_entropy_says_it_cannot_win(monkeypatch):
+    calls = counting_delta_encodes(monkeypatch)
+    shuffled = nn.Linear(300, 20)
+    trained(shuffled, init_(shuffled, 1), 3)  # random row permutations: delta's codes carry more than log2(n!)
+    assert chosen_schemes(permcodec.encode(shuffled)) == ["exact"] and calls == []
+    assert chosen_schemes(permcodec.encode(shuffled, level="max")) == ["exact"] and calls == [1]  # max always tries
+    untouched = nn.Linear(300, 20)
+    init_(untouched, 1)
+    assert chosen_schemes(permcodec.encode(untouched)) == ["delta"] and calls == [1, 1]  # zero entropy: tried
+    assert chosen_schemes(permcodec.encode(shuffled, scheme="delta")) == ["delta"]  # a forced scheme is encoded
+
+
+def test_the_delta_floor_is_the_order_0_entropy_of_the_codes():
+    from permcodec.format.schemes.delta import entropy_bits
+
+    assert entropy_bits(np.array([0, 0, 0, 0])) == 0.0
+    assert entropy_bits(np.array([0, 1, 2, 3])) == 8.0  # four equally likely codes: 2 bits each
+    assert entropy_bits(np.array([5, 5, 9, 9, 9, 9, 1, 1])) == 12.0  # 1/4, 1/2, 1/4: 1.5 bits each
+    assert entropy_bits(np.array([], dtype=np.int64)) == 0.0
+    assert schemes.LEVELS["default"].delta_floor == 0.9 and schemes.LEVELS["max"].delta_floor is None
+
+
+def test_max_takes_multiset_only_where_it_saves_more_than_a_thousandth():
+    few_ties = nn.Linear(4096, 8)
+    spec = init_(few_ties, 3, dist="uniform", low=1.0, high=1.125)  # 2^20 float32 values: a few collide per row
+    trained(few_ties, spec, 5)
+    tensor = schemes.RowsToEncode(perm.SortedRows.of(perm.as_rows(few_ties.weight.detach())),
+                                  encoder.initial_rows(spec["weight"]))
+    assert 0 < schemes.multiset_gain(tensor) < 0.001
+    assert chosen_schemes(permcodec.encode(few_ties, level="max")) == ["exact"]
+    sparse = nn.Linear(300, 20)
+    trained(sparse, init_(sparse, 1, dist="sparse", density=0.3), 3)
+    assert chosen_schemes(permcodec.encode(sparse, level="max")) == ["multiset"]
 
 
 def test_max_is_never_larger_than_default_and_near_the_bound():

@@ -135,3 +135,32 @@ def test_a_failing_piece_raises_in_the_caller_after_every_piece_ended(monkeypatc
     with pytest.raises(ValueError, match="piece 0 failed"):
         parallel.run_over(kernel, 8, work=parallel.PARALLEL_MIN)
     assert sorted(finished) == [(2, 4), (4, 6), (6, 8)]
+
+
+def two_large_tensors() -> bytes:
+    model = nn.Sequential(nn.Linear(512, 256, bias=False), nn.Linear(256, 512, bias=False))  # 2^17 weights each
+    permcodec.init_(model, 5)
+    return permcodec.encode(model, level="fast")
+
+
+def test_decode_all_takes_large_tensors_ahead_on_threads_and_keeps_file_order(monkeypatch):
+    data = two_large_tensors()
+    seen = []
+    real = permcodec.PCFile.get_tensor
+
+    def noting(self, name):
+        seen.append(threading.current_thread().name)
+        return real(self, name)
+
+    monkeypatch.setattr(permcodec.PCFile, "get_tensor", noting)
+    decoded = permcodec.decode(data)
+    assert list(decoded) == ["0.weight", "1.weight"]
+    assert all(name.startswith("permcodec-tensors") for name in seen) and len(seen) == 2
+
+
+def test_decode_all_raises_the_first_failure_in_file_order():
+    f = permcodec.PCFile(two_large_tensors())
+    for name in f.keys():
+        f.record(name)["sha256"] = bytes(32)  # as if both stored hashes disagreed with the rebuilt bits
+    with pytest.raises(permcodec.IntegrityError, match=r"^tensor '0\.weight': decoded bits do not match"):
+        permcodec.codec.decode_all(f)

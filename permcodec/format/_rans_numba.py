@@ -150,6 +150,27 @@ def permutations_of(digits):
 
 
 @njit(cache=True, nogil=True)
+def _permute_rows(digits, values, out, lo, hi):
+    """The swaps that build pi from the identity, applied to the values instead: out[r, j] = values[r, pi[r, j]],
+    with no permutation array and no gather."""
+    n = digits.shape[1]
+    for r in range(lo, hi):
+        for q in range(n):
+            out[r, q] = values[r, q]
+        for p in range(n - 1):
+            at = p + digits[r, p]
+            moved = out[r, at]
+            out[r, at] = out[r, p]
+            out[r, p] = moved
+
+
+def permute_rows(digits, values):
+    out = np.empty(values.shape, values.dtype)
+    run_over(_permute_rows, digits.shape[0], digits, values, out, work=digits.size)
+    return out
+
+
+@njit(cache=True, nogil=True)
 def _encode_lanes(start, freq, lanes, out, out_start, used, lo, hi):
     rows, n = start.shape
     for j in range(lo, hi):

@@ -43,6 +43,11 @@ def permutations_of(digits: np.ndarray) -> np.ndarray:
     return out
 
 
+def permute_rows(digits: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """values[r, pi[r, j]] for the permutations pi whose swap digits are ``digits``."""
+    return np.take_along_axis(values, permutations_of(digits), axis=1)
+
+
 def _fenwick_build(counts: np.ndarray) -> np.ndarray:
     """Fenwick trees [rows, K + 1] of int64 counts [rows, K], index 0 unused."""
     rows, k = counts.shape

@@ -63,6 +63,16 @@ def decode_permutations(section: bytes, rows: int, n: int, lanes: int, what: str
     return kernels(backend).permutations_of(digits)
 
 
+def decode_onto(section: bytes, values: np.ndarray, lanes: int, what: str, backend: str | None = None) -> np.ndarray:
+    """Each row of ``values`` [rows, n] (numpy) put in the order of the permutation coded in ``section``:
+    out[r, j] = values[r, pi[r, j]], what ``decode_permutations`` and a gather give, in one pass."""
+    rows, n = values.shape
+    digits = decode_digits(section, rows, n, lanes, what, backend)
+    if rows == 0 or n <= 1:
+        return values.copy()
+    return kernels(backend).permute_rows(digits, np.ascontiguousarray(values))
+
+
 def encode_digits(digits: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
     """Code digits [rows, n] with ``0 <= digits[r, p] < n - p`` (the last column is 0 and not coded)."""
     digits = np.ascontiguousarray(digits, dtype=np.int64)

@@ -32,8 +32,10 @@ class Exact(LanesScheme):
 
     def decode(self, params: dict, initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
         rows, n = initial.shape
-        pi = rans.decode_permutations(section, rows, n, params["lanes"], what)
         xp = arrays.of(initial)
+        if xp is arrays.NUMPY:  # on the CPU, the swaps move the values themselves
+            return rans.decode_onto(section, initial, params["lanes"], what)
+        pi = rans.decode_permutations(section, rows, n, params["lanes"], what)
         return xp.take_rows(initial, xp.from_numpy(pi))
 
 
