@@ -18,7 +18,6 @@ from .base import RowsToEncode
 if TYPE_CHECKING:
     import torch
 
-    from ...perm import SortedRows
     from .levels import Level
 
 
