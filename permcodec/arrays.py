@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import parallel
+
 
 class NumpyArrays:
     """numpy arrays in host memory (the CPU decoder; no torch import)."""
@@ -82,18 +84,18 @@ class NumpyArrays:
 
     def argsort_rows(self, x):
         """Each row's positions in ascending order of its values, ties by position (a stable sort)."""
-        return np.argsort(x, axis=1, kind="stable")
+        return by_row_ranges(_argsort_rows_into, np.empty(x.shape, dtype=np.int64), x)
 
     def sort_rows(self, x):
-        return np.sort(x, axis=1, kind="stable")
+        return by_row_ranges(_sort_rows_into, np.empty(x.shape, dtype=x.dtype), x)
 
     def take_rows(self, x, index):
         """out[r, j] = x[r, index[r, j]]."""
-        return np.take_along_axis(x, index, axis=1)
+        return by_row_ranges(_take_rows_into, np.empty(index.shape, dtype=x.dtype), x, index)
 
     def put_rows(self, index, values):
         """out with out[r, index[r, j]] = values[r, j], each row's ``index`` a permutation."""
-        return self.put_rows_into(np.empty(values.shape, dtype=values.dtype), index, values)
+        return by_row_ranges(_put_rows_into, np.empty(values.shape, dtype=values.dtype), index, values)
 
     def put_rows_into(self, out, index, values):
         """out[r, index[r, j]] = values[r, j] (``values`` may be a scalar), in place; returns ``out``."""
@@ -108,6 +110,31 @@ class NumpyArrays:
 
     def all_rows(self, x):
         return x.all(axis=1)
+
+
+def by_row_ranges(fill, out, *inputs):
+    """``fill(*inputs, out, lo, hi)`` over row ranges on the shared thread pool (numpy's sorts and gathers release
+    the GIL), in one piece where the arrays are small; returns ``out``."""
+    rows = out.shape[0]
+    parallel.run_over(fill, rows, *inputs, out, work=out.size)
+    return out
+
+
+def _argsort_rows_into(x, out, lo, hi):
+    out[lo:hi] = np.argsort(x[lo:hi], axis=1, kind="stable")
+
+
+def _sort_rows_into(x, out, lo, hi):
+    out[lo:hi] = x[lo:hi]
+    out[lo:hi].sort(axis=1, kind="stable")
+
+
+def _take_rows_into(x, index, out, lo, hi):
+    out[lo:hi] = np.take_along_axis(x[lo:hi], index[lo:hi], axis=1)
+
+
+def _put_rows_into(index, values, out, lo, hi):
+    np.put_along_axis(out[lo:hi], index[lo:hi], values[lo:hi], axis=1)
 
 
 class TorchArrays:

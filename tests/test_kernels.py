@@ -31,19 +31,25 @@ def stored(x: float) -> float:
     return D.to_float32(x)
 
 
+def assert_ten_million_equal(monkeypatch, fused_values, dist: str, params: dict, seed: int, stream: int):
+    """``fused_values(start, count)`` against ``sample`` on the torch path, chunk by chunk over VALUES values."""
+    for first in range(0, VALUES, CHUNK):
+        count = min(CHUNK, VALUES - first)
+        fused = fused_values(START + first, count)
+        monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
+        reference = D.sample(dist, params, seed, stream, START + first, count, TORCH_CPU)
+        monkeypatch.delenv("PERMCODEC_BACKEND")
+        assert tensor_bytes(fused) == tensor_bytes(reference), f"values {first}..{first + count} differ"
+
+
 @pytest.mark.parametrize("case", list(UNIFORM_CASES))
 def test_fused_uniform_equals_the_torch_path_on_ten_million_values(monkeypatch, case):
     from permcodec.init import _uniform_numba
 
     low, high = map(stored, UNIFORM_CASES[case])
     seed, stream = 0x9E3779B97F4A7C15, 4
-    for first in range(0, VALUES, CHUNK):
-        count = min(CHUNK, VALUES - first)
-        fused = _uniform_numba.uniform_values(seed, stream, START + first, count, low, high)
-        monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
-        reference = D.sample("uniform", {"low": low, "high": high}, seed, stream, START + first, count, TORCH_CPU)
-        monkeypatch.delenv("PERMCODEC_BACKEND")
-        assert tensor_bytes(fused) == tensor_bytes(reference), f"values {first}..{first + count} differ"
+    assert_ten_million_equal(monkeypatch, lambda start, count: _uniform_numba.uniform_values(
+        seed, stream, start, count, low, high), "uniform", {"low": low, "high": high}, seed, stream)
 
 
 NORMAL_CASES = {  # (mean, std) as stored float32
@@ -58,13 +64,8 @@ def test_fused_normal_equals_the_torch_path_on_ten_million_values(monkeypatch, c
 
     mean, std = map(stored, NORMAL_CASES[case])
     seed, stream = 2**64 - 1, 2**32 - 1  # the largest key and stream
-    for first in range(0, VALUES, CHUNK):
-        count = min(CHUNK, VALUES - first)
-        fused = _normal_numba.normal_values(seed, stream, START + first, count, mean, std)
-        monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
-        reference = D.sample("normal", {"mean": mean, "std": std}, seed, stream, START + first, count, TORCH_CPU)
-        monkeypatch.delenv("PERMCODEC_BACKEND")
-        assert tensor_bytes(fused) == tensor_bytes(reference), f"values {first}..{first + count} differ"
+    assert_ten_million_equal(monkeypatch, lambda start, count: _normal_numba.normal_values(
+        seed, stream, start, count, mean, std), "normal", {"mean": mean, "std": std}, seed, stream)
 
 
 def test_fused_values_are_canonical_and_hit_both_ends_of_a_tiny_range():

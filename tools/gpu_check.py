@@ -21,16 +21,15 @@ zstandard msgpack safetensors tqdm numba`` into an ignored folder, carry it, and
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import safetensors.torch
 import torch
 from bench_rng import rows_for
+from benchutil import median_seconds
 
 import permcodec
 from permcodec import perm
@@ -38,24 +37,6 @@ from permcodec.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR = ((3, 32, 32), 10)
-
-
-def wait(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device: str, repeat: int = 3) -> float:
-    """The median of ``repeat`` timed calls after one untimed warm-up (compiles, caches, allocator)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        wait(device)
-        start = time.perf_counter()
-        fn()
-        wait(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cuda_tests() -> list[tuple]:
@@ -91,10 +72,10 @@ def decode_rows(device: str, folder: Path) -> list[tuple]:
     pc, st = folder / "conv13.pc", folder / "conv13.safetensors"
     permcodec.save(model, pc)
     safetensors.torch.save_file(state, str(st))
-    baseline = median_seconds(lambda: safetensors.torch.load_file(str(st), device=device), device)
+    baseline = median_seconds(lambda: safetensors.torch.load_file(str(st), device=device), 3, device)
     rows = []
     for verify in (True, False):
-        seconds = median_seconds(lambda: permcodec.load(pc, device=device, verify=verify), device)
+        seconds = median_seconds(lambda: permcodec.load(pc, device=device, verify=verify), 3, device)
         rows.append((f"load Conv13 .pc ({weights / 1e6:.1f} M weights, SHA-256 {'on' if verify else 'off'})",
                      f"{weights / seconds / 1e6:,.0f} M/s", f"safetensors {weights / baseline / 1e6:,.0f} M/s",
                      f"{baseline / seconds:.3g} x"))
@@ -105,7 +86,7 @@ def sync_rows(device: str) -> list[tuple]:
     model, _ = conv13()
     model = model.to(device)
     laperm = permcodec.LaPerm(model, torch.optim.Adam(model.parameters(), lr=1e-3))
-    seconds = median_seconds(laperm.sync, device)
+    seconds = median_seconds(laperm.sync, 3, device)
     weights = sum(p.numel() for _, p in laperm.targets)
     return [("LaPerm.sync() of Conv13", f"{seconds * 1e3:,.1f} ms", f"{weights / 1e6:.1f} M weights",
              f"{weights / seconds / 1e6:,.0f} M/s")]
