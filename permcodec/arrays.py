@@ -150,12 +150,6 @@ class TorchArrays:
         self.bool, self.int32, self.int64 = torch.bool, torch.int32, torch.int64
         self.float32, self.float64 = torch.float32, torch.float64
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, TorchArrays) and other.device == self.device
-
-    def __hash__(self) -> int:
-        return hash(("torch", str(self.device)))
-
     def from_numpy(self, array: np.ndarray):
         return self.torch.from_numpy(array).to(self.device)
 

@@ -8,7 +8,7 @@ with PERMCODEC_BACKEND=numpy (the torch Philox and torch float operations: what 
 import numpy as np
 import pytest
 
-from permcodec import arrays
+from permcodec import SpecError, arrays
 from permcodec.bits import tensor_bytes
 from permcodec.init import distributions as D
 from permcodec.init.rng import compiled_kernel
@@ -88,3 +88,18 @@ def test_sampling_through_the_fused_kernel_equals_the_torch_path(monkeypatch, di
     fused = D.sample(dist, params, 77, 3, 12_345, 1_000_003, arrays.NUMPY)
     monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
     assert tensor_bytes(fused) == tensor_bytes(D.sample(dist, params, 77, 3, 12_345, 1_000_003, TORCH_CPU))
+
+
+@pytest.mark.parametrize("start,count", [(-2, 4), (2**63 - 1, 2)])
+def test_a_range_outside_the_stream_is_refused_on_every_path(start, count):
+    for dist, params in (("normal", {"mean": 0.0, "std": 1.0}), ("uniform", {"low": 0.0, "high": 1.0})):
+        for device in (arrays.NUMPY, TORCH_CPU):
+            with pytest.raises(SpecError, match=r"^element range \[.*\) is outside \[0, 2\*\*63\)$"):
+                D.sample(dist, params, 1, 2, start, count, device)
+
+
+def test_delta_entropy_counts_uint64_codes():
+    """zigzag gives uint64 codes, which numpy 1.x's bincount refuses without a cast."""
+    from permcodec.format.schemes.delta import entropy_bits
+
+    assert entropy_bits(np.array([0, 1, 2, 3], dtype=np.uint64)) == 8.0

@@ -43,6 +43,7 @@ TWO_POW_MINUS_52 = 2.0**-52
 TWO_POW_MINUS_53 = 2.0**-53
 # Elements sampled per pass, so float64 temporaries stay bounded for huge tensors.
 CHUNK_ELEMENTS = 1 << 20
+MAX_ELEMENTS = 2**63  # element indices, like block indices, stay non-negative in int64
 
 
 # ---------------------------------------------------------------- parameters
@@ -305,6 +306,8 @@ def sample(dist: str, params: dict, seed: int, stream: int, start: int, count: i
 
     Level pools need the tensor's ``row_length`` (their counts are per row); other distributions ignore it.
     """
+    if start < 0 or count < 0 or start + count > MAX_ELEMENTS:
+        raise SpecError(f"element range [{start}, {start + count}) is outside [0, 2**63)")
     xp = arrays.on(device)
     if dist == "levels":
         if row_length is None:

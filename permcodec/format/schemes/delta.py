@@ -33,7 +33,7 @@ def encode_delta(codes: np.ndarray, row_length: int, zstd_level: int) -> bytes:
 
 def entropy_bits(codes: np.ndarray) -> float:
     """The order-0 entropy of the codes, in bits for all of them: a cheap estimate of delta's size."""
-    counts = np.bincount(codes)
+    counts = np.bincount(codes.astype(np.int64, copy=False))  # numpy 1.x bincounts no uint64; codes < 2^63
     counts = counts[counts > 0]
     return float((counts * np.log2(codes.size / counts)).sum()) if codes.size else 0.0
 
