@@ -19,7 +19,7 @@ from numba import njit
 from ..parallel import run_over
 from . import exactmath
 from ._philox_numba import philox
-from ._uniform_numba import TWO_POW_MINUS_53, canonical, k53
+from ._uniform_numba import canonical, k53
 from .philox import MASK32, SUBSTREAM_VALUES
 
 SIN_COEFFS = np.array(exactmath.SIN_COEFFS)
@@ -29,7 +29,8 @@ HALF_PI = exactmath.HALF_PI
 SQRT2 = exactmath.SQRT2
 LN2_HI = exactmath.LN2_HI
 LN2_LO = exactmath.LN2_LO
-TWO_POW_MINUS_52 = 2.0**-52
+TWO_POW_MINUS_52 = exactmath.TWO_POW_MINUS_52
+TWO_POW_MINUS_53 = exactmath.TWO_POW_MINUS_53
 _U10 = np.uint64(10)
 _U22 = np.uint64(22)
 _U30 = np.uint64(30)

@@ -17,9 +17,9 @@ from numba import njit
 
 from ..parallel import run_over
 from ._philox_numba import philox
+from .exactmath import TWO_POW_MINUS_53
 from .philox import MASK32, SUBSTREAM_VALUES
 
-TWO_POW_MINUS_53 = 2.0**-53
 
 _U5 = np.uint64(5)
 _U6 = np.uint64(6)

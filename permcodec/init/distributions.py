@@ -26,6 +26,7 @@ import numpy as np
 from .. import arrays
 from ..errors import SpecError
 from . import exactmath
+from .exactmath import TWO_POW_MINUS_52, TWO_POW_MINUS_53
 from .distparams import (  # noqa: F401 (re-exported)
     DENSE,
     DISTRIBUTIONS,
@@ -39,8 +40,6 @@ from .distparams import (  # noqa: F401 (re-exported)
 from .philox import SUBSTREAM_MASK, SUBSTREAM_VALUES, check_seed, check_stream
 from .rng import compiled_kernel, on_host, philox_blocks
 
-TWO_POW_MINUS_52 = 2.0**-52
-TWO_POW_MINUS_53 = 2.0**-53
 # Elements sampled per pass, so float64 temporaries stay bounded for huge tensors.
 CHUNK_ELEMENTS = 1 << 20
 MAX_ELEMENTS = 2**63  # element indices, like block indices, stay non-negative in int64

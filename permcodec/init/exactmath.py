@@ -35,6 +35,9 @@ ATANH_COEFFS = tuple(float.fromhex(h) for h in (
     "0x1.3b13b13b13b14p-4", "0x1.1111111111111p-4", "0x1.e1e1e1e1e1e1ep-5",
     "0x1.af286bca1af28p-5", "0x1.8618618618618p-5", "0x1.642c8590b2164p-5",
 ))
+# The scales that turn Philox's integers into float64 fractions (specs/rng.md §6): exact powers of two.
+TWO_POW_MINUS_52 = 2.0**-52
+TWO_POW_MINUS_53 = 2.0**-53
 HALF_PI = float.fromhex("0x1.921fb54442d18p+0")
 SQRT2 = float.fromhex("0x1.6a09e667f3bcdp+0")
 # ln 2 split so that e * LN2_HI is exact for |e| < 2^11 (Cody-Waite).

@@ -42,10 +42,12 @@ class RowsToEncode:
 
     @cached_property
     def delta_codes(self):
-        """zigzag(rank of trained row - rank of initial row), flat: what delta stores (int64 numpy)."""
+        """zigzag(rank of trained row - rank of initial row), flat: what delta stores (uint64 numpy)."""
+        from ... import arrays
         from ..indexcode import zigzag
 
-        return zigzag(arrays_to_numpy(self.trained.ranks - self.initial.ranks).reshape(-1))
+        displacement = self.trained.ranks - self.initial.ranks
+        return zigzag(arrays.of(displacement).to_numpy(displacement).reshape(-1))
 
     @cached_property
     def exact_bits(self) -> float:
@@ -59,13 +61,6 @@ class RowsToEncode:
         from ...perm import permutation_bound_bits
 
         return permutation_bound_bits(self.pool)
-
-
-def arrays_to_numpy(x):
-    """A numpy array of a torch tensor (on the CPU) or of a numpy array."""
-    from ... import arrays
-
-    return arrays.of(x).to_numpy(x)
 
 
 class IndexScheme(Protocol):
