@@ -20,6 +20,7 @@ _UPROB = np.uint64(PROB_BITS)
 _LOW_MASK = np.uint64((1 << PROB_BITS) - 1)
 _WORD_MASK = np.uint64(0xFFFFFFFF)
 _L = np.uint64(STATE_LOW)
+_SCALE = float(1 << PROB_BITS)
 _GROUP = 4  # lanes one thread decodes side by side
 
 
@@ -210,24 +211,44 @@ def arrangement_intervals(symbols, counts):
     return start, freq
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _scaled_quotient(c, left, inverse):
+    """floor(c * 2^31 / left) for 0 <= c <= left <= 2^31, given inverse = float64(2^31 / left).
+
+    c * inverse is within 2^-21 of the quotient (c * 2^31 is exact in float64,
+    each rounding adds at most 2^-53 relative), so its floor is off by at most
+    one, and the remainder's sign fixes that: a multiply, not a 64-bit division.
+    """
+    q = np.int64(np.float64(c) * inverse)
+    r = (c << PROB_BITS) - q * left
+    if r < 0:
+        q -= 1
+    elif r >= left:
+        q += 1
+    return q
+
+
 @njit(cache=True, nogil=True)
 def _digit_tables(n):
-    """M = whole[p] (n - p) + extra[p]: lets one division give both quotients of a position."""
+    """M = whole[p] (n - p) + extra[p], and inverse[p] = M / (n - p) in float64 (for ``_scaled_quotient``)."""
     whole = np.empty(n, np.int64)
     extra = np.empty(n, np.int64)
+    inverse = np.empty(n, np.float64)
     for p in range(n):
         whole[p] = (1 << PROB_BITS) // (n - p)
         extra[p] = (1 << PROB_BITS) % (n - p)
-    return whole, extra
+        inverse[p] = _SCALE / (n - p)
+    return whole, extra, inverse
 
 
 @njit(cache=True, nogil=True)
-def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra):
+def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra, inverse):
     """Scheme exact: the uniform digits of lanes g*G .. g*G+G-1; the digit is t itself (C = t, m = 1).
 
-    One division per position: with M = q Q + r, floor((t + 1) M / Q) is
-    floor(t M / Q) + q, plus one where the remainders carry. The group's lanes
-    are independent, so decoding them side by side hides the division's latency.
+    No division: floor(t M / Q) comes from ``_scaled_quotient``, and with
+    M = q Q + r, floor((t + 1) M / Q) is that + q, plus one where the
+    remainders carry. The group's lanes are independent, so decoding them side
+    by side hides the latency of each one's chain.
     """
     # Kept whole (41 lines): the hot loop of exact decoding, compiled as one frame with its setup and check.
     first = g * _GROUP
@@ -248,9 +269,8 @@ def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, 
                 x = state[k]
                 y = np.int64(x & _LOW_MASK)
                 t = ((y + 1) * left - 1) >> PROB_BITS
-                scaled = t << PROB_BITS
-                lo = scaled // left
-                f = whole[p] + (scaled - lo * left + extra[p] >= left)
+                lo = _scaled_quotient(t, left, inverse[p])
+                f = whole[p] + ((t << PROB_BITS) - lo * left + extra[p] >= left)
                 x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
                 if x < _L:
                     if pointer[k] < ends[first + k]:
@@ -267,54 +287,103 @@ def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, 
 
 
 @njit(cache=True, nogil=True)
-def _decode_digit_groups(words, starts, ends, rows, n, lanes, digits, status, whole, extra, lo, hi):
+def _decode_digit_groups(words, starts, ends, rows, n, lanes, digits, status, whole, extra, inverse, lo, hi):
     for g in range(lo, hi):
-        _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra)
+        _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra, inverse)
+
+
+@njit(cache=True, nogil=True)
+def _arrangement_row(words, pointer, end, x, counts, k, n, tree, size, remaining, symbols):
+    """Decode one row's ``n`` class symbols into ``symbols`` from state ``x`` at word ``pointer``, with the row's
+    ``k`` class counts; returns (x, pointer, 0) or, when the lane's words run out, (x, pointer, 2)."""
+    # Kept whole (33 lines): the hot loop of multiset decoding.
+    _build_padded(tree, counts, k, size)
+    live = 0
+    for c in range(k):
+        remaining[c] = counts[c]
+        live += remaining[c] > 0
+    for p in range(n):
+        left = n - p
+        if live > 1:
+            y = np.int64(x & _LOW_MASK)
+            target = ((y + 1) * left - 1) >> PROB_BITS
+            c, cum = _find(tree, size, target)
+            inverse = _SCALE / left
+            lo = _scaled_quotient(cum, left, inverse)
+            f = _scaled_quotient(cum + remaining[c], left, inverse) - lo
+            x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
+            if x < _L:
+                if pointer >= end:
+                    return x, pointer, 2
+                x = (x << _U32) | words[pointer]
+                pointer += 1
+        else:
+            c, cum = _find(tree, size, 0)
+        symbols[p] = c
+        _add(tree, size, c, -1)
+        remaining[c] -= 1
+        live -= remaining[c] == 0
+    return x, pointer, 0
 
 
 @njit(cache=True, nogil=True)
 def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status, lo, hi):
-    # Kept whole (43 lines): the hot loop of multiset decoding, compiled as one frame with its setup and check.
     rows, k = counts.shape
     size = _padded_size(k)
+    tree = np.empty(size + 1, np.int64)
+    remaining = np.empty(k, np.int64)
     for j in range(lo, hi):
-        tree = np.empty(size + 1, np.int64)
-        remaining = np.empty(k, np.int64)
-        pointer = starts[j]
-        x = (words[pointer] << _U32) | words[pointer + 1]
-        pointer += 2
+        x = (words[starts[j]] << _U32) | words[starts[j] + 1]
+        pointer = starts[j] + 2
         if x < _L:
             status[j] = 1
             continue
         for r in range(j, rows, lanes):
-            _build_padded(tree, counts[r], k, size)
-            live = 0
-            for c in range(k):
-                remaining[c] = counts[r, c]
-                live += remaining[c] > 0
-            for p in range(n):
-                target = 0
-                left = n - p
-                y = np.int64(x & _LOW_MASK)
-                if live > 1:
-                    target = ((y + 1) * left - 1) >> PROB_BITS
-                c, cum = _find(tree, size, target)
-                if live > 1:
-                    lo = (cum << PROB_BITS) // left
-                    f = ((cum + remaining[c]) << PROB_BITS) // left - lo
-                    x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
-                    if x < _L:
-                        if pointer >= ends[j]:
-                            status[j] = 2
-                            break
-                        x = (x << _U32) | words[pointer]
-                        pointer += 1
-                symbols[r, p] = c
-                _add(tree, size, c, -1)
-                remaining[c] -= 1
-                live -= remaining[c] == 0
+            x, pointer, status[j] = _arrangement_row(words, pointer, ends[j], x, counts[r], k, n, tree, size,
+                                                     remaining, symbols[r])
             if status[j]:
                 break
+        if status[j] == 0 and (x != _L or pointer != ends[j]):
+            status[j] = 3
+
+
+@njit(cache=True, nogil=True)
+def _row_classes(pool_bits, values, counts):
+    """The distinct values of a sorted row (as bits) and how often each occurs; returns how many there are."""
+    k = 0
+    for t in range(pool_bits.shape[0]):
+        if t == 0 or pool_bits[t] != pool_bits[t - 1]:
+            values[k] = pool_bits[t]
+            counts[k] = 0
+            k += 1
+        counts[k - 1] += 1
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _decode_classes_onto(words, starts, ends, pool_bits, lanes, out_bits, status, lo, hi):
+    """``_decode_lanes`` with each row's classes found from its sorted pool, and each symbol replaced by its
+    class's value as it is decoded: no [rows, K] counts, no symbols array, no gather."""
+    rows, n = pool_bits.shape
+    values = np.empty(n, pool_bits.dtype)
+    counts = np.empty(n, np.int64)
+    tree = np.empty(_padded_size(n) + 1, np.int64)
+    remaining = np.empty(n, np.int64)
+    symbols = np.empty(n, np.int64)
+    for j in range(lo, hi):
+        x = (words[starts[j]] << _U32) | words[starts[j] + 1]
+        pointer = starts[j] + 2
+        if x < _L:
+            status[j] = 1
+            continue
+        for r in range(j, rows, lanes):
+            k = _row_classes(pool_bits[r], values, counts)
+            x, pointer, status[j] = _arrangement_row(words, pointer, ends[j], x, counts, k, n, tree,
+                                                     _padded_size(k), remaining, symbols)
+            if status[j]:
+                break
+            for p in range(n):
+                out_bits[r, p] = values[symbols[p]]
         if status[j] == 0 and (x != _L or pointer != ends[j]):
             status[j] = 3
 
@@ -322,9 +391,9 @@ def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status, lo, hi
 def decode_digits(words, starts, ends, rows, n, lanes):
     status = np.zeros(lanes, dtype=np.int64)
     digits = np.zeros((rows, n), dtype=np.int64)
-    whole, extra = _digit_tables(n)
+    whole, extra, inverse = _digit_tables(n)
     run_over(_decode_digit_groups, (lanes + _GROUP - 1) // _GROUP, words, starts.astype(np.int64),
-             ends.astype(np.int64), rows, n, lanes, digits, status, whole, extra, work=rows * n)
+             ends.astype(np.int64), rows, n, lanes, digits, status, whole, extra, inverse, work=rows * n)
     return digits, status
 
 
@@ -334,3 +403,15 @@ def decode_arrangement(words, starts, ends, counts, n, lanes):
     run_over(_decode_lanes, lanes, words, starts.astype(np.int64), ends.astype(np.int64), counts, n, lanes,
              symbols, status, work=counts.shape[0] * n)
     return symbols, status
+
+
+def decode_classes_onto(words, starts, ends, pool_sorted, lanes):
+    """Scheme multiset straight to values: (out, status), out[r, p] the value of the class decoded at (r, p)
+    among the distinct values of ``pool_sorted[r]`` (float32, each row ascending)."""
+    rows, n = pool_sorted.shape
+    status = np.zeros(lanes, dtype=np.int64)
+    out = np.empty((rows, n), dtype=pool_sorted.dtype)
+    pool_bits = np.ascontiguousarray(pool_sorted).view(np.int32)
+    run_over(_decode_classes_onto, lanes, words, starts.astype(np.int64), ends.astype(np.int64), pool_bits, lanes,
+             out.view(np.int32), status, work=rows * n)
+    return out, status

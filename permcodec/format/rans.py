@@ -123,6 +123,16 @@ def decode_arrangement(section: bytes, counts: np.ndarray, rows: int, n: int, la
     return symbols
 
 
+def decode_classes_onto(section: bytes, pool_sorted: np.ndarray, lanes: int, what: str) -> np.ndarray:
+    """Scheme multiset on the CPU with numba: out[r, p] = the value of the class decoded at (r, p), the classes
+    being the distinct values of ``pool_sorted[r]`` (float32, ascending): ``decode_arrangement`` with the
+    counts of ``PoolClasses`` and the gather of its values, in one compiled pass per row."""
+    words, starts, ends = split_lanes(section, lanes, what)
+    out, status = kernels("numba").decode_classes_onto(words, starts, ends, pool_sorted, lanes)
+    check_status(status, what)
+    return out
+
+
 def encode_intervals(start: np.ndarray, freq: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
     """The section of symbols given their (start, freq) [rows, n]; freq 0 marks a position not coded."""
     lane_words = kernels(backend).encode_lanes(start, freq, lanes)

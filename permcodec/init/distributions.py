@@ -252,12 +252,17 @@ def canonical_float32(x64):
 def _sample_chunk(dist, params, seed, stream, start, count, xp):
     if dist in DENSE:
         return _dense_f32(dist, params, seed, stream, start, count, xp)
-    keep = keep_mask(seed, stream, start, count, params["keep_below"], xp)
     if dist == "sparse":
         base = params["base"]
         values = _dense_f32(base["dist"], base["params"], seed, stream, start, count, xp)
     else:
         values = xp.full((count,), params["value"], xp.float32)
+    if on_host(xp) and compiled_kernel(count // 4 + 1) is not None:
+        from . import _mask_numba
+
+        return xp.from_numpy(_mask_numba.zero_unkept(xp.to_numpy(values), check_seed(seed), check_stream(stream),
+                                                     start, params["keep_below"]))
+    keep = keep_mask(seed, stream, start, count, params["keep_below"], xp)
     return xp.where(keep, values, xp.zeros((count,), xp.float32))
 
 

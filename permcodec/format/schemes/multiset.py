@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ... import arrays
+from ... import arrays, backend
 from .. import rans
 from .base import LanesScheme, RowsToEncode, lanes_for
 
@@ -59,6 +59,8 @@ class Multiset(LanesScheme):
         xp = arrays.of(initial)
         rows, n = initial.shape
         pool = xp.sort_rows(initial)
+        if xp is arrays.NUMPY and rows * n and n > 1 and backend.chosen() == "numba":
+            return rans.decode_classes_onto(section, pool, params["lanes"], what)
         classes = PoolClasses.of(pool)
         symbols = rans.decode_arrangement(section, xp.to_numpy(classes.counts), rows, n, params["lanes"], what)
         return xp.take_rows(classes.values(pool), xp.from_numpy(symbols))

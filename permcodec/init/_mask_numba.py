@@ -1,0 +1,37 @@
+"""numba kernel of the keep-mask of sparse and shared pools (permcodec.init.distributions), on the CPU.
+
+Element i is kept iff word i & 3 of substream-1 block i >> 2 is below the
+record's threshold. ``zero_unkept`` sets the other elements of a drawn array
+to +0.0 in place: what ``xp.where(keep_mask(...), values, 0)`` gives, in one
+pass and without the [count] words and mask arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..parallel import run_over
+from ._philox_numba import philox
+from .philox import MASK32, SUBSTREAM_MASK
+
+
+@njit(cache=True, nogil=True)
+def _zero_unkept(k0, k1, stream, start, threshold, out, lo, hi):
+    first = start >> 2
+    for i in range(lo, hi):
+        words = philox(first + i, stream, SUBSTREAM_MASK, k0, k1)
+        element = 4 * (first + i) - start
+        for w in range(4):
+            if 0 <= element + w < out.shape[0] and words[w] >= threshold:
+                out[element + w] = np.float32(0.0)
+
+
+def zero_unkept(values: np.ndarray, seed: int, stream: int, start: int, threshold: int) -> np.ndarray:
+    """``values`` (float32, elements ``start .. start+len-1``) with every element the mask drops set to +0.0."""
+    count = values.shape[0]
+    if count:
+        blocks = ((start + count - 1) >> 2) - (start >> 2) + 1
+        run_over(_zero_unkept, blocks, seed & MASK32, seed >> 32, stream, start, np.uint64(threshold), values,
+                 work=count)
+    return values
