@@ -1,4 +1,6 @@
-"""The fused compiled kernels give the torch path's bits: 10^7 values per case, edge parameters included.
+"""The fused compiled kernels give the torch path's bits: 10^7 values per case, edge parameters included; the
+compiled decoders of delta and multiset give the array path's bits and errors, and their division-free quotient
+is the integer one.
 
 numba compiles without fast-math, so it neither fuses a multiply and an add into an FMA nor reorders float
 operations; these tests are the proof, not the assumption. The reference is the array path on torch tensors
@@ -103,3 +105,132 @@ def test_delta_entropy_counts_uint64_codes():
     from permcodec.format.schemes.delta import entropy_bits
 
     assert entropy_bits(np.array([0, 1, 2, 3], dtype=np.uint64)) == 8.0
+
+
+MASK_CASES = {"density 0.3": 0.3, "density near 0": 1e-6, "density near 1": 0.999999, "all kept": 1.0}
+
+
+@pytest.mark.parametrize("case", list(MASK_CASES))
+def test_the_compiled_keep_mask_equals_the_torch_path_on_ten_million_values(monkeypatch, case):
+    from permcodec.init import _mask_numba
+
+    params = D.make_params("shared", (1000, 10_000), value=-0.75, density=MASK_CASES[case])
+    seed, stream = 0x0123456789ABCDEF, 9
+    assert_ten_million_equal(monkeypatch, lambda start, count: _mask_numba.zero_unkept(
+        np.full(count, -0.75, np.float32), seed, stream, start, params["keep_below"]), "shared", params, seed, stream)
+
+
+def test_the_scaled_quotient_is_the_integer_quotient():
+    """floor(c 2^31 / Q) from a float64 reciprocal: every c of every Q up to 1,024, and 10^7 random pairs up to
+    Q = 2^31, against Python's integer division."""
+    from numba import njit
+
+    from permcodec.format._rans_numba import _SCALE, _scaled_quotient
+
+    @njit
+    def mismatches(cs, lefts):
+        wrong = 0
+        for i in range(cs.shape[0]):
+            wrong += _scaled_quotient(cs[i], lefts[i], _SCALE / lefts[i]) != (cs[i] << 31) // lefts[i]
+        return wrong
+
+    every = [(c, q) for q in range(1, 1025) for c in range(q + 1)]
+    lefts = np.random.default_rng(7).integers(1, 2**31 + 1, 10_000_000)
+    cs = np.minimum((np.random.default_rng(8).random(lefts.size) * (lefts + 1)).astype(np.int64), lefts)
+    edges = np.array([1, 2, 3, 2**30 + 1, 2**31 - 1, 2**31], np.int64)
+    assert mismatches(*np.array(every, np.int64).T.copy()) == 0
+    assert mismatches(cs, lefts) == 0
+    assert mismatches(np.concatenate([0 * edges, edges - 1, edges]), np.tile(edges, 3)) == 0
+
+
+def rows_with_ties(rows: int, n: int, seed: int) -> np.ndarray:
+    """float32 rows drawn from few values (many ties), with both signs, as level and shared pools have."""
+    values = np.array([-2.5, -1e-40, 0.0, 1e-45, 0.75, 3e38], np.float32)
+    return np.random.default_rng(seed).choice(values, size=(rows, n))
+
+
+def decode_both_ways(monkeypatch, scheme_id: str, params: dict, initial: np.ndarray, section: bytes):
+    """(compiled result or error, array-path result or error) of one scheme's decode on numpy."""
+    from permcodec.format import schemes
+
+    def attempt():
+        try:
+            return tensor_bytes(schemes.INDEX_SCHEMES[scheme_id].decode(params, initial.copy(), section, "t"))
+        except Exception as err:  # noqa: BLE001 - the two paths must fail alike, whatever the error
+            return f"{type(err).__name__}: {err}"
+
+    compiled = attempt()
+    monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
+    reference = attempt()
+    monkeypatch.delenv("PERMCODEC_BACKEND")
+    return compiled, reference
+
+
+def moved_rows(initial: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Each row of ``initial`` permuted: shuffled completely (fraction 1), or with about ``fraction`` of its
+    positions swapped with their right-hand neighbours (light training)."""
+    rng = np.random.default_rng(seed)
+    if fraction == 1.0:
+        return np.take_along_axis(initial, np.argsort(rng.random(initial.shape), axis=1), axis=1)
+    moved = initial.copy()
+    for row in moved:
+        for j in np.flatnonzero(rng.random(row.size - 1) < fraction):
+            row[j], row[j + 1] = row[j + 1], row[j]
+    return moved
+
+
+@pytest.mark.parametrize("rows,n,moved", [(40, 300, 1.0), (7, 5000, 0.01), (33, 2, 0.5), (1, 1, 0.0)])
+def test_compiled_delta_decoding_equals_the_array_path(monkeypatch, rows, n, moved):
+    """Same bits from the same sections, ties and light training included; corrupt sections fail alike."""
+    import torch
+
+    from permcodec.format.schemes import delta as delta_scheme
+    from permcodec.format.schemes.base import RowsToEncode
+    from permcodec.perm import SortedRows
+
+    initial = rows_with_ties(rows, n, rows + n)
+    initial[:, :n // 2] = np.random.default_rng(1).standard_normal((rows, n // 2)).astype(np.float32)
+    trained = moved_rows(initial, moved, 2)
+    codes = RowsToEncode(SortedRows.of(torch.from_numpy(trained)), SortedRows.of(torch.from_numpy(initial))).delta_codes
+    section = delta_scheme.encode_delta(codes, n, 3)
+    compiled, reference = decode_both_ways(monkeypatch, "delta", {}, initial, section)
+    assert compiled == reference == tensor_bytes(trained)
+    errors = set()
+    largest = 256 ** delta_scheme.index_width(n) - 1
+    for code in (2, 2 * n, largest):  # a rank moved by one (a duplicate unless n = 1), outside the row, far outside
+        bad = codes.copy()
+        bad[len(bad) // 2] = code
+        compiled, reference = decode_both_ways(monkeypatch, "delta", {}, initial, delta_scheme.encode_delta(bad, n, 3))
+        assert compiled == reference
+        errors.add(compiled.rsplit(" ", 1)[-1])
+    assert errors == ({"permutation", f"{n})"} if n > 1 else {f"{n})"})
+
+
+@pytest.mark.parametrize("dist,rows,n", [("sparse", 12, 400), ("shared", 4, 1500), ("ties", 50, 64), ("ties", 3, 2)])
+def test_compiled_multiset_decoding_equals_the_array_path(monkeypatch, dist, rows, n):
+    """Classes found from the sorted pool and decoded straight to values: the array path's bits from the same
+    sections, and its errors from corrupt ones."""
+    import torch
+
+    from permcodec.format import schemes
+    from permcodec.format.schemes.base import RowsToEncode
+    from permcodec.perm import SortedRows
+
+    if dist == "ties":
+        initial = rows_with_ties(rows, n, 5)
+    else:
+        params = D.make_params(dist, (rows, n), **({"value": 0.5, "density": 0.08} if dist == "shared" else
+                                                   {"density": 0.3}))
+        initial = D.sample(dist, params, 3, 1, 0, rows * n, arrays.NUMPY).reshape(rows, n)
+    trained = moved_rows(initial, 1.0, 6)
+    level = schemes.LEVELS["default"]
+    params, section = schemes.INDEX_SCHEMES["multiset"].encode(
+        RowsToEncode(SortedRows.of(torch.from_numpy(trained)), SortedRows.of(torch.from_numpy(initial))), level)
+    compiled, reference = decode_both_ways(monkeypatch, "multiset", params, initial, section)
+    assert compiled == reference == tensor_bytes(trained)
+    lanes = params["lanes"]
+    for at in (4 * lanes, len(section) // 2, len(section) - 4):  # the first word, a middle one, the last
+        corrupt = bytearray(section)
+        corrupt[at] ^= 0x5A
+        compiled, reference = decode_both_ways(monkeypatch, "multiset", params, initial, bytes(corrupt))
+        assert compiled == reference and compiled.startswith("FormatError: t: lane ")

@@ -293,61 +293,6 @@ def _decode_digit_groups(words, starts, ends, rows, n, lanes, digits, status, wh
 
 
 @njit(cache=True, nogil=True)
-def _arrangement_row(words, pointer, end, x, counts, k, n, tree, size, remaining, symbols):
-    """Decode one row's ``n`` class symbols into ``symbols`` from state ``x`` at word ``pointer``, with the row's
-    ``k`` class counts; returns (x, pointer, 0) or, when the lane's words run out, (x, pointer, 2)."""
-    # Kept whole (33 lines): the hot loop of multiset decoding.
-    _build_padded(tree, counts, k, size)
-    live = 0
-    for c in range(k):
-        remaining[c] = counts[c]
-        live += remaining[c] > 0
-    for p in range(n):
-        left = n - p
-        if live > 1:
-            y = np.int64(x & _LOW_MASK)
-            target = ((y + 1) * left - 1) >> PROB_BITS
-            c, cum = _find(tree, size, target)
-            inverse = _SCALE / left
-            lo = _scaled_quotient(cum, left, inverse)
-            f = _scaled_quotient(cum + remaining[c], left, inverse) - lo
-            x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
-            if x < _L:
-                if pointer >= end:
-                    return x, pointer, 2
-                x = (x << _U32) | words[pointer]
-                pointer += 1
-        else:
-            c, cum = _find(tree, size, 0)
-        symbols[p] = c
-        _add(tree, size, c, -1)
-        remaining[c] -= 1
-        live -= remaining[c] == 0
-    return x, pointer, 0
-
-
-@njit(cache=True, nogil=True)
-def _decode_lanes(words, starts, ends, counts, n, lanes, symbols, status, lo, hi):
-    rows, k = counts.shape
-    size = _padded_size(k)
-    tree = np.empty(size + 1, np.int64)
-    remaining = np.empty(k, np.int64)
-    for j in range(lo, hi):
-        x = (words[starts[j]] << _U32) | words[starts[j] + 1]
-        pointer = starts[j] + 2
-        if x < _L:
-            status[j] = 1
-            continue
-        for r in range(j, rows, lanes):
-            x, pointer, status[j] = _arrangement_row(words, pointer, ends[j], x, counts[r], k, n, tree, size,
-                                                     remaining, symbols[r])
-            if status[j]:
-                break
-        if status[j] == 0 and (x != _L or pointer != ends[j]):
-            status[j] = 3
-
-
-@njit(cache=True, nogil=True)
 def _row_classes(pool_bits, values, counts):
     """The distinct values of a sorted row (as bits) and how often each occurs; returns how many there are."""
     k = 0
@@ -361,31 +306,76 @@ def _row_classes(pool_bits, values, counts):
 
 
 @njit(cache=True, nogil=True)
-def _decode_classes_onto(words, starts, ends, pool_bits, lanes, out_bits, status, lo, hi):
-    """``_decode_lanes`` with each row's classes found from its sorted pool, and each symbol replaced by its
-    class's value as it is decoded: no [rows, K] counts, no symbols array, no gather."""
+def _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, status, values, trees, remaining):
+    """Scheme multiset, lanes g*G .. g*G+G-1 side by side: each row's classes are the distinct values of its
+    sorted pool, and each decoded symbol is written as its class's value (no counts array, no gather).
+
+    A lane's symbols form one dependent chain (search, interval, state); G
+    independent chains in one loop let the CPU overlap them, as in
+    ``_decode_digit_group``. A lane that fails stops; its rows are not used.
+    """
+    # Kept whole (55 lines): the hot loop of multiset decoding, compiled as one frame with its setup and check.
     rows, n = pool_bits.shape
-    values = np.empty(n, pool_bits.dtype)
-    counts = np.empty(n, np.int64)
-    tree = np.empty(_padded_size(n) + 1, np.int64)
-    remaining = np.empty(n, np.int64)
-    symbols = np.empty(n, np.int64)
-    for j in range(lo, hi):
-        x = (words[starts[j]] << _U32) | words[starts[j] + 1]
-        pointer = starts[j] + 2
-        if x < _L:
+    first = g * _GROUP
+    width = min(_GROUP, lanes - first)
+    state = np.empty(_GROUP, np.uint64)
+    pointer = np.empty(_GROUP, np.int64)
+    size = np.empty(_GROUP, np.int64)
+    live = np.empty(_GROUP, np.int64)
+    for k in range(width):
+        j = first + k
+        pointer[k] = starts[j] + 2
+        state[k] = (words[starts[j]] << _U32) | words[starts[j] + 1]
+        if state[k] < _L:
             status[j] = 1
-            continue
-        for r in range(j, rows, lanes):
-            k = _row_classes(pool_bits[r], values, counts)
-            x, pointer, status[j] = _arrangement_row(words, pointer, ends[j], x, counts, k, n, tree,
-                                                     _padded_size(k), remaining, symbols)
-            if status[j]:
-                break
-            for p in range(n):
-                out_bits[r, p] = values[symbols[p]]
-        if status[j] == 0 and (x != _L or pointer != ends[j]):
+    for block_start in range(first, rows, lanes):
+        active = min(width, rows - block_start)
+        for k in range(active):
+            classes = _row_classes(pool_bits[block_start + k], values[k], remaining[k])
+            size[k] = _padded_size(classes)
+            _build_padded(trees[k], remaining[k], classes, size[k])
+            live[k] = classes
+        for p in range(n):
+            left = n - p
+            inverse = _SCALE / left
+            for k in range(active):
+                if status[first + k]:
+                    continue
+                x = state[k]
+                target = 0
+                y = np.int64(x & _LOW_MASK)
+                if live[k] > 1:
+                    target = ((y + 1) * left - 1) >> PROB_BITS
+                c, cum = _find(trees[k], size[k], target)
+                if live[k] > 1:
+                    lo = _scaled_quotient(cum, left, inverse)
+                    f = _scaled_quotient(cum + remaining[k, c], left, inverse) - lo
+                    x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
+                    if x < _L:
+                        if pointer[k] < ends[first + k]:
+                            x = (x << _U32) | words[pointer[k]]
+                            pointer[k] += 1
+                        else:
+                            status[first + k] = 2
+                    state[k] = x
+                out_bits[block_start + k, p] = values[k, c]
+                _add(trees[k], size[k], c, -1)
+                remaining[k, c] -= 1
+                live[k] -= remaining[k, c] == 0
+    for k in range(width):
+        j = first + k
+        if status[j] == 0 and (state[k] != _L or pointer[k] != ends[j]):
             status[j] = 3
+
+
+@njit(cache=True, nogil=True)
+def _decode_class_groups(words, starts, ends, pool_bits, lanes, out_bits, status, lo, hi):
+    n = pool_bits.shape[1]
+    values = np.empty((_GROUP, n), pool_bits.dtype)
+    trees = np.empty((_GROUP, _padded_size(n) + 1), np.int64)
+    remaining = np.empty((_GROUP, n), np.int64)
+    for g in range(lo, hi):
+        _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, status, values, trees, remaining)
 
 
 def decode_digits(words, starts, ends, rows, n, lanes):
@@ -397,21 +387,22 @@ def decode_digits(words, starts, ends, rows, n, lanes):
     return digits, status
 
 
-def decode_arrangement(words, starts, ends, counts, n, lanes):
-    status = np.zeros(lanes, dtype=np.int64)
-    symbols = np.zeros((counts.shape[0], n), dtype=np.int64)
-    run_over(_decode_lanes, lanes, words, starts.astype(np.int64), ends.astype(np.int64), counts, n, lanes,
-             symbols, status, work=counts.shape[0] * n)
-    return symbols, status
-
-
 def decode_classes_onto(words, starts, ends, pool_sorted, lanes):
     """Scheme multiset straight to values: (out, status), out[r, p] the value of the class decoded at (r, p)
-    among the distinct values of ``pool_sorted[r]`` (float32, each row ascending)."""
+    among the distinct values of ``pool_sorted[r]`` (each row ascending; float32 or int32, compared by bits)."""
     rows, n = pool_sorted.shape
     status = np.zeros(lanes, dtype=np.int64)
     out = np.empty((rows, n), dtype=pool_sorted.dtype)
     pool_bits = np.ascontiguousarray(pool_sorted).view(np.int32)
-    run_over(_decode_classes_onto, lanes, words, starts.astype(np.int64), ends.astype(np.int64), pool_bits, lanes,
-             out.view(np.int32), status, work=rows * n)
+    run_over(_decode_class_groups, (lanes + _GROUP - 1) // _GROUP, words, starts.astype(np.int64),
+             ends.astype(np.int64), pool_bits, lanes, out.view(np.int32), status, work=rows * n)
     return out, status
+
+
+def decode_arrangement(words, starts, ends, counts, n, lanes):
+    """The class symbols, as ``decode_classes_onto`` of a pool whose class c holds the value c, counts[r, c]
+    times: classes that do not occur take no part in the coding either way."""
+    rows, k = counts.shape
+    pool = np.repeat(np.tile(np.arange(k, dtype=np.int32), rows), counts.reshape(-1)).reshape(rows, n)
+    symbols, status = decode_classes_onto(words, starts, ends, pool, lanes)
+    return symbols.astype(np.int64), status
