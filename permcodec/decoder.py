@@ -104,9 +104,12 @@ def decode_record(record: dict, section: bytes, device, verify: bool) -> "torch.
     from .dtypes import TORCH_DTYPES
 
     decoded = decode_checked(record, section, engine_for(device), verify)
-    if record["kind"] == "raw":
-        return tensor_from_bytes(decoded, TORCH_DTYPES[record["dtype"]], record["shape"]).to(device)
-    return torch.from_numpy(decoded) if isinstance(decoded, np.ndarray) else decoded
+    if record["kind"] == "permuted":
+        return torch.from_numpy(decoded) if isinstance(decoded, np.ndarray) else decoded
+    if str(device) == "cpu" and record["dtype"] in NUMPY_DTYPES and sys.byteorder == "little":
+        # numpy builds a small array in a third of torch's time; torch takes only native byte order from it
+        return torch.from_numpy(array_from_bytes(decoded, record["dtype"], record["shape"], record["name"]))
+    return tensor_from_bytes(decoded, TORCH_DTYPES[record["dtype"]], record["shape"]).to(device)
 
 
 def decode_record_array(record: dict, section: bytes, verify: bool) -> np.ndarray:

@@ -7,6 +7,8 @@ never make it allocate more than the header allowed.
 
 from __future__ import annotations
 
+import threading
+
 import zstandard
 
 from ..errors import FormatError
@@ -25,7 +27,7 @@ def compress(data: bytes, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
 def decompress_exact(frame: bytes, size: int, what: str) -> bytes:
     """Decode one zstd frame that must declare and yield exactly ``size`` bytes, with nothing after it."""
     check_frame_size(frame, size, what)
-    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    decompressor = _thread_decompressor().decompressobj()
     try:
         out = decompressor.decompress(frame)
     except zstandard.ZstdError as err:
@@ -35,6 +37,17 @@ def decompress_exact(frame: bytes, size: int, what: str) -> bytes:
     if decompressor.unused_data:
         raise FormatError(f"{what}: {len(decompressor.unused_data)} bytes after the zstd frame")
     return out
+
+
+_per_thread = threading.local()
+
+
+def _thread_decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompression context: making one costs more than a small section's decoding, and one
+    context must not serve two threads at once."""
+    if not hasattr(_per_thread, "decompressor"):
+        _per_thread.decompressor = zstandard.ZstdDecompressor()
+    return _per_thread.decompressor
 
 
 def check_frame_size(frame: bytes, size: int, what: str) -> None:
