@@ -242,15 +242,9 @@ def _digit_tables(n):
 
 
 @njit(cache=True, nogil=True)
-def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra, inverse):
-    """Scheme exact: the uniform digits of lanes g*G .. g*G+G-1; the digit is t itself (C = t, m = 1).
-
-    No division: floor(t M / Q) comes from ``_scaled_quotient``, and with
-    M = q Q + r, floor((t + 1) M / Q) is that + q, plus one where the
-    remainders carry. The group's lanes are independent, so decoding them side
-    by side hides the latency of each one's chain.
-    """
-    # Kept whole (41 lines): the hot loop of exact decoding, compiled as one frame with its setup and check.
+def _start_group(g, lanes, words, starts, status):
+    """(first lane, lanes in the group, states, word pointers) of lane group g; status 1 for a lane whose
+    initial state is below L."""
     first = g * _GROUP
     width = min(_GROUP, lanes - first)
     state = np.empty(_GROUP, np.uint64)
@@ -261,6 +255,28 @@ def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, 
         state[k] = (words[starts[j]] << _U32) | words[starts[j] + 1]
         if state[k] < _L:
             status[j] = 1
+    return first, width, state, pointer
+
+
+@njit(cache=True, nogil=True)
+def _end_group(first, width, state, pointer, ends, status):
+    """Status 3 for a lane of the group that did not end in the state L with every word used."""
+    for k in range(width):
+        j = first + k
+        if status[j] == 0 and (state[k] != _L or pointer[k] != ends[j]):
+            status[j] = 3
+
+
+@njit(cache=True, nogil=True)
+def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra, inverse):
+    """Scheme exact: the uniform digits of lanes g*G .. g*G+G-1; the digit is t itself (C = t, m = 1).
+
+    No division: floor(t M / Q) comes from ``_scaled_quotient``, and with
+    M = q Q + r, floor((t + 1) M / Q) is that + q, plus one where the
+    remainders carry. The group's lanes are independent, so decoding them side
+    by side hides the latency of each one's chain.
+    """
+    first, width, state, pointer = _start_group(g, lanes, words, starts, status)
     for block_start in range(first, rows, lanes):
         active = min(width, rows - block_start)
         for p in range(n - 1):
@@ -280,10 +296,7 @@ def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, 
                         status[first + k] = 2
                 state[k] = x
                 digits[block_start + k, p] = t
-    for k in range(width):
-        j = first + k
-        if status[j] == 0 and (state[k] != _L or pointer[k] != ends[j]):
-            status[j] = 3
+    _end_group(first, width, state, pointer, ends, status)
 
 
 @njit(cache=True, nogil=True)
@@ -314,20 +327,11 @@ def _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, stat
     independent chains in one loop let the CPU overlap them, as in
     ``_decode_digit_group``. A lane that fails stops; its rows are not used.
     """
-    # Kept whole (55 lines): the hot loop of multiset decoding, compiled as one frame with its setup and check.
+    # Kept whole (43 lines): the hot loop of multiset decoding, compiled as one frame.
     rows, n = pool_bits.shape
-    first = g * _GROUP
-    width = min(_GROUP, lanes - first)
-    state = np.empty(_GROUP, np.uint64)
-    pointer = np.empty(_GROUP, np.int64)
+    first, width, state, pointer = _start_group(g, lanes, words, starts, status)
     size = np.empty(_GROUP, np.int64)
     live = np.empty(_GROUP, np.int64)
-    for k in range(width):
-        j = first + k
-        pointer[k] = starts[j] + 2
-        state[k] = (words[starts[j]] << _U32) | words[starts[j] + 1]
-        if state[k] < _L:
-            status[j] = 1
     for block_start in range(first, rows, lanes):
         active = min(width, rows - block_start)
         for k in range(active):
@@ -362,10 +366,7 @@ def _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, stat
                 _add(trees[k], size[k], c, -1)
                 remaining[k, c] -= 1
                 live[k] -= remaining[k, c] == 0
-    for k in range(width):
-        j = first + k
-        if status[j] == 0 and (state[k] != _L or pointer[k] != ends[j]):
-            status[j] = 3
+    _end_group(first, width, state, pointer, ends, status)
 
 
 @njit(cache=True, nogil=True)
