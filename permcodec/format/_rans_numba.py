@@ -132,46 +132,6 @@ def permutation_digits(pi):
 
 
 @njit(cache=True, nogil=True)
-def _unswap_rows(digits, out, lo, hi):
-    n = digits.shape[1]
-    for r in range(lo, hi):
-        for q in range(n):
-            out[r, q] = q
-        for p in range(n - 1):
-            at = p + digits[r, p]
-            moved = out[r, at]
-            out[r, at] = out[r, p]
-            out[r, p] = moved
-
-
-def permutations_of(digits):
-    out = np.empty(digits.shape, np.int64)
-    run_over(_unswap_rows, digits.shape[0], digits, out, work=digits.size)
-    return out
-
-
-@njit(cache=True, nogil=True)
-def _permute_rows(digits, values, out, lo, hi):
-    """The swaps that build pi from the identity, applied to the values instead: out[r, j] = values[r, pi[r, j]],
-    with no permutation array and no gather."""
-    n = digits.shape[1]
-    for r in range(lo, hi):
-        for q in range(n):
-            out[r, q] = values[r, q]
-        for p in range(n - 1):
-            at = p + digits[r, p]
-            moved = out[r, at]
-            out[r, at] = out[r, p]
-            out[r, p] = moved
-
-
-def permute_rows(digits, values):
-    out = np.empty(values.shape, values.dtype)
-    run_over(_permute_rows, digits.shape[0], digits, values, out, work=digits.size)
-    return out
-
-
-@njit(cache=True, nogil=True)
 def _encode_lanes(start, freq, lanes, out, out_start, used, lo, hi):
     rows, n = start.shape
     for j in range(lo, hi):
@@ -268,14 +228,17 @@ def _end_group(first, width, state, pointer, ends, status):
 
 
 @njit(cache=True, nogil=True)
-def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra, inverse):
-    """Scheme exact: the uniform digits of lanes g*G .. g*G+G-1; the digit is t itself (C = t, m = 1).
+def _decode_swap_group(g, words, starts, ends, lanes, out, status, whole, extra, inverse):
+    """Scheme exact, lanes g*G .. g*G+G-1: each decoded digit d_p (uniform, so the digit is t itself: C = t,
+    m = 1) is applied at once as the swap of out[r, p] and out[r, p + d_p], so ``out``, holding a row's
+    values, ends in the row's decoded order (the identity's rows end as the permutations themselves).
 
     No division: floor(t M / Q) comes from ``_scaled_quotient``, and with
     M = q Q + r, floor((t + 1) M / Q) is that + q, plus one where the
     remainders carry. The group's lanes are independent, so decoding them side
     by side hides the latency of each one's chain.
     """
+    rows, n = out.shape
     first, width, state, pointer = _start_group(g, lanes, words, starts, status)
     for block_start in range(first, rows, lanes):
         active = min(width, rows - block_start)
@@ -295,14 +258,17 @@ def _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, 
                     elif status[first + k] == 0:
                         status[first + k] = 2
                 state[k] = x
-                digits[block_start + k, p] = t
+                row = block_start + k
+                moved = out[row, p + t]
+                out[row, p + t] = out[row, p]
+                out[row, p] = moved
     _end_group(first, width, state, pointer, ends, status)
 
 
 @njit(cache=True, nogil=True)
-def _decode_digit_groups(words, starts, ends, rows, n, lanes, digits, status, whole, extra, inverse, lo, hi):
+def _decode_swap_groups(words, starts, ends, lanes, out, status, whole, extra, inverse, lo, hi):
     for g in range(lo, hi):
-        _decode_digit_group(g, words, starts, ends, rows, n, lanes, digits, status, whole, extra, inverse)
+        _decode_swap_group(g, words, starts, ends, lanes, out, status, whole, extra, inverse)
 
 
 @njit(cache=True, nogil=True)
@@ -379,13 +345,14 @@ def _decode_class_groups(words, starts, ends, pool_bits, lanes, out_bits, status
         _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, status, values, trees, remaining)
 
 
-def decode_digits(words, starts, ends, rows, n, lanes):
+def decode_onto(words, starts, ends, values, lanes):
+    """Scheme exact: (out, status), out[r, j] = values[r, pi[r, j]] for the permutations coded in the words."""
     status = np.zeros(lanes, dtype=np.int64)
-    digits = np.zeros((rows, n), dtype=np.int64)
-    whole, extra, inverse = _digit_tables(n)
-    run_over(_decode_digit_groups, (lanes + _GROUP - 1) // _GROUP, words, starts.astype(np.int64),
-             ends.astype(np.int64), rows, n, lanes, digits, status, whole, extra, inverse, work=rows * n)
-    return digits, status
+    out = np.array(values, order="C")
+    whole, extra, inverse = _digit_tables(out.shape[1])
+    run_over(_decode_swap_groups, (lanes + _GROUP - 1) // _GROUP, words, starts.astype(np.int64),
+             ends.astype(np.int64), lanes, out, status, whole, extra, inverse, work=out.size)
+    return out, status
 
 
 def decode_classes_onto(words, starts, ends, pool_sorted, lanes):

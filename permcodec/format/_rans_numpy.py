@@ -223,3 +223,10 @@ def decode_arrangement(words, starts, ends, counts, n, lanes):
             remaining[local, c] -= 1
             live -= remaining[local, c] == 0
     return symbols, final_status(state, pointer, ends, status)
+
+
+def decode_onto(words, starts, ends, values, lanes):
+    """Scheme exact: (out, status), out[r, j] = values[r, pi[r, j]] for the permutations coded in the words."""
+    rows, n = values.shape
+    digits, status = decode_digits(words, starts, ends, rows, n, lanes)
+    return permute_rows(digits, values), status

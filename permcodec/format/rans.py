@@ -57,20 +57,24 @@ def encode_permutations(pi: np.ndarray, lanes: int, backend: str | None = None) 
 def decode_permutations(section: bytes, rows: int, n: int, lanes: int, what: str,
                         backend: str | None = None) -> np.ndarray:
     """The int64 [rows, n] permutations coded in ``section``; FormatError if it is not a valid coding."""
-    digits = decode_digits(section, rows, n, lanes, what, backend)
-    if rows == 0 or n <= 1:
-        return digits  # zeros: the only permutation of one element, or nothing at all
-    return kernels(backend).permutations_of(digits)
+    if rows == 0 or n <= 1:  # no arange of a row length that no row has
+        check_nothing_coded(section, lanes, what)
+        return np.zeros((rows, n), dtype=np.int64)
+    identity = np.broadcast_to(np.arange(n, dtype=np.int64), (rows, n))
+    return decode_onto(section, identity, lanes, what, backend)
 
 
 def decode_onto(section: bytes, values: np.ndarray, lanes: int, what: str, backend: str | None = None) -> np.ndarray:
     """Each row of ``values`` [rows, n] (numpy) put in the order of the permutation coded in ``section``:
     out[r, j] = values[r, pi[r, j]], what ``decode_permutations`` and a gather give, in one pass."""
     rows, n = values.shape
-    digits = decode_digits(section, rows, n, lanes, what, backend)
+    words, starts, ends = split_lanes(section, lanes, what)
     if rows == 0 or n <= 1:
-        return values.copy()
-    return kernels(backend).permute_rows(digits, np.ascontiguousarray(values))
+        out, status = values.copy(), nothing_coded(words, starts, ends)
+    else:
+        out, status = kernels(backend).decode_onto(words, starts, ends, values, lanes)
+    check_status(status, what)
+    return out
 
 
 def encode_digits(digits: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
@@ -84,17 +88,6 @@ def encode_digits(digits: np.ndarray, lanes: int, backend: str | None = None) ->
     start = quantized(digits, left)
     freq = np.where(left > 1, quantized(digits + 1, left) - start, 0)
     return encode_intervals(start, freq, lanes, backend)
-
-
-def decode_digits(section: bytes, rows: int, n: int, lanes: int, what: str,
-                  backend: str | None = None) -> np.ndarray:
-    words, starts, ends = split_lanes(section, lanes, what)
-    if rows == 0 or n <= 1:
-        digits, status = np.zeros((rows, n), dtype=np.int64), nothing_coded(words, starts, ends)
-    else:
-        digits, status = kernels(backend).decode_digits(words, starts, ends, rows, n, lanes)
-    check_status(status, what)
-    return digits
 
 
 def encode_arrangement(symbols: np.ndarray, counts: np.ndarray, lanes: int, backend: str | None = None) -> bytes:

@@ -12,19 +12,22 @@ import numpy as np
 from numba import njit
 
 from ..parallel import run_over
-from ._philox_numba import philox
+from ._philox_numba import CHUNK, fill_words
 from .philox import MASK32, SUBSTREAM_MASK
 
 
 @njit(cache=True, nogil=True)
 def _zero_unkept(k0, k1, stream, start, threshold, out, lo, hi):
     first = start >> 2
-    for i in range(lo, hi):
-        words = philox(first + i, stream, SUBSTREAM_MASK, k0, k1)
-        element = 4 * (first + i) - start
-        for w in range(4):
-            if 0 <= element + w < out.shape[0] and words[w] >= threshold:
-                out[element + w] = np.float32(0.0)
+    words = np.empty((4, CHUNK), np.uint32)
+    for chunk in range(lo, hi, CHUNK):
+        count = min(CHUNK, hi - chunk)
+        fill_words(k0, k1, stream, SUBSTREAM_MASK, first + chunk, count, words)
+        for t in range(count):
+            element = 4 * (first + chunk + t) - start
+            for w in range(4):
+                if 0 <= element + w < out.shape[0] and words[w, t] >= threshold:
+                    out[element + w] = np.float32(0.0)
 
 
 def zero_unkept(values: np.ndarray, seed: int, stream: int, start: int, threshold: int) -> np.ndarray:

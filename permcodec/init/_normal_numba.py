@@ -18,7 +18,7 @@ from numba import njit
 
 from ..parallel import run_over
 from . import exactmath
-from ._philox_numba import philox
+from ._philox_numba import CHUNK, fill_words
 from ._uniform_numba import canonical, k53
 from .philox import MASK32, SUBSTREAM_VALUES
 
@@ -85,14 +85,18 @@ def _pair(c0, c1, c2, c3):
 @njit(cache=True, nogil=True)
 def _normal_values(k0, k1, stream, start, mean, std, out, lo, hi):
     first = start >> 1
-    for i in range(lo, hi):
-        c0, c1, c2, c3 = philox(first + i, stream, SUBSTREAM_VALUES, k0, k1)
-        z_cos, z_sin = _pair(c0, c1, c2, c3)
-        even = 2 * (first + i) - start
-        if even >= 0:
-            out[even] = canonical(z_cos * std + mean)
-        if even + 1 < out.shape[0]:
-            out[even + 1] = canonical(z_sin * std + mean)
+    words = np.empty((4, CHUNK), np.uint32)
+    for chunk in range(lo, hi, CHUNK):
+        count = min(CHUNK, hi - chunk)
+        fill_words(k0, k1, stream, SUBSTREAM_VALUES, first + chunk, count, words)
+        for t in range(count):
+            z_cos, z_sin = _pair(np.uint64(words[0, t]), np.uint64(words[1, t]), np.uint64(words[2, t]),
+                                 np.uint64(words[3, t]))
+            even = 2 * (first + chunk + t) - start
+            if even >= 0:
+                out[even] = canonical(z_cos * std + mean)
+            if even + 1 < out.shape[0]:
+                out[even + 1] = canonical(z_sin * std + mean)
 
 
 def normal_values(seed: int, stream: int, start: int, count: int, mean: float, std: float) -> np.ndarray:

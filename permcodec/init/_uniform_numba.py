@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from ..parallel import run_over
-from ._philox_numba import philox
+from ._philox_numba import CHUNK, fill_words
 from .exactmath import TWO_POW_MINUS_53
 from .philox import MASK32, SUBSTREAM_VALUES
 
@@ -32,20 +32,18 @@ def k53(high_word, low_word):
 
 
 @njit(cache=True, nogil=True)
-def _uniform_block(i, first, start, k0, k1, stream, out):
-    c0, c1, c2, c3 = philox(first + i, stream, SUBSTREAM_VALUES, k0, k1)
-    even = 2 * (first + i) - start
-    if even >= 0:
-        out[even] = k53(c0, c1)
-    if even + 1 < out.shape[0]:
-        out[even + 1] = k53(c2, c3)
-
-
-@njit(cache=True, nogil=True)
 def _uniform53(k0, k1, stream, start, out, lo, hi):
     first = start >> 1
-    for i in range(lo, hi):
-        _uniform_block(i, first, start, k0, k1, stream, out)
+    words = np.empty((4, CHUNK), np.uint32)
+    for chunk in range(lo, hi, CHUNK):
+        count = min(CHUNK, hi - chunk)
+        fill_words(k0, k1, stream, SUBSTREAM_VALUES, first + chunk, count, words)
+        for t in range(count):
+            even = 2 * (first + chunk + t) - start
+            if even >= 0:
+                out[even] = k53(np.uint64(words[0, t]), np.uint64(words[1, t]))
+            if even + 1 < out.shape[0]:
+                out[even + 1] = k53(np.uint64(words[2, t]), np.uint64(words[3, t]))
 
 
 def uniform53(seed: int, stream: int, start: int, count: int) -> np.ndarray:
@@ -71,13 +69,16 @@ def _scaled(k, low, scale):
 @njit(cache=True, nogil=True)
 def _uniform_values(k0, k1, stream, start, low, scale, out, lo, hi):
     first = start >> 1
-    for i in range(lo, hi):
-        c0, c1, c2, c3 = philox(first + i, stream, SUBSTREAM_VALUES, k0, k1)
-        even = 2 * (first + i) - start
-        if even >= 0:
-            out[even] = _scaled(k53(c0, c1), low, scale)
-        if even + 1 < out.shape[0]:
-            out[even + 1] = _scaled(k53(c2, c3), low, scale)
+    words = np.empty((4, CHUNK), np.uint32)
+    for chunk in range(lo, hi, CHUNK):
+        count = min(CHUNK, hi - chunk)
+        fill_words(k0, k1, stream, SUBSTREAM_VALUES, first + chunk, count, words)
+        for t in range(count):
+            even = 2 * (first + chunk + t) - start
+            if even >= 0:
+                out[even] = _scaled(k53(np.uint64(words[0, t]), np.uint64(words[1, t])), low, scale)
+            if even + 1 < out.shape[0]:
+                out[even + 1] = _scaled(k53(np.uint64(words[2, t]), np.uint64(words[3, t])), low, scale)
 
 
 def uniform_values(seed: int, stream: int, start: int, count: int, low: float, high: float) -> np.ndarray:
