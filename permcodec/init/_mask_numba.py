@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from ..parallel import run_over
-from ._philox_numba import CHUNK, fill_words
+from ._philox_numba import CHUNK, word_chunks
 from .philox import MASK32, SUBSTREAM_MASK
 
 
@@ -20,9 +20,7 @@ from .philox import MASK32, SUBSTREAM_MASK
 def _zero_unkept(k0, k1, stream, start, threshold, out, lo, hi):
     first = start >> 2
     words = np.empty((4, CHUNK), np.uint32)
-    for chunk in range(lo, hi, CHUNK):
-        count = min(CHUNK, hi - chunk)
-        fill_words(k0, k1, stream, SUBSTREAM_MASK, first + chunk, count, words)
+    for chunk, count in word_chunks(k0, k1, stream, SUBSTREAM_MASK, first, lo, hi, words):
         for t in range(count):
             element = 4 * (first + chunk + t) - start
             for w in range(4):

@@ -18,7 +18,7 @@ from numba import njit
 
 from ..parallel import run_over
 from . import exactmath
-from ._philox_numba import CHUNK, fill_words
+from ._philox_numba import CHUNK, word_chunks
 from ._uniform_numba import canonical, k53
 from .philox import MASK32, SUBSTREAM_VALUES
 
@@ -86,9 +86,7 @@ def _pair(c0, c1, c2, c3):
 def _normal_values(k0, k1, stream, start, mean, std, out, lo, hi):
     first = start >> 1
     words = np.empty((4, CHUNK), np.uint32)
-    for chunk in range(lo, hi, CHUNK):
-        count = min(CHUNK, hi - chunk)
-        fill_words(k0, k1, stream, SUBSTREAM_VALUES, first + chunk, count, words)
+    for chunk, count in word_chunks(k0, k1, stream, SUBSTREAM_VALUES, first, lo, hi, words):
         for t in range(count):
             z_cos, z_sin = _pair(np.uint64(words[0, t]), np.uint64(words[1, t]), np.uint64(words[2, t]),
                                  np.uint64(words[3, t]))

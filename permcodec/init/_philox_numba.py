@@ -53,11 +53,19 @@ def fill_words(k0, k1, stream, substream, first, count, words):
 
 
 @njit(cache=True, nogil=True)
-def _blocks(k0, k1, stream, substream, start, out, lo, hi):
-    words = np.empty((4, CHUNK), np.uint32)
+def word_chunks(k0, k1, stream, substream, first, lo, hi, words):
+    """Blocks ``first + lo .. first + hi - 1`` a chunk at a time: fills ``words`` (uint32 [4, CHUNK]) with a
+    chunk's words and yields (the chunk's first block - first, its block count)."""
     for chunk in range(lo, hi, CHUNK):
         count = min(CHUNK, hi - chunk)
-        fill_words(k0, k1, stream, substream, start + chunk, count, words)
+        fill_words(k0, k1, stream, substream, first + chunk, count, words)
+        yield chunk, count
+
+
+@njit(cache=True, nogil=True)
+def _blocks(k0, k1, stream, substream, start, out, lo, hi):
+    words = np.empty((4, CHUNK), np.uint32)
+    for chunk, count in word_chunks(k0, k1, stream, substream, start, lo, hi, words):
         for i in range(count):
             for w in range(4):
                 out[chunk + i, w] = np.int64(words[w, i])

@@ -1,8 +1,7 @@
 """numba kernels of the uniform family (permcodec.init.distributions), on the CPU.
 
 Element i takes words 2h, 2h+1 (h = i & 1) of substream-0 block i >> 1, and
-k = (a >> 5) * 2^26 + (b >> 6) (specs/rng.md §6). ``uniform53`` gives k, equal
-element for element to ``distributions.uniform53`` over ``rng.philox_blocks``.
+k = (a >> 5) * 2^26 + (b >> 6) (specs/rng.md §6, ``distributions.uniform53``).
 ``uniform_values`` goes on to the canonical float32 in the same pass:
 ((k * 2^-53) * (high - low)) + low in float64, one rounding, then + 0.0. numba
 compiles without fast-math, so LLVM neither fuses the multiply and add into an
@@ -16,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from ..parallel import run_over
-from ._philox_numba import CHUNK, fill_words
+from ._philox_numba import CHUNK, word_chunks
 from .exactmath import TWO_POW_MINUS_53
 from .philox import MASK32, SUBSTREAM_VALUES
 
@@ -29,30 +28,6 @@ _U26 = np.uint64(26)
 @njit(cache=True, nogil=True, inline="always")
 def k53(high_word, low_word):
     return np.int64(((high_word >> _U5) << _U26) | (low_word >> _U6))
-
-
-@njit(cache=True, nogil=True)
-def _uniform53(k0, k1, stream, start, out, lo, hi):
-    first = start >> 1
-    words = np.empty((4, CHUNK), np.uint32)
-    for chunk in range(lo, hi, CHUNK):
-        count = min(CHUNK, hi - chunk)
-        fill_words(k0, k1, stream, SUBSTREAM_VALUES, first + chunk, count, words)
-        for t in range(count):
-            even = 2 * (first + chunk + t) - start
-            if even >= 0:
-                out[even] = k53(np.uint64(words[0, t]), np.uint64(words[1, t]))
-            if even + 1 < out.shape[0]:
-                out[even + 1] = k53(np.uint64(words[2, t]), np.uint64(words[3, t]))
-
-
-def uniform53(seed: int, stream: int, start: int, count: int) -> np.ndarray:
-    """The 53-bit integers k of elements ``start .. start+count-1``: int64 [count]."""
-    out = np.empty(count, dtype=np.int64)
-    if count:
-        blocks = ((start + count - 1) >> 1) - (start >> 1) + 1
-        run_over(_uniform53, blocks, seed & MASK32, seed >> 32, stream, start, out, work=count)
-    return out
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -70,9 +45,7 @@ def _scaled(k, low, scale):
 def _uniform_values(k0, k1, stream, start, low, scale, out, lo, hi):
     first = start >> 1
     words = np.empty((4, CHUNK), np.uint32)
-    for chunk in range(lo, hi, CHUNK):
-        count = min(CHUNK, hi - chunk)
-        fill_words(k0, k1, stream, SUBSTREAM_VALUES, first + chunk, count, words)
+    for chunk, count in word_chunks(k0, k1, stream, SUBSTREAM_VALUES, first, lo, hi, words):
         for t in range(count):
             even = 2 * (first + chunk + t) - start
             if even >= 0:

@@ -170,12 +170,9 @@ def uniform53(high_word, low_word):
 
 
 def uniform_integers(seed, stream, start, count, device):
-    """The 53-bit integer k of each element (words 2h, 2h+1 of block i >> 1); compiled on the CPU."""
+    """The 53-bit integer k of each element (words 2h, 2h+1 of block i >> 1); the CPU's compiled path goes
+    straight to values (``_uniform_f32``)."""
     xp = arrays.on(device)
-    if on_host(xp) and compiled_kernel(count // 2 + 1) is not None:
-        from . import _uniform_numba
-
-        return xp.from_numpy(_uniform_numba.uniform53(check_seed(seed), check_stream(stream), start, count))
     words, offset = _blocks_for(seed, stream, SUBSTREAM_VALUES, start, count, 2, xp)
     pairs = words.reshape(-1, 2)[offset:offset + count]
     return uniform53(pairs[:, 0], pairs[:, 1])
