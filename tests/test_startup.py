@@ -116,6 +116,23 @@ def test_a_large_job_loads_numba():
     assert done.stdout.split()[0] == "True"
 
 
+LARGE_DRAW = """
+import sys
+from permcodec.init import distributions
+params = distributions.make_params("he_uniform", (2048, 2048))
+values = distributions.sample("he_uniform", params, 7, 3, 0, 2048 * 2048, "cpu")
+print("numba" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(permcodec.init.rng.compiled_kernel() is None, reason="numba is not installed")
+def test_a_large_draw_loads_numba_though_it_is_sampled_in_chunks():
+    """Each 2^20-element chunk alone is a small job; the whole draw of 2^22 is not (bench_rng once measured the
+    torch path, 25x slower, because every chunk was judged alone)."""
+    done = subprocess.run([sys.executable, "-c", LARGE_DRAW], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True"], done.stderr
+
+
 def test_info_of_a_small_file_imports_neither_torch_nor_numba():
     """The goal of the quick-start issue: ``info`` regenerates its pools (for the bound) on numpy."""
     path = Path(__file__).parent / "fixtures" / "conv_layers.pc"
