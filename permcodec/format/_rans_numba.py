@@ -371,6 +371,8 @@ def decode_arrangement(words, starts, ends, counts, n, lanes):
     """The class symbols, as ``decode_classes_onto`` of a pool whose class c holds the value c, counts[r, c]
     times: classes that do not occur take no part in the coding either way."""
     rows, k = counts.shape
+    if rows and not (counts.sum(axis=1) == n).all():
+        raise ValueError(f"class counts must add up to the row length {n} in every row")
     pool = np.repeat(np.tile(np.arange(k, dtype=np.int32), rows), counts.reshape(-1)).reshape(rows, n)
     symbols, status = decode_classes_onto(words, starts, ends, pool, lanes)
     return symbols.astype(np.int64), status

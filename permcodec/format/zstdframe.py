@@ -27,7 +27,8 @@ def compress(data: bytes, level: int = DEFAULT_ZSTD_LEVEL) -> bytes:
 def decompress_exact(frame: bytes, size: int, what: str) -> bytes:
     """Decode one zstd frame that must declare and yield exactly ``size`` bytes, with nothing after it."""
     check_frame_size(frame, size, what)
-    decompressor = _thread_decompressor().decompressobj()
+    context = _thread_decompressor() if size <= REUSED_CONTEXT_MAX else zstandard.ZstdDecompressor()
+    decompressor = context.decompressobj()
     try:
         out = decompressor.decompress(frame)
     except zstandard.ZstdError as err:
@@ -40,10 +41,13 @@ def decompress_exact(frame: bytes, size: int, what: str) -> bytes:
 
 
 _per_thread = threading.local()
+# A context keeps a buffer the size of the largest window it has decoded (up to 128 MiB at level 22), so only
+# frames up to this size, whose windows are no larger, share a thread's context; a larger one gets its own.
+REUSED_CONTEXT_MAX = 1 << 20
 
 
 def _thread_decompressor() -> zstandard.ZstdDecompressor:
-    """This thread's decompression context: making one costs more than a small section's decoding, and one
+    """This thread's context for small frames: making one costs more than a small section's decoding, and one
     context must not serve two threads at once."""
     if not hasattr(_per_thread, "decompressor"):
         _per_thread.decompressor = zstandard.ZstdDecompressor()
