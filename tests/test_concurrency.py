@@ -110,7 +110,7 @@ def hammer(files, calls_per_thread: int) -> list[str]:
 def test_threads_hammering_every_entry_point_see_single_threaded_bits(files, monkeypatch, backend):
     monkeypatch.setenv("PERMCODEC_BACKEND", backend)
     splits_before = parallel.split_calls()
-    errors = hammer(files, CALLS_PER_THREAD)
+    errors = hammer(files, CALLS_PER_THREAD if backend == "numba" else CALLS_PER_THREAD // 4)  # numpy: ~30x slower
     assert errors == []
     if backend == "numba" and parallel.WORKERS > 1:
         assert parallel.split_calls() > splits_before, "the kernels never split their work across the pool"
