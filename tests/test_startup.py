@@ -119,17 +119,19 @@ def test_a_large_job_loads_numba():
 LARGE_DRAW = """
 import sys
 from permcodec.init import distributions
-params = distributions.make_params("he_uniform", (2048, 2048))
-values = distributions.sample("he_uniform", params, 7, 3, 0, 2048 * 2048, "cpu")
+params = distributions.make_params({dist!r}, (2048, 2048), **{user!r})
+values = distributions.sample({dist!r}, params, 7, 3, 0, 2048 * 2048, "cpu", row_length=2048)
 print("numba" in sys.modules)
 """
 
 
 @pytest.mark.skipif(permcodec.init.rng.compiled_kernel() is None, reason="numba is not installed")
-def test_a_large_draw_loads_numba_though_it_is_sampled_in_chunks():
+@pytest.mark.parametrize("dist,user", [("he_uniform", {}), ("levels", {"num_levels": 7})])
+def test_a_large_draw_loads_numba_though_it_is_sampled_in_chunks(dist, user):
     """Each 2^20-element chunk alone is a small job; the whole draw of 2^22 is not (bench_rng once measured the
     torch path, 25x slower, because every chunk was judged alone)."""
-    done = subprocess.run([sys.executable, "-c", LARGE_DRAW], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", LARGE_DRAW.format(dist=dist, user=user)], capture_output=True,
+                          text=True, timeout=120)
     assert done.stdout.split() == ["True"], done.stderr
 
 

@@ -310,12 +310,12 @@ def sample(dist: str, params: dict, seed: int, stream: int, start: int, count: i
     if start < 0 or count < 0 or start + count > MAX_ELEMENTS:
         raise SpecError(f"element range [{start}, {start + count}) is outside [0, 2**63)")
     xp = arrays.on(device)
+    if on_host(xp) and count > CHUNK_ELEMENTS:
+        compiled_kernel(count // 2 + 1)  # judged on the whole draw, not per chunk: a large one loads numba here
     if dist == "levels":
         if row_length is None:
             raise SpecError("dist='levels' needs the tensor's row_length to sample")
         return _sample_levels(params["values"], seed, stream, start, count, row_length, xp)
-    if on_host(xp) and count > CHUNK_ELEMENTS:
-        compiled_kernel(count // 2 + 1)  # judged on the whole draw, not per chunk: a large one loads numba here
     out = xp.empty((count,), xp.float32)
     for first in range(0, count, CHUNK_ELEMENTS):
         n = min(CHUNK_ELEMENTS, count - first)
