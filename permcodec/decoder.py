@@ -52,8 +52,9 @@ def engine_for(device):
     return arrays.NUMPY if str(device) == "cpu" else arrays.TorchArrays(device)
 
 
-def decode_permuted(record: dict, section: bytes, xp):
-    """The float32 values of a permuted record, an array of the ``arrays`` namespace ``xp``."""
+def decode_permuted(record: dict, section: bytes, xp, init: TensorInit | None = None):
+    """The float32 values of a permuted record, an array of the ``arrays`` namespace ``xp`` (``init``: the
+    record's ``tensor_init``, if the caller keeps it)."""
     what = f"tensor {record['name']!r}"
     rows, n = perm.row_shape(record["shape"])
     parts = records.record_parts(record)
@@ -62,7 +63,7 @@ def decode_permuted(record: dict, section: bytes, xp):
                                                         section[part.start:part.end], what)
     if rows * n == 0:  # nothing to regenerate: the section's own bytes were all there was to check
         return xp.empty(tuple(record["shape"]), xp.float32)
-    init = tensor_init(record)
+    init = init or tensor_init(record)
     view = perm.BlockView.of(init, xp)
     initial = view.split(init.regenerate(xp).reshape(rows, n))
     decoded = [schemes.INDEX_SCHEMES[part.scheme].decode(part.params, part_initial, section[part.start:part.end], what)
@@ -81,40 +82,45 @@ def decode_raw(record: dict, section: bytes) -> bytes:
     return data
 
 
-def decode_checked(record: dict, section: bytes, xp, verify: bool):
+def decode_checked(record: dict, section: bytes, xp, verify: bool, init: TensorInit | None = None):
     """A permuted record's values (an ``xp`` array) or a raw record's element bytes, once the section's CRC-32
     and, if ``verify``, the SHA-256 of the result have been checked."""
     container.check_section(record, section)
-    with memory_errors_named(record):
+    try:
         if record["kind"] == "permuted":
-            decoded = decode_permuted(record, section, xp)
+            decoded = decode_permuted(record, section, xp, init)
             digest = sha256_of(decoded) if verify else None
         else:
             decoded = decode_raw(record, section)
             digest = hashlib.sha256(decoded).digest() if verify else None
-        if verify and digest != record["sha256"]:
-            raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
+    except (MemoryError, RuntimeError) as err:
+        raise named_memory_error(err, record) from None
+    if verify and digest != record["sha256"]:
+        raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
     return decoded
 
 
-def decode_record(record: dict, section: bytes, device, verify: bool) -> "torch.Tensor":
+def decode_record(record: dict, section: bytes, device, verify: bool,
+                  init: TensorInit | None = None) -> "torch.Tensor":
     """One record's tensor on ``device`` (a torch tensor; on the CPU it shares the numpy result's memory)."""
     import torch
 
-    from .dtypes import TORCH_DTYPES
-
-    decoded = decode_checked(record, section, engine_for(device), verify)
+    xp = engine_for(device)
+    on_cpu = xp is arrays.NUMPY
+    decoded = decode_checked(record, section, xp, verify, init)
     if record["kind"] == "permuted":
-        return torch.from_numpy(decoded) if isinstance(decoded, np.ndarray) else decoded
-    if str(device) == "cpu" and record["dtype"] in NUMPY_DTYPES and sys.byteorder == "little":
+        return torch.from_numpy(decoded) if on_cpu else decoded
+    if on_cpu and record["dtype"] in NUMPY_DTYPES and sys.byteorder == "little":
         # numpy builds a small array in a third of torch's time; torch takes only native byte order from it
         return torch.from_numpy(array_from_bytes(decoded, record["dtype"], record["shape"], record["name"]))
+    from .dtypes import TORCH_DTYPES
+
     return tensor_from_bytes(decoded, TORCH_DTYPES[record["dtype"]], record["shape"]).to(device)
 
 
-def decode_record_array(record: dict, section: bytes, verify: bool) -> np.ndarray:
+def decode_record_array(record: dict, section: bytes, verify: bool, init: TensorInit | None = None) -> np.ndarray:
     """One record's tensor as a numpy array, rebuilt without torch (a SpecError for bfloat16, which numpy lacks)."""
-    decoded = decode_checked(record, section, arrays.NUMPY, verify)
+    decoded = decode_checked(record, section, arrays.NUMPY, verify, init)
     if record["kind"] == "raw":
         return array_from_bytes(decoded, record["dtype"], record["shape"], f"tensor {record['name']!r}")
     return decoded
@@ -126,11 +132,16 @@ def memory_errors_named(record: dict):
     try:
         yield
     except (MemoryError, RuntimeError) as err:
-        if isinstance(err, MemoryLimitError) or not is_out_of_memory(err):
-            raise
-        detail = str(err).splitlines()[0] if str(err) else "no details"
-        raise MemoryLimitError(f"tensor {record['name']!r}: not enough memory for its "
-                               f"{math.prod(record['shape']):,} elements ({type(err).__name__}: {detail})") from None
+        raise named_memory_error(err, record) from None
+
+
+def named_memory_error(err: BaseException, record: dict) -> BaseException:
+    """``err`` as a MemoryLimitError naming the record's tensor if it is running out of memory, else ``err``."""
+    if isinstance(err, MemoryLimitError) or not is_out_of_memory(err):
+        return err
+    detail = str(err).splitlines()[0] if str(err) else "no details"
+    return MemoryLimitError(f"tensor {record['name']!r}: not enough memory for its "
+                            f"{math.prod(record['shape']):,} elements ({type(err).__name__}: {detail})")
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -215,6 +226,7 @@ class PCFile:
         size, self._read_at = positional_reader(source)
         self.header, self._data_start = read_header(size, self._read_at, limits)
         self._records = {record["name"]: record for record in self.header["tensors"]}
+        self._inits: dict[str, TensorInit] = {}  # tensor_init of each permuted record, once it was decoded
 
     @property
     def device(self) -> "torch.device":
@@ -253,12 +265,22 @@ class PCFile:
 
     def get_tensor(self, name: str) -> "torch.Tensor":
         """The tensor ``name``, rebuilt bit-exactly on this file's device (its hash checked if ``verify``)."""
-        return decode_record(self.record(name), self.read_section(name), self._device, self.verify)
+        return decode_record(self.record(name), self.read_section(name), self._device, self.verify,
+                             self._tensor_init(name))
 
     def get_array(self, name: str) -> np.ndarray:
         """The tensor ``name`` as a numpy array, rebuilt on the CPU without importing torch (its hash checked if
         ``verify``). A bfloat16 tensor raises SpecError: numpy has no such dtype; use ``get_tensor``."""
-        return decode_record_array(self.record(name), self.read_section(name), self.verify)
+        return decode_record_array(self.record(name), self.read_section(name), self.verify, self._tensor_init(name))
+
+    def _tensor_init(self, name: str) -> TensorInit | None:
+        """The ``tensor_init`` of a permuted record, built once per file (threads may race to build it alike)."""
+        record = self.record(name)
+        if record["kind"] != "permuted":
+            return None
+        if name not in self._inits:
+            self._inits[name] = tensor_init(record)
+        return self._inits[name]
 
     def numpy_holds_all(self) -> bool:
         """Whether ``get_array`` can give every tensor: all have a numpy dtype (all but bfloat16)."""
@@ -289,29 +311,75 @@ def decode_all_arrays(f: PCFile, progress: bool = False) -> dict[str, np.ndarray
     return _every(f, f.get_array, progress)
 
 
-# Tensors below this many elements are decoded in the calling thread: for them, handing work to a thread and
-# contending for the GIL cost more than the overlap saves (ResNet-50's 349 small tensors decoded 1.5x slower).
-PARALLEL_TENSOR_MIN = 1 << 16
-
-
 def _every(f: PCFile, get: Callable, progress: bool) -> dict:
-    """``get`` of every tensor, in file order; the large ones on a pool of WORKERS threads, ahead of their turn.
+    """``get`` of every tensor, in file order, decoded by WORKERS threads (the caller is one of them).
 
-    The compiled kernels, numpy's sorts and gathers, zstd and SHA-256 release the GIL, so large tensors overlap
-    where one alone would leave a core idle. Results are taken in file order, so the first failure in file
-    order is raised, as one at a time would; the tensors not started yet are then dropped.
+    The compiled kernels, numpy's sorts, zstd and SHA-256 release the GIL, so
+    one thread's Python overlaps another's kernels, even for small tensors:
+    each thread takes the next tensor, largest first, so that the last to end
+    are the small ones. A tensor that fails stops the taking; the failure
+    raised is the first in file order, as one at a time would raise: tensors
+    before it that were not taken yet are decoded then, in the caller.
     """
     elements = {name: math.prod(f.record(name)["shape"]) for name in f.keys()}
-    large = [name for name, count in elements.items() if count >= PARALLEL_TENSOR_MIN]
     bar = progress_lines(sum(elements.values()), "decode", "weights", progress)
-    pool = ThreadPoolExecutor(max(1, min(parallel.WORKERS, len(large))), thread_name_prefix="permcodec-tensors")
-    try:
-        ahead = {name: pool.submit(get, name) for name in large} if len(large) > 1 else {}
-        decoded = {}
-        for name, count in elements.items():
-            decoded[name] = ahead[name].result() if name in ahead else get(name)
-            bar.update(count)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    done = _take_in_parallel(sorted(elements, key=elements.__getitem__, reverse=True), get,
+                             lambda name: bar.update(elements[name]))
+    decoded = {}
+    for name in elements:
+        outcome = done[name] if name in done else _Outcome.of(get, name)
+        decoded[name] = outcome.value()
     bar.close()
     return decoded
+
+
+class _Outcome:
+    """A tensor's result or the exception its decoding raised."""
+
+    def __init__(self, result=None, error: Exception | None = None):
+        self.result, self.error = result, error
+
+    @classmethod
+    def of(cls, get: Callable, name: str) -> "_Outcome":
+        try:
+            return cls(get(name))
+        except Exception as error:  # kept, to be raised in file order
+            return cls(error=error)
+
+    def value(self):
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _take_in_parallel(names: list[str], get: Callable, on_done: Callable[[str], None]) -> dict[str, _Outcome]:
+    """The outcome of ``get`` for ``names``, taken in turn by WORKERS threads until one fails or all are done."""
+    taking, lock, stop = iter(names), threading.Lock(), threading.Event()
+    done: dict[str, _Outcome] = {}
+
+    def take() -> None:
+        while not stop.is_set():
+            with lock:
+                name = next(taking, None)
+            if name is None:
+                return
+            done[name] = outcome = _Outcome.of(get, name)
+            if outcome.error is not None:
+                stop.set()
+            with lock:
+                on_done(name)
+
+    helpers = max(0, min(parallel.WORKERS, len(names)) - 1)
+    if not helpers:
+        take()
+        return done
+    with ThreadPoolExecutor(helpers, thread_name_prefix="permcodec-tensors") as pool:
+        futures = [pool.submit(take) for _ in range(helpers)]
+        try:
+            take()
+        except BaseException:  # e.g. KeyboardInterrupt in the caller: the helpers take nothing more
+            stop.set()
+            raise
+        for future in futures:
+            future.result()
+    return done

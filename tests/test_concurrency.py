@@ -143,19 +143,33 @@ def two_large_tensors() -> bytes:
     return permcodec.encode(model, level="fast")
 
 
-def test_decode_all_takes_large_tensors_ahead_on_threads_and_keeps_file_order(monkeypatch):
-    data = two_large_tensors()
-    seen = []
-    real = permcodec.PCFile.get_tensor
+def small_and_large_tensors() -> bytes:
+    model = nn.Sequential(nn.Linear(512, 256), nn.Linear(256, 4))  # 2^17, 256, 1,024 and 4 elements
+    permcodec.init_(model, 5)
+    return permcodec.encode(model, level="fast")
 
-    def noting(self, name):
-        seen.append(threading.current_thread().name)
+
+def test_decode_all_decodes_tensors_side_by_side_and_keeps_file_order(monkeypatch):
+    """Two threads (the caller and one helper) each hold a tensor at once: a barrier of two would break
+    if the tensors were taken one at a time. The largest is taken first."""
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    data = small_and_large_tensors()
+    both_in_flight = threading.Barrier(2, timeout=10)
+    taken, real = [], permcodec.PCFile.get_tensor
+
+    def meeting(self, name):
+        taken.append(name)
+        if len(taken) <= 2:
+            both_in_flight.wait()
         return real(self, name)
 
-    monkeypatch.setattr(permcodec.PCFile, "get_tensor", noting)
+    monkeypatch.setattr(permcodec.PCFile, "get_tensor", meeting)
     decoded = permcodec.decode(data)
-    assert list(decoded) == ["0.weight", "1.weight"]
-    assert all(name.startswith("permcodec-tensors") for name in seen) and len(seen) == 2
+    assert list(decoded) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert taken[0] == "0.weight" and sorted(taken) == sorted(decoded)
+    one_at_a_time = permcodec.PCFile(data)
+    for name, tensor in decoded.items():
+        assert torch.equal(tensor.view(torch.int32), real(one_at_a_time, name).view(torch.int32))
 
 
 def test_decode_all_raises_the_first_failure_in_file_order():

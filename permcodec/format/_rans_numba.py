@@ -350,8 +350,8 @@ def decode_onto(words, starts, ends, values, lanes):
     status = np.zeros(lanes, dtype=np.int64)
     out = np.array(values, order="C")
     whole, extra, inverse = _digit_tables(out.shape[1])
-    run_over(_decode_swap_groups, (lanes + _GROUP - 1) // _GROUP, words, starts.astype(np.int64),
-             ends.astype(np.int64), lanes, out, status, whole, extra, inverse, work=out.size)
+    run_over(_decode_swap_groups, (lanes + _GROUP - 1) // _GROUP, words, starts, ends, lanes, out, status,
+             whole, extra, inverse, work=out.size)
     return out, status
 
 
@@ -362,8 +362,8 @@ def decode_classes_onto(words, starts, ends, pool_sorted, lanes):
     status = np.zeros(lanes, dtype=np.int64)
     out = np.empty((rows, n), dtype=pool_sorted.dtype)
     pool_bits = np.ascontiguousarray(pool_sorted).view(np.int32)
-    run_over(_decode_class_groups, (lanes + _GROUP - 1) // _GROUP, words, starts.astype(np.int64),
-             ends.astype(np.int64), pool_bits, lanes, out.view(np.int32), status, work=rows * n)
+    run_over(_decode_class_groups, (lanes + _GROUP - 1) // _GROUP, words, starts, ends, pool_bits, lanes,
+             out.view(np.int32), status, work=rows * n)
     return out, status
 
 

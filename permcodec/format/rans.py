@@ -134,9 +134,8 @@ def encode_intervals(start: np.ndarray, freq: np.ndarray, lanes: int, backend: s
 
 
 def check_status(status: np.ndarray, what: str) -> None:
-    bad = np.flatnonzero(status)
-    if bad.size:
-        lane = int(bad[0])
+    if status.any():
+        lane = int(np.flatnonzero(status)[0])
         raise FormatError(f"{what}: lane {lane} {LANE_ERRORS[int(status[lane])]}")
 
 
@@ -184,11 +183,11 @@ def split_lanes(section: bytes, lanes: int, what: str) -> tuple[np.ndarray, np.n
                           f"whole 32-bit words")
     lengths = np.frombuffer(section, dtype="<u4", count=lanes).astype(np.int64)
     words = np.frombuffer(section, dtype="<u4", offset=4 * lanes).astype(np.uint64)
-    if int(lengths.sum()) != words.size:
-        raise FormatError(f"{what}: lane lengths add up to {int(lengths.sum())} words, the section holds "
-                          f"{words.size}")
+    ends = lengths.cumsum()
+    total = int(ends[-1]) if lanes else 0
+    if total != words.size:
+        raise FormatError(f"{what}: lane lengths add up to {total} words, the section holds {words.size}")
     if lanes and int(lengths.min()) < 2:
         raise FormatError(f"{what}: lane {int(np.argmin(lengths))} has {int(lengths.min())} words, "
                           f"at least 2 (its final state) are needed")
-    ends = np.cumsum(lengths)
     return words, ends - lengths, ends

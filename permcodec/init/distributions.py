@@ -316,6 +316,8 @@ def sample(dist: str, params: dict, seed: int, stream: int, start: int, count: i
         if row_length is None:
             raise SpecError("dist='levels' needs the tensor's row_length to sample")
         return _sample_levels(params["values"], seed, stream, start, count, row_length, xp)
+    if count <= CHUNK_ELEMENTS:
+        return _sample_chunk(dist, params, seed, stream, start, count, xp)
     out = xp.empty((count,), xp.float32)
     for first in range(0, count, CHUNK_ELEMENTS):
         n = min(CHUNK_ELEMENTS, count - first)
