@@ -28,6 +28,15 @@ def random_multisets(rows, n, classes, seed=0):
     return symbols, counts
 
 
+def dominant_class(rows, n, classes, big, share, seed=0):
+    """Class ``big`` at about ``share`` of the positions, the rest spread over the other classes: the decoder
+    keeps a row's largest class out of its search tree, wherever that class lies and however rows tie."""
+    rng = np.random.default_rng(seed)
+    others = np.array([c for c in range(classes) if c != big])
+    symbols = np.where(rng.random((rows, n)) < share, big, rng.choice(others, (rows, n)))
+    return symbols, np.stack([np.bincount(row, minlength=classes) for row in symbols])
+
+
 CASES = {
     "perm 5x7": random_permutations(5, 7),
     "perm 17x33": random_permutations(17, 33, 1),
@@ -38,6 +47,10 @@ CASES = {
     "many classes, some empty": random_multisets(4, 30, 9, 3),
     "one class": (np.zeros((3, 8), np.int64), np.full((3, 1), 8)),
     "rows of one": random_multisets(4, 1, 3, 4),
+    "largest class first": dominant_class(5, 200, 40, 0, 0.7, 5),
+    "largest class in the middle": dominant_class(5, 200, 40, 17, 0.7, 6),
+    "largest class last": dominant_class(5, 200, 40, 39, 0.9, 7),
+    "largest classes tied": (np.tile([0, 1, 1, 2, 2, 3], (3, 4)), np.tile([4, 8, 8, 4], (3, 1))),
 }
 
 

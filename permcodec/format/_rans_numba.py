@@ -285,25 +285,47 @@ def _row_classes(pool_bits, values, counts):
 
 
 @njit(cache=True, nogil=True)
+def _largest_class(counts, classes):
+    """(class, C) of the first class with the largest count, C the count of the classes below it."""
+    big, below, cum = 0, 0, 0
+    for c in range(classes):
+        if counts[c] > counts[big]:
+            big, below = c, cum
+        cum += counts[c]
+    return big, below
+
+
+@njit(cache=True, nogil=True)
 def _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, status, values, trees, remaining):
     """Scheme multiset, lanes g*G .. g*G+G-1 side by side: each row's classes are the distinct values of its
     sorted pool, and each decoded symbol is written as its class's value (no counts array, no gather).
 
-    A lane's symbols form one dependent chain (search, interval, state); G
-    independent chains in one loop let the CPU overlap them, as in
-    ``_decode_digit_group``. A lane that fails stops; its rows are not used.
+    A row's largest class ("big", the zeros of a sparse pool) is kept out of
+    the Fenwick tree: its interval [C_big, C_big + left) is checked first,
+    so most symbols of a sparse or shared pool need no search and no tree
+    update. The tree holds the other classes; a target above the big
+    interval searches it less the big class's count. A lane's symbols form
+    one dependent chain, and G independent chains in one loop let the CPU
+    overlap them. A lane that fails stops; its rows are not used.
     """
-    # Kept whole (43 lines): the hot loop of multiset decoding, compiled as one frame.
+    # Kept whole (55 lines): the hot loop of multiset decoding, compiled as one frame.
     rows, n = pool_bits.shape
     first, width, state, pointer = _start_group(g, lanes, words, starts, status)
     size = np.empty(_GROUP, np.int64)
     live = np.empty(_GROUP, np.int64)
+    big = np.empty(_GROUP, np.int64)
+    big_start = np.empty(_GROUP, np.int64)
+    big_left = np.empty(_GROUP, np.int64)
     for block_start in range(first, rows, lanes):
         active = min(width, rows - block_start)
         for k in range(active):
             classes = _row_classes(pool_bits[block_start + k], values[k], remaining[k])
+            big[k], big_start[k] = _largest_class(remaining[k], classes)
+            big_left[k] = remaining[k, big[k]]
+            remaining[k, big[k]] = 0  # the tree counts the other classes only
             size[k] = _padded_size(classes)
             _build_padded(trees[k], remaining[k], classes, size[k])
+            remaining[k, big[k]] = big_left[k]
             live[k] = classes
         for p in range(n):
             left = n - p
@@ -316,7 +338,12 @@ def _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, stat
                 y = np.int64(x & _LOW_MASK)
                 if live[k] > 1:
                     target = ((y + 1) * left - 1) >> PROB_BITS
-                c, cum = _find(trees[k], size[k], target)
+                if big_start[k] <= target < big_start[k] + big_left[k]:
+                    c, cum = big[k], big_start[k]
+                else:
+                    above = target >= big_start[k]
+                    c, cum = _find(trees[k], size[k], target - big_left[k] * above)
+                    cum += big_left[k] * (c > big[k])
                 if live[k] > 1:
                     lo = _scaled_quotient(cum, left, inverse)
                     f = _scaled_quotient(cum + remaining[k, c], left, inverse) - lo
@@ -329,7 +356,11 @@ def _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, stat
                             status[first + k] = 2
                     state[k] = x
                 out_bits[block_start + k, p] = values[k, c]
-                _add(trees[k], size[k], c, -1)
+                if c == big[k]:
+                    big_left[k] -= 1
+                else:
+                    _add(trees[k], size[k], c, -1)
+                    big_start[k] -= c < big[k]
                 remaining[k, c] -= 1
                 live[k] -= remaining[k, c] == 0
     _end_group(first, width, state, pointer, ends, status)
