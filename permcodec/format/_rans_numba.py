@@ -296,84 +296,78 @@ def _largest_class(counts, classes):
 
 
 @njit(cache=True, nogil=True)
-def _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, status, values, trees, remaining):
-    """Scheme multiset, lanes g*G .. g*G+G-1 side by side: each row's classes are the distinct values of its
-    sorted pool, and each decoded symbol is written as its class's value (no counts array, no gather).
+def _decode_class_row(x, pointer, end, words, pool_bits, out_bits, values, tree, remaining):
+    """Scheme multiset, one row of a lane from state ``x`` at word ``pointer``: each row's classes are the
+    distinct values of its sorted pool, and each decoded symbol is written as its class's value. Returns
+    (state, pointer, 0), or status 2 when the lane runs out of words.
 
-    A row's largest class ("big", the zeros of a sparse pool) is kept out of
-    the Fenwick tree: its interval [C_big, C_big + left) is checked first,
+    The row's largest class ("big", the zeros of a sparse pool) is kept out
+    of the Fenwick tree: its interval [C_big, C_big + left) is checked first,
     so most symbols of a sparse or shared pool need no search and no tree
     update. The tree holds the other classes; a target above the big
-    interval searches it less the big class's count. A lane's symbols form
-    one dependent chain, and G independent chains in one loop let the CPU
-    overlap them. A lane that fails stops; its rows are not used.
+    interval searches it less the big class's count.
     """
-    # Kept whole (55 lines): the hot loop of multiset decoding, compiled as one frame.
-    rows, n = pool_bits.shape
-    first, width, state, pointer = _start_group(g, lanes, words, starts, status)
-    size = np.empty(_GROUP, np.int64)
-    live = np.empty(_GROUP, np.int64)
-    big = np.empty(_GROUP, np.int64)
-    big_start = np.empty(_GROUP, np.int64)
-    big_left = np.empty(_GROUP, np.int64)
-    for block_start in range(first, rows, lanes):
-        active = min(width, rows - block_start)
-        for k in range(active):
-            classes = _row_classes(pool_bits[block_start + k], values[k], remaining[k])
-            big[k], big_start[k] = _largest_class(remaining[k], classes)
-            big_left[k] = remaining[k, big[k]]
-            remaining[k, big[k]] = 0  # the tree counts the other classes only
-            size[k] = _padded_size(classes)
-            _build_padded(trees[k], remaining[k], classes, size[k])
-            remaining[k, big[k]] = big_left[k]
-            live[k] = classes
-        for p in range(n):
-            left = n - p
+    n = pool_bits.shape[0]
+    classes = _row_classes(pool_bits, values, remaining)
+    big, big_start = _largest_class(remaining, classes)
+    big_left = remaining[big]
+    remaining[big] = 0  # the tree counts the other classes only
+    size = _padded_size(classes)
+    _build_padded(tree, remaining, classes, size)
+    remaining[big] = big_left
+    live = classes
+    for p in range(n):
+        left = n - p
+        y = np.int64(x & _LOW_MASK)
+        target = ((y + 1) * left - 1) >> PROB_BITS if live > 1 else 0
+        if big_start <= target < big_start + big_left:
+            c, cum = big, big_start
+        else:
+            c, cum = _find(tree, size, target - big_left * (target >= big_start))
+            cum += big_left * (c > big)
+        if live > 1:
             inverse = _SCALE / left
-            for k in range(active):
-                if status[first + k]:
-                    continue
-                x = state[k]
-                target = 0
-                y = np.int64(x & _LOW_MASK)
-                if live[k] > 1:
-                    target = ((y + 1) * left - 1) >> PROB_BITS
-                if big_start[k] <= target < big_start[k] + big_left[k]:
-                    c, cum = big[k], big_start[k]
-                else:
-                    above = target >= big_start[k]
-                    c, cum = _find(trees[k], size[k], target - big_left[k] * above)
-                    cum += big_left[k] * (c > big[k])
-                if live[k] > 1:
-                    lo = _scaled_quotient(cum, left, inverse)
-                    f = _scaled_quotient(cum + remaining[k, c], left, inverse) - lo
-                    x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
-                    if x < _L:
-                        if pointer[k] < ends[first + k]:
-                            x = (x << _U32) | words[pointer[k]]
-                            pointer[k] += 1
-                        else:
-                            status[first + k] = 2
-                    state[k] = x
-                out_bits[block_start + k, p] = values[k, c]
-                if c == big[k]:
-                    big_left[k] -= 1
-                else:
-                    _add(trees[k], size[k], c, -1)
-                    big_start[k] -= c < big[k]
-                remaining[k, c] -= 1
-                live[k] -= remaining[k, c] == 0
-    _end_group(first, width, state, pointer, ends, status)
+            lo = _scaled_quotient(cum, left, inverse)
+            f = _scaled_quotient(cum + remaining[c], left, inverse) - lo
+            x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
+            if x < _L:
+                if pointer >= end:
+                    return x, pointer, 2
+                x = (x << _U32) | words[pointer]
+                pointer += 1
+        out_bits[p] = values[c]
+        if c == big:
+            big_left -= 1
+        else:
+            _add(tree, size, c, -1)
+            big_start -= c < big
+        remaining[c] -= 1
+        live -= remaining[c] == 0
+    return x, pointer, 0
 
 
 @njit(cache=True, nogil=True)
-def _decode_class_groups(words, starts, ends, pool_bits, lanes, out_bits, status, lo, hi):
-    n = pool_bits.shape[1]
-    values = np.empty((_GROUP, n), pool_bits.dtype)
-    trees = np.empty((_GROUP, _padded_size(n) + 1), np.int64)
-    remaining = np.empty((_GROUP, n), np.int64)
-    for g in range(lo, hi):
-        _decode_class_group(g, words, starts, ends, pool_bits, lanes, out_bits, status, values, trees, remaining)
+def _decode_class_lanes(words, starts, ends, pool_bits, lanes, out_bits, status, lo, hi):
+    """Scheme multiset, lanes lo .. hi-1, one at a time: a lane's scratch (its row's classes, their counts and
+    tree) is then small enough to stay in the core's cache, which decoding several lanes side by side, each
+    with its own scratch, measured slower. A lane that fails stops; its rows are not used."""
+    rows, n = pool_bits.shape
+    values = np.empty(n, pool_bits.dtype)
+    tree = np.empty(_padded_size(n) + 1, np.int64)
+    remaining = np.empty(n, np.int64)
+    for j in range(lo, hi):
+        x = (words[starts[j]] << _U32) | words[starts[j] + 1]
+        pointer = starts[j] + 2
+        if x < _L:
+            status[j] = 1
+            continue
+        for r in range(j, rows, lanes):
+            x, pointer, status[j] = _decode_class_row(x, pointer, ends[j], words, pool_bits[r], out_bits[r],
+                                                      values, tree, remaining)
+            if status[j]:
+                break
+        if status[j] == 0 and (x != _L or pointer != ends[j]):
+            status[j] = 3
 
 
 def decode_onto(words, starts, ends, values, lanes):
@@ -393,8 +387,8 @@ def decode_classes_onto(words, starts, ends, pool_sorted, lanes):
     status = np.zeros(lanes, dtype=np.int64)
     out = np.empty((rows, n), dtype=pool_sorted.dtype)
     pool_bits = np.ascontiguousarray(pool_sorted).view(np.int32)
-    run_over(_decode_class_groups, (lanes + _GROUP - 1) // _GROUP, words, starts, ends, pool_bits, lanes,
-             out.view(np.int32), status, work=rows * n)
+    run_over(_decode_class_lanes, lanes, words, starts, ends, pool_bits, lanes, out.view(np.int32), status,
+             work=rows * n)
     return out, status
 
 
