@@ -209,6 +209,25 @@ def test_compiled_delta_decoding_equals_the_array_path(monkeypatch, rows, n, mov
     assert errors == ({"permutation", f"{n})"} if n > 1 else {f"{n})"})
 
 
+@pytest.mark.parametrize("special", [[], [-0.0, 0.0], [np.inf, -np.inf, 1e-45, -1e-45], [np.nan, -np.nan, 1.0]])
+def test_delta_sort_keys_give_the_stable_argsort(special):
+    """The compiled delta path orders each initial row by sorting keys (order-preserving bits above the
+    position): numpy's stable argsort, -0.0 tied with +0.0; a row with a NaN is reported, for the caller to
+    sort the stable way."""
+    from permcodec.format import _delta_numba
+
+    rng = np.random.default_rng(len(special))
+    rows = rows_with_ties(30, 200, 9)
+    for r, row in enumerate(rows[::3]):
+        row[rng.choice(200, len(special), replace=False)] = special
+    keys, has_nan = _delta_numba.sort_keys(rows)
+    assert has_nan == bool(np.isnan(rows).any())
+    if not has_nan:
+        keys.sort(axis=1)
+        assert np.array_equal((keys & np.uint64(0xFFFFFFFF)).astype(np.int64),
+                              np.argsort(rows, axis=1, kind="stable"))
+
+
 @pytest.mark.parametrize("dist,rows,n", [("sparse", 12, 400), ("shared", 4, 1500), ("ties", 50, 64), ("ties", 3, 2)])
 def test_compiled_multiset_decoding_equals_the_array_path(monkeypatch, dist, rows, n):
     """Classes found from the sorted pool and decoded straight to values: the array path's bits from the same

@@ -4,6 +4,10 @@
 the same stable order of each initial row: out[r, j] = initial[r, order[r, b]]
 with b = rank[r, j] + delta[r, j], and the same checks of b. Only integer
 work and copies happen here, so the values are the initial bits themselves.
+
+The order comes from sorting ``sort_keys``: each value's order-preserving 32
+bits above its position, so that numpy's fast unstable sort of distinct keys
+gives the stable order, and the position is read back from the low bits.
 """
 
 from __future__ import annotations
@@ -27,16 +31,48 @@ def _code(planes, width, count, index):
     return code
 
 
+_LOW32 = np.uint64(0xFFFFFFFF)
+_U32 = np.uint64(32)
+_NAN_BITS_ABOVE = 0x7F800000  # |bits| above this: a NaN
+
+
 @njit(cache=True, nogil=True)
-def _place_rows(planes, width, initial, order, out, status, lo, hi):
-    # Kept whole (27 lines): the per-row ranks, the rank check and the placement share one pass over the row.
+def _sort_keys(bits, keys, nan, lo, hi):
+    """keys[r, j] = order-preserving(bits[r, j]) << 32 | j for rows lo .. hi-1 (float32 bits as int32; -0.0
+    taken as +0.0, which compares equal to it); nan[r] = 1 for a row holding a NaN, whose keys misplace it."""
+    n = bits.shape[1]
+    for r in range(lo, hi):
+        for j in range(n):
+            b = bits[r, j]
+            if b == -2 ** 31:  # -0.0
+                b = 0
+            if (b & 0x7FFFFFFF) > _NAN_BITS_ABOVE:
+                nan[r] = 1
+            ordered = np.uint32(b ^ ((b >> 31) | np.int32(-2 ** 31)))
+            keys[r, j] = (np.uint64(ordered) << _U32) | np.uint64(j)
+
+
+def sort_keys(initial: np.ndarray):
+    """(keys, has_nan): ``_sort_keys`` of float32 rows [rows, n] with n < 2^32."""
+    rows, n = initial.shape
+    keys = np.empty((rows, n), np.uint64)
+    nan = np.zeros(rows, np.int64)
+    run_over(_sort_keys, rows, np.ascontiguousarray(initial).view(np.int32), keys, nan, work=rows * n)
+    return keys, bool(nan.any())
+
+
+@njit(cache=True, nogil=True)
+def _place_rows(planes, width, initial, sorted_keys, out, status, lo, hi):
+    # Kept whole (28 lines): the per-row ranks, the rank check and the placement share one pass over the row.
     rows, n = initial.shape
     count = rows * n
     rank = np.empty(n, np.int64)
+    order = np.empty(n, np.int64)
     taken = np.zeros(n, np.bool_)
     for r in range(lo, hi):
         for t in range(n):
-            rank[order[r, t]] = t
+            order[t] = np.int64(sorted_keys[r, t] & _LOW32)
+            rank[order[t]] = t
         worst = IN_PLACE
         for j in range(n):
             code = _code(planes, width, count, r * n + j)
@@ -49,20 +85,20 @@ def _place_rows(planes, width, initial, order, out, status, lo, hi):
                 worst = max(worst, NOT_A_PERMUTATION)
                 continue
             taken[b] = True
-            out[r, j] = initial[r, order[r, b]]
+            out[r, j] = initial[r, order[b]]
         status[r] = worst
         taken[:] = False
 
 
-def place_rows(planes: np.ndarray, width: int, initial: np.ndarray, order: np.ndarray):
+def place_rows(planes: np.ndarray, width: int, initial: np.ndarray, sorted_keys: np.ndarray):
     """(out, status): the decoded rows [rows, n] and per row IN_PLACE, NOT_A_PERMUTATION or OUT_OF_RANGE.
 
     ``planes`` is the section's payload (uint8, ``width`` planes of rows * n
-    bytes), ``order`` each initial row's stable argsort.
+    bytes); the low 32 bits of ``sorted_keys[r]`` (uint64) are row r's stable order.
     """
     rows, n = initial.shape
     out = np.empty((rows, n), initial.dtype)
     status = np.zeros(rows, np.int64)
-    run_over(_place_rows, rows, planes, width, np.ascontiguousarray(initial), np.ascontiguousarray(order), out,
-             status, work=rows * n)
+    run_over(_place_rows, rows, planes, width, np.ascontiguousarray(initial), np.ascontiguousarray(sorted_keys),
+             out, status, work=rows * n)
     return out, status

@@ -62,7 +62,12 @@ def decode_compiled(initial: np.ndarray, payload: bytes, width: int, what: str) 
     from .. import _delta_numba
 
     planes = np.frombuffer(payload, dtype=np.uint8)
-    out, status = _delta_numba.place_rows(planes, width, initial, arrays.NUMPY.argsort_rows(initial))
+    keys, has_nan = _delta_numba.sort_keys(initial) if initial.shape[1] < 2 ** 32 else (None, True)
+    if has_nan:  # numpy's stable argsort puts every NaN last; the order-preserving keys would not
+        keys = arrays.NUMPY.argsort_rows(initial).astype(np.uint64)
+    else:
+        keys = arrays.NUMPY.sort_rows(keys)
+    out, status = _delta_numba.place_rows(planes, width, initial, keys)
     if (status == _delta_numba.OUT_OF_RANGE).any():
         raise ranks_outside(what, initial.shape[1])
     if status.any():
