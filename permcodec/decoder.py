@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -353,16 +354,19 @@ class _Outcome:
 
 
 def _take_in_parallel(names: list[str], get: Callable, on_done: Callable[[str], None]) -> dict[str, _Outcome]:
-    """The outcome of ``get`` for ``names``, taken in turn by WORKERS threads until one fails or all are done."""
-    taking, lock, stop = iter(names), threading.Lock(), threading.Event()
+    """The outcome of ``get`` for ``names`` (largest first), taken in turn by WORKERS threads until one fails or
+    all are done: the helper threads take from the large end, the caller from the small end. So the helpers
+    spend their time in long GIL-free kernels while the caller runs the many small tensors' Python, instead of
+    both threads trading the GIL back and forth over small tensors at the end."""
+    left, lock, stop = deque(names), threading.Lock(), threading.Event()
     done: dict[str, _Outcome] = {}
 
-    def take() -> None:
+    def take(from_large_end: bool) -> None:
         while not stop.is_set():
             with lock:
-                name = next(taking, None)
-            if name is None:
-                return
+                if not left:
+                    return
+                name = left.popleft() if from_large_end else left.pop()
             done[name] = outcome = _Outcome.of(get, name)
             if outcome.error is not None:
                 stop.set()
@@ -371,12 +375,12 @@ def _take_in_parallel(names: list[str], get: Callable, on_done: Callable[[str], 
 
     helpers = max(0, min(parallel.WORKERS, len(names)) - 1)
     if not helpers:
-        take()
+        take(from_large_end=True)
         return done
     with ThreadPoolExecutor(helpers, thread_name_prefix="permcodec-tensors") as pool:
-        futures = [pool.submit(take) for _ in range(helpers)]
+        futures = [pool.submit(take, True) for _ in range(helpers)]
         try:
-            take()
+            take(from_large_end=False)
         except BaseException:  # e.g. KeyboardInterrupt in the caller: the helpers take nothing more
             stop.set()
             raise
