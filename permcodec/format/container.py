@@ -86,10 +86,10 @@ def parse_preamble(data: bytes, limits: Limits | None = None) -> tuple[int, int]
 
 def _unique_map(pairs):
     """A dict from msgpack map pairs: string keys, each once (two decoders must never read different values)."""
-    for key, _ in pairs:
-        if not isinstance(key, str):
-            raise FormatError(f"header map key {key!r} is not a string")
     result = dict(pairs)
+    for key in result:
+        if type(key) is not str:  # msgpack gives exact strs, or bytes for a bin key
+            raise FormatError(f"header map key {key!r} is not a string")
     if len(result) != len(pairs):
         seen = set()
         duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))

@@ -39,8 +39,11 @@ def extent(shape) -> int:
     return math.prod(max(size, 1) for size in shape)
 
 
+_UINT_END = {64: 2**64, 32: 2**32}
+
+
 def _is_uint(value, bits: int = 64) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**bits
+    return type(value) is int and 0 <= value < _UINT_END[bits]  # msgpack gives exact ints; bool is not one
 
 
 def check_record(record, index: int, limits: Limits) -> None:
