@@ -1,6 +1,7 @@
 """The command line starts without torch or numba, the package loads its names on first use, and outputs keep
 their suffixes: ``--help``, ``--version``, argument errors, ``save``'s path, ``load`` on a missing device."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,24 @@ def test_info_of_a_small_file_imports_neither_torch_nor_numba():
     """The goal of the quick-start issue: ``info`` regenerates its pools (for the bound) on numpy."""
     path = Path(__file__).parent / "fixtures" / "conv_layers.pc"
     assert probe(["info", str(path)]) == "exit 0 torch False False"
+
+
+NEW_SPECIALIZATION = """
+import numpy as np
+from permcodec.init import _uniform_numba
+out = np.empty(10, np.{dtype})
+_uniform_numba._uniform_values(5, 0, 3, 0, -1.0, 2.0, out, 0, 5)
+print(out.dtype, (out.astype(np.float32) == _uniform_numba.uniform_values(5, 3, 0, 10, -1.0, 1.0)).all())
+"""
+
+
+@pytest.mark.skipif("numba" not in permcodec.backend.AVAILABLE, reason="numba is not installed")
+def test_a_kernel_compiled_beside_cached_kernels_runs(tmp_path):
+    """A process that compiles a kernel (here for a new argument type) while the Philox word generator's
+    callers were cached by an earlier process: numba cannot lower a generator it loaded from its cache, so the
+    generator must not be cached (this failed with a KeyError)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PERMCODEC_BACKEND": "numba"}
+    outputs = [subprocess.run([sys.executable, "-c", NEW_SPECIALIZATION.format(dtype=dtype)], capture_output=True,
+                              text=True, timeout=300, env=env) for dtype in ("float32", "float64")]
+    assert [done.stdout.split() for done in outputs] == [["float32", "True"], ["float64", "True"]], \
+        outputs[-1].stderr[-2000:]

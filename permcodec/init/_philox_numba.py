@@ -52,7 +52,10 @@ def fill_words(k0, k1, stream, substream, first, count, words):
         words[3, i] = c3
 
 
-@njit(cache=True, nogil=True)
+# Not cached: numba loads a cached generator without registering its lowering, so a kernel compiled later in
+# the process (a new argument type, or an edited kernel file) that iterates it fails with a KeyError. Uncached,
+# it is compiled with whichever kernel needs it; kernels loaded from the cache do not need it.
+@njit(cache=False, nogil=True)
 def word_chunks(k0, k1, stream, substream, first, lo, hi, words):
     """Blocks ``first + lo .. first + hi - 1`` a chunk at a time: fills ``words`` (uint32 [4, CHUNK]) with a
     chunk's words and yields (the chunk's first block - first, its block count)."""
