@@ -371,9 +371,10 @@ def _decode_class_lanes(words, starts, ends, pool_bits, lanes, out_bits, status,
 
 
 def decode_onto(words, starts, ends, values, lanes):
-    """Scheme exact: (out, status), out[r, j] = values[r, pi[r, j]] for the permutations coded in the words."""
+    """Scheme exact: (out, status), out[r, j] = values[r, pi[r, j]] for the permutations coded in the words;
+    a writeable C-ordered ``values`` is decoded in place."""
     status = np.zeros(lanes, dtype=np.int64)
-    out = np.array(values, order="C")
+    out = values if values.flags.c_contiguous and values.flags.writeable else np.array(values, order="C")
     whole, extra, inverse = _digit_tables(out.shape[1])
     run_over(_decode_swap_groups, (lanes + _GROUP - 1) // _GROUP, words, starts, ends, lanes, out, status,
              whole, extra, inverse, work=out.size)

@@ -26,6 +26,8 @@ otherwise. Nothing here knows about tensors or files.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from .. import backend
@@ -66,7 +68,8 @@ def decode_permutations(section: bytes, rows: int, n: int, lanes: int, what: str
 
 def decode_onto(section: bytes, values: np.ndarray, lanes: int, what: str, backend: str | None = None) -> np.ndarray:
     """Each row of ``values`` [rows, n] (numpy) put in the order of the permutation coded in ``section``:
-    out[r, j] = values[r, pi[r, j]], what ``decode_permutations`` and a gather give, in one pass."""
+    out[r, j] = values[r, pi[r, j]], what ``decode_permutations`` and a gather give, in one pass. A writeable
+    C-ordered ``values`` may be decoded in place: its contents are undefined afterwards."""
     rows, n = values.shape
     words, starts, ends = split_lanes(section, lanes, what)
     if rows == 0 or n <= 1:
@@ -134,7 +137,7 @@ def encode_intervals(start: np.ndarray, freq: np.ndarray, lanes: int, backend: s
 
 
 def check_status(status: np.ndarray, what: str) -> None:
-    if status.any():
+    if np.count_nonzero(status):
         lane = int(np.flatnonzero(status)[0])
         raise FormatError(f"{what}: lane {lane} {LANE_ERRORS[int(status[lane])]}")
 
@@ -176,18 +179,25 @@ def nothing_coded(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np
     return _rans_numpy.final_status(state, pointer, ends, status)
 
 
-def split_lanes(section: bytes, lanes: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The words of a section as uint64, and each lane's [start, end) word offsets; checks every length."""
+def lane_lengths(section: bytes, lanes: int, what: str) -> tuple[int, ...]:
+    """Each lane's word count, once every length is checked against the section. Plain Python: a tensor's
+    lane count is small, and a numpy call on a few numbers costs more than the loop (the section is bounded
+    before its lengths are read, so ``lanes`` is too)."""
     if len(section) < 4 * lanes or len(section) % 4:
         raise FormatError(f"{what}: section of {len(section)} bytes cannot hold {lanes} lane lengths and "
                           f"whole 32-bit words")
-    lengths = np.frombuffer(section, dtype="<u4", count=lanes).astype(np.int64)
-    words = np.frombuffer(section, dtype="<u4", offset=4 * lanes).astype(np.uint64)
-    ends = lengths.cumsum()
-    total = int(ends[-1]) if lanes else 0
-    if total != words.size:
-        raise FormatError(f"{what}: lane lengths add up to {total} words, the section holds {words.size}")
-    if lanes and int(lengths.min()) < 2:
-        raise FormatError(f"{what}: lane {int(np.argmin(lengths))} has {int(lengths.min())} words, "
+    lengths = struct.unpack_from(f"<{lanes}I", section)
+    words = len(section) // 4 - lanes
+    if sum(lengths) != words:
+        raise FormatError(f"{what}: lane lengths add up to {sum(lengths)} words, the section holds {words}")
+    if lanes and min(lengths) < 2:
+        raise FormatError(f"{what}: lane {lengths.index(min(lengths))} has {min(lengths)} words, "
                           f"at least 2 (its final state) are needed")
-    return words, ends - lengths, ends
+    return lengths
+
+
+def split_lanes(section: bytes, lanes: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The words of a section as uint64, and each lane's [start, end) word offsets; checks every length."""
+    lengths = np.array(lane_lengths(section, lanes, what), dtype=np.int64)
+    ends = lengths.cumsum()
+    return np.frombuffer(section, dtype="<u4", offset=4 * lanes).astype(np.uint64), ends - lengths, ends

@@ -77,7 +77,8 @@ class IndexScheme(Protocol):
         """(scheme_params, section)."""
 
     def decode(self, params: dict, initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
-        """The trained rows [rows, n] from the initial rows (on the target device) and the section."""
+        """The trained rows [rows, n] from the initial rows (on the target device) and the section. ``initial``
+        may be overwritten: the decoder hands each scheme rows it drew for it alone."""
 
 
 class RawCodec(Protocol):
@@ -109,7 +110,7 @@ def check_lanes_layout(params: dict, rows: int, n: int, section: bytes, what: st
     if rows * n == 0:
         rans.check_nothing_coded(section, params["lanes"], what)
     else:
-        rans.split_lanes(section, params["lanes"], what)
+        rans.lane_lengths(section, params["lanes"], what)
 
 
 class LanesScheme:
