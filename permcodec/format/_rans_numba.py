@@ -212,7 +212,7 @@ def _start_group(g, lanes, words, starts, status):
     for k in range(width):
         j = first + k
         pointer[k] = starts[j] + 2
-        state[k] = (words[starts[j]] << _U32) | words[starts[j] + 1]
+        state[k] = (np.uint64(words[starts[j]]) << _U32) | np.uint64(words[starts[j] + 1])
         if state[k] < _L:
             status[j] = 1
     return first, width, state, pointer
@@ -253,7 +253,7 @@ def _decode_swap_group(g, words, starts, ends, lanes, out, status, whole, extra,
                 x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
                 if x < _L:
                     if pointer[k] < ends[first + k]:
-                        x = (x << _U32) | words[pointer[k]]
+                        x = (x << _U32) | np.uint64(words[pointer[k]])
                         pointer[k] += 1
                     elif status[first + k] == 0:
                         status[first + k] = 2
@@ -333,7 +333,7 @@ def _decode_class_row(x, pointer, end, words, pool_bits, out_bits, values, tree,
             if x < _L:
                 if pointer >= end:
                     return x, pointer, 2
-                x = (x << _U32) | words[pointer]
+                x = (x << _U32) | np.uint64(words[pointer])
                 pointer += 1
         out_bits[p] = values[c]
         if c == big:
@@ -356,7 +356,7 @@ def _decode_class_lanes(words, starts, ends, pool_bits, lanes, out_bits, status,
     tree = np.empty(_padded_size(n) + 1, np.int64)
     remaining = np.empty(n, np.int64)
     for j in range(lo, hi):
-        x = (words[starts[j]] << _U32) | words[starts[j] + 1]
+        x = (np.uint64(words[starts[j]]) << _U32) | np.uint64(words[starts[j] + 1])
         pointer = starts[j] + 2
         if x < _L:
             status[j] = 1

@@ -161,7 +161,7 @@ def _read_words(x, need, lane, pointer, ends, words, status):
 
 
 def initial_states(words, starts):
-    state = (words[starts] << np.uint64(32)) | words[starts + 1]
+    state = (words[starts].astype(np.uint64) << np.uint64(32)) | words[starts + 1]
     status = np.where(state < np.uint64(STATE_LOW), 1, 0).astype(np.int64)
     return state, status, starts + 2
 

@@ -197,7 +197,9 @@ def lane_lengths(section: bytes, lanes: int, what: str) -> tuple[int, ...]:
 
 
 def split_lanes(section: bytes, lanes: int, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The words of a section as uint64, and each lane's [start, end) word offsets; checks every length."""
+    """The words of a section (uint32, read in place where the host is little-endian), and each lane's
+    [start, end) word offsets; checks every length."""
     lengths = np.array(lane_lengths(section, lanes, what), dtype=np.int64)
     ends = lengths.cumsum()
-    return np.frombuffer(section, dtype="<u4", offset=4 * lanes).astype(np.uint64), ends - lengths, ends
+    words = np.frombuffer(section, dtype="<u4", offset=4 * lanes)
+    return words if words.dtype.isnative else words.astype(np.uint32), ends - lengths, ends
