@@ -51,10 +51,12 @@ def tensor_from_bytes(data: bytes, dtype: "torch.dtype", shape) -> "torch.Tensor
 
 
 def array_from_bytes(data: bytes, dtype: str, shape, what: str) -> np.ndarray:
-    """The numpy array (of record dtype name ``dtype``) whose C-order little-endian element bytes are ``data``."""
+    """The numpy array (of record dtype name ``dtype``) whose C-order little-endian element bytes are ``data``;
+    a bytearray becomes the array's memory, anything else is copied (the array is writeable either way)."""
     if dtype not in NUMPY_DTYPES:
         raise SpecError(f"{what} is {dtype}, which numpy has no dtype for; read it as a torch tensor (get_tensor)")
-    return np.frombuffer(bytearray(data), dtype=NUMPY_DTYPES[dtype]).reshape(shape)
+    return np.frombuffer(data if isinstance(data, bytearray) else bytearray(data),
+                         dtype=NUMPY_DTYPES[dtype]).reshape(shape)
 
 
 def _little_endian(data: bytes, itemsize: int) -> bytes:

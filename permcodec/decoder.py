@@ -72,8 +72,8 @@ def decode_permuted(record: dict, section: bytes, xp, init: TensorInit | None = 
     return view.join(decoded).reshape(init.shape)
 
 
-def decode_raw(record: dict, section: bytes) -> bytes:
-    """The element bytes (little-endian, C order) of a raw record."""
+def decode_raw(record: dict, section: bytes) -> bytearray:
+    """The element bytes (little-endian, C order) of a raw record, in a bytearray of their own."""
     name, dtype = record["name"], record["dtype"]
     itemsize = container.DTYPE_SIZES[dtype]
     data = schemes.RAW_CODECS[record["codec"]].decode(section, itemsize, math.prod(record["shape"]),

@@ -87,8 +87,9 @@ class RawCodec(Protocol):
     def encode(self, data: bytes, itemsize: int, zstd_level: int) -> bytes:
         """The section of a tensor's little-endian bytes."""
 
-    def decode(self, section: bytes, itemsize: int, count: int, what: str) -> bytes:
-        """The ``count * itemsize`` bytes of a tensor; FormatError for a section that yields anything else."""
+    def decode(self, section: bytes, itemsize: int, count: int, what: str) -> bytearray:
+        """The ``count * itemsize`` bytes of a tensor, in a bytearray of its own; FormatError for a section that
+        yields anything else."""
 
 
 # ---------------------------------------------------------------- shared by exact and multiset

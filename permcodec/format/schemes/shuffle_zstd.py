@@ -18,10 +18,13 @@ def shuffle_bytes(data: bytes, itemsize: int) -> bytes:
     return np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize).T).tobytes()
 
 
-def unshuffle_bytes(data: bytes, itemsize: int) -> bytes:
-    if itemsize == 1:
-        return bytes(data)
-    return np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1).T).tobytes()
+def unshuffle_bytes(data: bytes, itemsize: int) -> bytearray:
+    """The inverse of ``shuffle_bytes``, in a new bytearray (which its caller may keep and write)."""
+    out = bytearray(data) if itemsize == 1 else bytearray(len(data))
+    if itemsize > 1:
+        np.frombuffer(out, dtype=np.uint8).reshape(-1, itemsize)[...] = \
+            np.frombuffer(data, dtype=np.uint8).reshape(itemsize, -1).T
+    return out
 
 
 class ShuffleZstd:
@@ -30,7 +33,7 @@ class ShuffleZstd:
     def encode(self, data: bytes, itemsize: int, zstd_level: int) -> bytes:
         return zstdframe.compress(shuffle_bytes(data, itemsize), zstd_level)
 
-    def decode(self, section: bytes, itemsize: int, count: int, what: str) -> bytes:
+    def decode(self, section: bytes, itemsize: int, count: int, what: str) -> bytearray:
         return unshuffle_bytes(zstdframe.decompress_exact(section, count * itemsize, what), itemsize)
 
 
