@@ -37,6 +37,16 @@ def dominant_class(rows, n, classes, big, share, seed=0):
     return symbols, np.stack([np.bincount(row, minlength=classes) for row in symbols])
 
 
+def shuffled_multiset(counts, rows, seed=0):
+    """Rows that each arrange the multiset ``counts`` (class c ``counts[c]`` times) in a random order."""
+    rng = np.random.default_rng(seed)
+    row = np.repeat(np.arange(len(counts)), counts)
+    return np.stack([rng.permutation(row) for _ in range(rows)]), np.tile(counts, (rows, 1))
+
+
+SPARSE_LIKE = [1] * 5 + [150] + [1] * 44  # one large class among classes of one element (a sparse pool)
+
+
 CASES = {
     "perm 5x7": random_permutations(5, 7),
     "perm 17x33": random_permutations(17, 33, 1),
@@ -51,6 +61,9 @@ CASES = {
     "largest class in the middle": dominant_class(5, 200, 40, 17, 0.7, 6),
     "largest class last": dominant_class(5, 200, 40, 39, 0.9, 7),
     "largest classes tied": (np.tile([0, 1, 1, 2, 2, 3], (3, 4)), np.tile([4, 8, 8, 4], (3, 1))),
+    "single elements beside a large class": shuffled_multiset(SPARSE_LIKE, 4, 8),
+    "single elements and one pair": shuffled_multiset(SPARSE_LIKE[:7] + [2] + SPARSE_LIKE[8:], 4, 9),
+    "many elements per class": shuffled_multiset([30, 90, 45, 60], 3, 10),
 }
 
 

@@ -9,7 +9,8 @@ releases the GIL; ``parallel.run_over`` splits the range across threads.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 from ..parallel import run_over
 from .ransmath import PROB_BITS, STATE_LOW
@@ -295,21 +296,76 @@ def _largest_class(counts, classes):
     return big, below
 
 
+@intrinsic
+def _popcount(typingctx, x):
+    """The number of set bits of an integer (LLVM's ctpop: one instruction where the CPU has it)."""
+    if not isinstance(x, types.Integer):
+        return None
+    return x(x), lambda context, builder, signature, args: builder.ctpop(args[0])
+
+
 @njit(cache=True, nogil=True)
-def _decode_class_row(x, pointer, end, words, pool_bits, out_bits, values, tree, remaining):
+def _select_bit(word, k):
+    """The position of the k-th set bit (from 0, lowest first) of a uint64 with more than k set bits: six
+    halvings by popcount, no branch."""
+    pos = 0
+    for half in (32, 16, 8, 4, 2, 1):
+        below = np.int64(_popcount(word & ((np.uint64(1) << np.uint64(half)) - np.uint64(1))))
+        up = np.int64(k >= below)
+        k -= below * up
+        word >>= np.uint64(half * up)
+        pos += half * up
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _alive_items(remaining, classes, big, first_item, item_class, alive, word_counts):
+    """Lay the row's items (one per element of a class other than ``big``, in class order) out as set bits:
+    first_item[c] is class c's first item, item_class[i] the class of item i, alive[w] bits 64w .. 64w+63,
+    word_counts[w] their count. Returns (items, words, whether every such class has a single element)."""
+    items, single = 0, True
+    for c in range(classes):
+        first_item[c] = items
+        if c != big:
+            for i in range(remaining[c]):
+                item_class[items + i] = c
+            items += remaining[c]
+            single &= remaining[c] == 1
+    words = (items + 63) >> 6
+    for w in range(words):
+        count = min(64, items - 64 * w)
+        alive[w] = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - count)
+        word_counts[w] = count
+    return items, words, single
+
+
+@njit(cache=True, nogil=True)
+def _decode_class_row(x, pointer, end, words, pool_bits, out_bits, scratch):
     """Scheme multiset, one row of a lane from state ``x`` at word ``pointer``: each row's classes are the
     distinct values of its sorted pool, and each decoded symbol is written as its class's value. Returns
     (state, pointer, 0), or status 2 when the lane runs out of words.
 
-    The row's largest class ("big", the zeros of a sparse pool) is kept out
-    of the Fenwick tree: its interval [C_big, C_big + left) is checked first,
-    so most symbols of a sparse or shared pool need no search and no tree
-    update. The tree holds the other classes; a target above the big
-    interval searches it less the big class's count.
+    The row's largest class ("big", the zeros of a sparse pool) is a range
+    check, [C_big, C_big + left), so most symbols of a sparse or shared pool
+    need no search. The other classes are searched by their counts where
+    they are few and large (shared and level pools), else by their elements
+    (a sparse pool's distinct values, ``_decode_by_items``).
     """
-    n = pool_bits.shape[0]
+    values, remaining = scratch[0], scratch[1]
     classes = _row_classes(pool_bits, values, remaining)
     big, big_start = _largest_class(remaining, classes)
+    if pool_bits.shape[0] - remaining[big] < 16 * (classes - 1):
+        return _decode_by_items(x, pointer, end, words, out_bits, classes, big, big_start, scratch)
+    return _decode_by_counts(x, pointer, end, words, out_bits, classes, big, big_start, scratch)
+
+
+@njit(cache=True, nogil=True)
+def _decode_by_counts(x, pointer, end, words, out_bits, classes, big, big_start, scratch):
+    """The classes other than ``big`` in a Fenwick tree of their counts; a target above the big interval
+    searches it less the big class's count."""
+    # Kept whole (33 lines): the hot loop of multiset decoding, compiled as one frame.
+    values, remaining, tree = scratch[0], scratch[1], scratch[6]
+    n = out_bits.shape[0]
     big_left = remaining[big]
     remaining[big] = 0  # the tree counts the other classes only
     size = _padded_size(classes)
@@ -347,14 +403,70 @@ def _decode_class_row(x, pointer, end, words, pool_bits, out_bits, values, tree,
 
 
 @njit(cache=True, nogil=True)
+def _decode_by_items(x, pointer, end, words, out_bits, classes, big, big_start, scratch):
+    """Every element of a class other than ``big`` is an "item", a set bit in class order. A class's
+    remaining items are always its first ones (its last is cleared when one is decoded), so a target t among
+    the items selects the t-th set bit, found through a Fenwick tree of the words' counts and a popcount
+    halving within the word, and C is t less the item's offset in its class. Where every such class has one
+    element (a sparse pool's distinct values) C is the target itself: the state's chain does not wait for
+    the search, which only names the value to write."""
+    # Kept whole (37 lines): the hot loop of multiset decoding, compiled as one frame.
+    values, remaining, first_item, item_class, alive, word_counts, tree = scratch
+    n = out_bits.shape[0]
+    big_left = remaining[big]
+    items, used_words, single = _alive_items(remaining, classes, big, first_item, item_class, alive, word_counts)
+    size = _padded_size(used_words)
+    _build_padded(tree, word_counts, used_words, size)
+    live = classes
+    for p in range(n):
+        left = n - p
+        y = np.int64(x & _LOW_MASK)
+        target = ((y + 1) * left - 1) >> PROB_BITS if live > 1 else 0
+        if big_start <= target < big_start + big_left:
+            c, cum, count = big, big_start, big_left
+        else:
+            t = target - big_left * (target >= big_start)  # the target's rank among the alive items
+            w, before = _find(tree, size, t)
+            item = 64 * w + _select_bit(alive[w], t - before)
+            c = item_class[item]
+            if single:
+                cum, count = target, 1
+            else:
+                cum, count = t - (item - first_item[c]) + big_left * (c > big), remaining[c]
+        if live > 1:
+            inverse = _SCALE / left
+            lo = _scaled_quotient(cum, left, inverse)
+            f = _scaled_quotient(cum + count, left, inverse) - lo
+            x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
+            if x < _L:
+                if pointer >= end:
+                    return x, pointer, 2
+                x = (x << _U32) | np.uint64(words[pointer])
+                pointer += 1
+        out_bits[p] = values[c]
+        if c == big:
+            big_left -= 1
+        else:
+            last = first_item[c] + remaining[c] - 1
+            alive[last >> 6] &= ~(np.uint64(1) << np.uint64(last & 63))
+            _add(tree, size, last >> 6, -1)
+            big_start -= c < big
+        remaining[c] -= 1
+        live -= remaining[c] == 0
+    return x, pointer, 0
+
+
+@njit(cache=True, nogil=True)
 def _decode_class_lanes(words, starts, ends, pool_bits, lanes, out_bits, status, lo, hi):
-    """Scheme multiset, lanes lo .. hi-1, one at a time: a lane's scratch (its row's classes, their counts and
-    tree) is then small enough to stay in the core's cache, which decoding several lanes side by side, each
-    with its own scratch, measured slower. A lane that fails stops; its rows are not used."""
+    """Scheme multiset, lanes lo .. hi-1, one at a time: a lane's scratch (its row's classes and items) is
+    then small enough to stay in the core's cache, which decoding several lanes side by side, each with its
+    own scratch, measured slower. A lane that fails stops; its rows are not used."""
     rows, n = pool_bits.shape
-    values = np.empty(n, pool_bits.dtype)
-    tree = np.empty(_padded_size(n) + 1, np.int64)
-    remaining = np.empty(n, np.int64)
+    words_per_row = (n + 63) >> 6
+    # values, remaining, first_item, item_class, alive, word_counts, tree (of counts or of word counts)
+    scratch = (np.empty(n, pool_bits.dtype), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int32),
+               np.empty(words_per_row, np.uint64), np.empty(words_per_row, np.int64),
+               np.empty(_padded_size(n) + 1, np.int64))
     for j in range(lo, hi):
         x = (np.uint64(words[starts[j]]) << _U32) | np.uint64(words[starts[j] + 1])
         pointer = starts[j] + 2
@@ -363,7 +475,7 @@ def _decode_class_lanes(words, starts, ends, pool_bits, lanes, out_bits, status,
             continue
         for r in range(j, rows, lanes):
             x, pointer, status[j] = _decode_class_row(x, pointer, ends[j], words, pool_bits[r], out_bits[r],
-                                                      values, tree, remaining)
+                                                      scratch)
             if status[j]:
                 break
         if status[j] == 0 and (x != _L or pointer != ends[j]):
