@@ -7,6 +7,6 @@ def key_mismatch(obj, expected) -> str | None:
     """None if ``obj`` is a map with exactly the keys ``expected``; else what was found, for a message."""
     if not isinstance(obj, dict):
         return type(obj).__name__
-    if set(obj) != set(expected):
+    if obj.keys() != (expected if isinstance(expected, (set, frozenset)) else set(expected)):
         return str(sorted(map(str, obj)))
     return None

@@ -48,7 +48,7 @@ def _is_uint(value, bits: int = 64) -> bool:
 
 def check_record(record, index: int, limits: Limits) -> None:
     """Every field of one record; permuted records get their ``init`` map normalized (float params as floats)."""
-    if not isinstance(record, dict) or not COMMON_RECORD_KEYS <= set(record):
+    if not isinstance(record, dict) or not COMMON_RECORD_KEYS <= record.keys():
         found = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise FormatError(f"tensor record {index} must be a map with keys {sorted(COMMON_RECORD_KEYS)}, "
                           f"found {found}")
@@ -84,7 +84,7 @@ def check_common_fields(record: dict, where: str, limits: Limits) -> None:
 
 
 def check_shape(shape, where: str, limits: Limits) -> None:
-    if not isinstance(shape, list) or not all(_is_uint(s) for s in shape):
+    if not isinstance(shape, list) or not all(type(s) is int and 0 <= s < 2**64 for s in shape):
         raise FormatError(f"{where}: shape must be a list of non-negative integers, found {shape!r}")
     if len(shape) > limits.max_dims:
         raise LimitError(f"{where}: {len(shape)} dimensions exceed the limit of {limits.max_dims}")
