@@ -36,7 +36,7 @@ def extent(shape) -> int:
     Capping this, not just the element count, keeps an empty tensor such as
     [0, 2^20, 2^20] from implying 2^40-long rows that a decoder would allocate for.
     """
-    return math.prod(max(size, 1) for size in shape)
+    return math.prod(shape) if 0 not in shape else math.prod(max(size, 1) for size in shape)
 
 
 _UINT_END = {64: 2**64, 32: 2**32}
