@@ -410,7 +410,9 @@ def _decode_by_items(x, pointer, end, words, out_bits, classes, big, big_start, 
     halving within the word, and C is t less the item's offset in its class. Where every such class has one
     element (a sparse pool's distinct values) C is the target itself: the state's chain does not wait for
     the search, which only names the value to write."""
-    # Kept whole (37 lines): the hot loop of multiset decoding, compiled as one frame.
+    # Kept whole (37 lines): the hot loop of multiset decoding, compiled as one frame. Its rANS step repeats
+    # _decode_by_counts': as a shared function (inlined or not) or one loop for both, decoding measured 10-20 %
+    # slower on shared pools, 2x without inlining.
     values, remaining, first_item, item_class, alive, word_counts, tree = scratch
     n = out_bits.shape[0]
     big_left = remaining[big]
