@@ -95,7 +95,10 @@ def decode_checked(record: dict, section: bytes, xp, verify: bool, init: TensorI
             decoded = decode_raw(record, section)
             digest = hashlib.sha256(decoded).digest() if verify else None
     except (MemoryError, RuntimeError) as err:
-        raise named_memory_error(err, record) from None
+        named = named_memory_error(err, record)
+        if named is err:
+            raise  # not running out of memory: the error as it came, its cause kept
+        raise named from None
     if verify and digest != record["sha256"]:
         raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
     return decoded
@@ -133,7 +136,10 @@ def memory_errors_named(record: dict):
     try:
         yield
     except (MemoryError, RuntimeError) as err:
-        raise named_memory_error(err, record) from None
+        named = named_memory_error(err, record)
+        if named is err:
+            raise  # not running out of memory: the error as it came, its cause kept
+        raise named from None
 
 
 def named_memory_error(err: BaseException, record: dict) -> BaseException:
@@ -362,16 +368,20 @@ def _take_in_parallel(names: list[str], get: Callable, on_done: Callable[[str], 
     done: dict[str, _Outcome] = {}
 
     def take(from_large_end: bool) -> None:
-        while not stop.is_set():
-            with lock:
-                if not left:
-                    return
-                name = left.popleft() if from_large_end else left.pop()
-            done[name] = outcome = _Outcome.of(get, name)
-            if outcome.error is not None:
-                stop.set()
-            with lock:
-                on_done(name)
+        try:
+            while not stop.is_set():
+                with lock:
+                    if not left:
+                        return
+                    name = left.popleft() if from_large_end else left.pop()
+                done[name] = outcome = _Outcome.of(get, name)
+                if outcome.error is not None:
+                    stop.set()
+                with lock:
+                    on_done(name)
+        except BaseException:  # e.g. KeyboardInterrupt in the caller: no thread takes another tensor
+            stop.set()
+            raise
 
     helpers = max(0, min(parallel.WORKERS, len(names)) - 1)
     if not helpers:
@@ -379,11 +389,7 @@ def _take_in_parallel(names: list[str], get: Callable, on_done: Callable[[str], 
         return done
     with ThreadPoolExecutor(helpers, thread_name_prefix="permcodec-tensors") as pool:
         futures = [pool.submit(take, True) for _ in range(helpers)]
-        try:
-            take(from_large_end=False)
-        except BaseException:  # e.g. KeyboardInterrupt in the caller: the helpers take nothing more
-            stop.set()
-            raise
+        take(from_large_end=False)
         for future in futures:
             future.result()
     return done

@@ -211,3 +211,26 @@ def test_a_malformed_section_is_refused_before_its_pool_is_drawn(monkeypatch, sc
     monkeypatch.setattr(permcodec.TensorInit, "regenerate", refuse_to_draw)
     with pytest.raises(permcodec.FormatError, match=message):
         permcodec.decode(data)
+
+
+def test_an_error_that_is_not_out_of_memory_keeps_its_cause(monkeypatch):
+    """Only running out of memory becomes a MemoryLimitError; any other RuntimeError from decoding a tensor
+    passes through as it came, its cause chain kept for whoever debugs it."""
+    from permcodec import decoder
+
+    def failing(record, section):
+        try:
+            raise KeyError("root cause")
+        except KeyError as err:
+            raise RuntimeError("a device error") from err
+
+    f = permcodec.PCFile(FIXTURE_FOR_WARMUP.read_bytes())
+    raw = next(name for name in f.keys() if f.record(name)["kind"] == "raw")
+    monkeypatch.setattr(decoder, "decode_raw", failing)
+    with pytest.raises(RuntimeError, match="^a device error$") as caught:
+        f.get_tensor(raw)
+    assert isinstance(caught.value.__cause__, KeyError)
+    with pytest.raises(RuntimeError, match="^a device error$") as caught:
+        with decoder.memory_errors_named(f.record(raw)):
+            failing(None, None)
+    assert isinstance(caught.value.__cause__, KeyError)

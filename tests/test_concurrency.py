@@ -178,3 +178,27 @@ def test_decode_all_raises_the_first_failure_in_file_order():
         f.record(name)["sha256"] = bytes(32)  # as if both stored hashes disagreed with the rebuilt bits
     with pytest.raises(permcodec.IntegrityError, match=r"^tensor '0\.weight': decoded bits do not match"):
         permcodec.codec.decode_all(f)
+
+
+def test_an_exception_beyond_errors_in_one_thread_stops_the_others_taking(monkeypatch):
+    """A KeyboardInterrupt or SystemExit is not a tensor's failure to keep for file order: raised in any of
+    decode_all's threads, it stops every thread from taking another tensor, and is raised."""
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    f = permcodec.PCFile(small_and_large_tensors())
+    taken, real = [], permcodec.PCFile.get_tensor
+    caller_took, helper_raised = threading.Event(), threading.Event()
+
+    def interrupted(self, name):
+        taken.append(name)
+        if threading.current_thread() is threading.main_thread():
+            caller_took.set()
+            helper_raised.wait(10)  # the caller's tensor is in flight when the helper stops everyone
+            return real(self, name)
+        caller_took.wait(10)
+        helper_raised.set()
+        raise SystemExit(3)
+
+    monkeypatch.setattr(permcodec.PCFile, "get_tensor", interrupted)
+    with pytest.raises(SystemExit):
+        permcodec.codec.decode_all(f)
+    assert len(taken) == 2

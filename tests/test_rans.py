@@ -208,3 +208,19 @@ def test_an_unknown_backend_in_the_environment_is_named(monkeypatch):
         rans.default_backend()
     with pytest.raises(SpecError, match="PERMCODEC_BACKEND must be 'numba' or 'numpy', found 'numby'"):
         rng.compiled_kernel()
+
+
+@numba_only
+def test_the_class_decoder_indexes_nothing_in_a_row_without_elements():
+    """A row of length 0 has no class: the row decoder returns before indexing any class array. Run as plain
+    Python (numba's ``py_func``), so that an index into the empty arrays raises instead of reading past them."""
+    from permcodec.format import _rans_numba
+
+    words = np.array([rans.STATE_LOW >> 32, rans.STATE_LOW & 0xFFFFFFFF], dtype=np.uint32)
+    scratch = (np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32),
+               np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(2, np.int64))
+    state = np.uint64(rans.STATE_LOW)
+    assert _rans_numba._decode_class_row.py_func(state, 2, 2, words, np.empty(0, np.int32), np.empty(0, np.int32),
+                                                 scratch) == (state, 2, 0)
+    section = rans.nothing_coded_section(1)
+    assert rans.decode_classes_onto(section, np.zeros((3, 0), np.float32), 1, "t").shape == (3, 0)

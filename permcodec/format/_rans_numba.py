@@ -353,6 +353,8 @@ def _decode_class_row(x, pointer, end, words, pool_bits, out_bits, scratch):
     """
     values, remaining = scratch[0], scratch[1]
     classes = _row_classes(pool_bits, values, remaining)
+    if classes == 0:  # a row of no elements: no symbol, and no class to index
+        return x, pointer, 0
     big, big_start = _largest_class(remaining, classes)
     if pool_bits.shape[0] - remaining[big] < 16 * (classes - 1):
         return _decode_by_items(x, pointer, end, words, out_bits, classes, big, big_start, scratch)
