@@ -203,6 +203,18 @@ def _digit_tables(n):
 
 
 @njit(cache=True, nogil=True)
+def _initial_state(words, start):
+    """A lane's state from its first two words (high, low)."""
+    return (np.uint64(words[start]) << _U32) | np.uint64(words[start + 1])
+
+
+@njit(cache=True, nogil=True)
+def _ended_cleanly(state, pointer, end):
+    """Whether a lane ended as every valid one does: back at the state L with every word used."""
+    return state == _L and pointer == end
+
+
+@njit(cache=True, nogil=True)
 def _start_group(g, lanes, words, starts, status):
     """(first lane, lanes in the group, states, word pointers) of lane group g; status 1 for a lane whose
     initial state is below L."""
@@ -213,7 +225,7 @@ def _start_group(g, lanes, words, starts, status):
     for k in range(width):
         j = first + k
         pointer[k] = starts[j] + 2
-        state[k] = (np.uint64(words[starts[j]]) << _U32) | np.uint64(words[starts[j] + 1])
+        state[k] = _initial_state(words, starts[j])
         if state[k] < _L:
             status[j] = 1
     return first, width, state, pointer
@@ -224,7 +236,7 @@ def _end_group(first, width, state, pointer, ends, status):
     """Status 3 for a lane of the group that did not end in the state L with every word used."""
     for k in range(width):
         j = first + k
-        if status[j] == 0 and (state[k] != _L or pointer[k] != ends[j]):
+        if status[j] == 0 and not _ended_cleanly(state[k], pointer[k], ends[j]):
             status[j] = 3
 
 
@@ -322,7 +334,7 @@ def _select_bit(word, k):
 def _alive_items(remaining, classes, big, first_item, item_class, alive, word_counts):
     """Lay the row's items (one per element of a class other than ``big``, in class order) out as set bits:
     first_item[c] is class c's first item, item_class[i] the class of item i, alive[w] bits 64w .. 64w+63,
-    word_counts[w] their count. Returns (items, words, whether every such class has a single element)."""
+    word_counts[w] their count. Returns (words used, whether every such class has a single element)."""
     items, single = 0, True
     for c in range(classes):
         first_item[c] = items
@@ -336,7 +348,7 @@ def _alive_items(remaining, classes, big, first_item, item_class, alive, word_co
         count = min(64, items - 64 * w)
         alive[w] = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - count)
         word_counts[w] = count
-    return items, words, single
+    return words, single
 
 
 @njit(cache=True, nogil=True)
@@ -418,7 +430,7 @@ def _decode_by_items(x, pointer, end, words, out_bits, classes, big, big_start, 
     values, remaining, first_item, item_class, alive, word_counts, tree = scratch
     n = out_bits.shape[0]
     big_left = remaining[big]
-    items, used_words, single = _alive_items(remaining, classes, big, first_item, item_class, alive, word_counts)
+    used_words, single = _alive_items(remaining, classes, big, first_item, item_class, alive, word_counts)
     size = _padded_size(used_words)
     _build_padded(tree, word_counts, used_words, size)
     live = classes
@@ -472,7 +484,7 @@ def _decode_class_lanes(words, starts, ends, pool_bits, lanes, out_bits, status,
                np.empty(words_per_row, np.uint64), np.empty(words_per_row, np.int64),
                np.empty(_padded_size(n) + 1, np.int64))
     for j in range(lo, hi):
-        x = (np.uint64(words[starts[j]]) << _U32) | np.uint64(words[starts[j] + 1])
+        x = _initial_state(words, starts[j])
         pointer = starts[j] + 2
         if x < _L:
             status[j] = 1
@@ -482,7 +494,7 @@ def _decode_class_lanes(words, starts, ends, pool_bits, lanes, out_bits, status,
                                                       scratch)
             if status[j]:
                 break
-        if status[j] == 0 and (x != _L or pointer != ends[j]):
+        if status[j] == 0 and not _ended_cleanly(x, pointer, ends[j]):
             status[j] = 3
 
 
