@@ -18,7 +18,6 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -87,18 +86,13 @@ def decode_checked(record: dict, section: bytes, xp, verify: bool, init: TensorI
     """A permuted record's values (an ``xp`` array) or a raw record's element bytes, once the section's CRC-32
     and, if ``verify``, the SHA-256 of the result have been checked."""
     container.check_section(record, section)
-    try:
+    with memory_errors_named(record):
         if record["kind"] == "permuted":
             decoded = decode_permuted(record, section, xp, init)
             digest = sha256_of(decoded) if verify else None
         else:
             decoded = decode_raw(record, section)
             digest = hashlib.sha256(decoded).digest() if verify else None
-    except (MemoryError, RuntimeError) as err:
-        named = named_memory_error(err, record)
-        if named is err:
-            raise  # not running out of memory: the error as it came, its cause kept
-        raise named from None
     if verify and digest != record["sha256"]:
         raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
     return decoded
@@ -130,25 +124,25 @@ def decode_record_array(record: dict, section: bytes, verify: bool, init: Tensor
     return decoded
 
 
-@contextmanager
-def memory_errors_named(record: dict):
-    """Turn running out of memory on a tensor the file declares into a MemoryLimitError naming it."""
-    try:
-        yield
-    except (MemoryError, RuntimeError) as err:
-        named = named_memory_error(err, record)
-        if named is err:
-            raise  # not running out of memory: the error as it came, its cause kept
-        raise named from None
+class memory_errors_named:  # noqa: N801 - used as a context manager, like contextlib.suppress
+    """Turn running out of memory on a tensor the file declares into a MemoryLimitError naming it; any other
+    error passes as it came, its cause kept. A class, not a contextlib generator: it wraps every tensor's
+    decoding, and entering a generator-based one cost several microseconds a tensor."""
 
+    def __init__(self, record: dict):
+        self.record = record
 
-def named_memory_error(err: BaseException, record: dict) -> BaseException:
-    """``err`` as a MemoryLimitError naming the record's tensor if it is running out of memory, else ``err``."""
-    if isinstance(err, MemoryLimitError) or not is_out_of_memory(err):
-        return err
-    detail = str(err).splitlines()[0] if str(err) else "no details"
-    return MemoryLimitError(f"tensor {record['name']!r}: not enough memory for its "
-                            f"{math.prod(record['shape']):,} elements ({type(err).__name__}: {detail})")
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, traceback) -> bool:
+        if isinstance(err, (MemoryError, RuntimeError)) and not isinstance(err, MemoryLimitError) \
+                and is_out_of_memory(err):
+            detail = str(err).splitlines()[0] if str(err) else "no details"
+            raise MemoryLimitError(f"tensor {self.record['name']!r}: not enough memory for its "
+                                   f"{math.prod(self.record['shape']):,} elements ({type(err).__name__}: "
+                                   f"{detail})") from None
+        return False
 
 
 def is_out_of_memory(err: BaseException) -> bool:

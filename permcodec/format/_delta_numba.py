@@ -39,7 +39,8 @@ _NAN_BITS_ABOVE = 0x7F800000  # |bits| above this: a NaN
 @njit(cache=True, nogil=True)
 def _sort_keys(bits, keys, nan, lo, hi):
     """keys[r, j] = order-preserving(bits[r, j]) << 32 | j for rows lo .. hi-1 (float32 bits as int32; -0.0
-    taken as +0.0, which compares equal to it); nan[r] = 1 for a row holding a NaN, whose keys misplace it."""
+    taken as +0.0, which compares equal to it); nan[r] = 1 for a row holding a NaN, whose keys misplace it.
+    The compiled form of ``arrays._argsort_by_keys``'s keys, in one pass instead of numpy's nine."""
     n = bits.shape[1]
     for r in range(lo, hi):
         for j in range(n):

@@ -84,7 +84,7 @@ def check_common_fields(record: dict, where: str, limits: Limits) -> None:
 
 
 def check_shape(shape, where: str, limits: Limits) -> None:
-    if not isinstance(shape, list) or not all(type(s) is int and 0 <= s < 2**64 for s in shape):
+    if not isinstance(shape, list) or not all(_is_uint(s) for s in shape):
         raise FormatError(f"{where}: shape must be a list of non-negative integers, found {shape!r}")
     if len(shape) > limits.max_dims:
         raise LimitError(f"{where}: {len(shape)} dimensions exceed the limit of {limits.max_dims}")
