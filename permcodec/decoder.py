@@ -18,14 +18,14 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from . import arrays, parallel, perm
+from . import arrays, parallel, perm, small_tensors
 from .bits import NUMPY_DTYPES, array_from_bytes, sha256_of, tensor_from_bytes
 from .devices import checked_device
-from .errors import FormatError, IntegrityError, MemoryLimitError, SpecError
+from .errors import FormatError, IntegrityError, MemoryLimitError, PermcodecError, SpecError
 from .format import container, records, schemes
 from .format.container import Limits
 from .init.initspec import InitSpec, TensorInit
@@ -80,6 +80,36 @@ def decode_raw(record: dict, section: bytes) -> bytearray:
     if dtype == "bool" and data.translate(None, b"\x00\x01"):
         raise FormatError(f"tensor {name!r}: bool tensor holds bytes other than 0 and 1")
     return data
+
+
+# A raw tensor of at most this many elements is nearly all Python to decode (a BatchNorm's statistics, a bias):
+# decode_all takes such tensors in one plain loop, ``decode_small_raw``.
+SMALL_RAW_MAX = 1 << 12
+
+
+def small_raw(record: dict) -> bool:
+    """Whether ``decode_small_raw`` takes this record: a small raw tensor that numpy holds in host order."""
+    return record["kind"] == "raw" and record["dtype"] in NUMPY_DTYPES and sys.byteorder == "little" \
+        and math.prod(record["shape"]) <= SMALL_RAW_MAX
+
+
+def decode_small_raw(items: list[tuple[dict, bytes]], verify: bool) -> list[np.ndarray | None]:
+    """The numpy array of each ``(record, section)`` of ``small_raw`` records, as ``decode_checked`` and
+    ``array_from_bytes`` give it, in a loop without their layers (half the time for tiny tensors); None for each
+    that fails a check, which the one-tensor path raises."""
+    decoded = []
+    for record, section in items:
+        try:
+            container.check_section(record, section)
+            data = decode_raw(record, section)
+        except PermcodecError:
+            decoded.append(None)
+            continue
+        if verify and hashlib.sha256(data).digest() != record["sha256"]:
+            decoded.append(None)
+        else:
+            decoded.append(np.frombuffer(data, dtype=NUMPY_DTYPES[record["dtype"]]).reshape(record["shape"]))
+    return decoded
 
 
 def decode_checked(record: dict, section: bytes, xp, verify: bool, init: TensorInit | None = None):
@@ -274,6 +304,29 @@ class PCFile:
         ``verify``). A bfloat16 tensor raises SpecError: numpy has no such dtype; use ``get_tensor``."""
         return decode_record_array(self.record(name), self.read_section(name), self.verify, self._tensor_init(name))
 
+    def batchable(self, name: str) -> bool:
+        """Whether ``start_batch`` can take tensor ``name``: on the CPU, of the kind ``small_tensors`` takes."""
+        return engine_for(self._device) is arrays.NUMPY and \
+            small_tensors.batchable(self.record(name), self._tensor_init(name))
+
+    def start_batch(self, names: list[str]) -> "small_tensors.Batch | None":
+        """``batchable`` tensors ``names`` decoding in one compiled call on the shared pool (``small_tensors``), or
+        None where there is not the memory for them at once; its ``finish`` gives their numpy arrays, None for
+        each that failed a check, for ``get_tensor`` or ``get_array`` to raise its error."""
+        items = [(self.record(name), self.read_section(name), self._tensor_init(name)) for name in names]
+        try:
+            return small_tensors.Batch(items, self.verify).start(small_tensors.POOL_SHARE)
+        except MemoryError:  # then each tensor alone, whose error names it
+            return None
+
+    def small_raw(self, name: str) -> bool:
+        """Whether ``decode_small_raw`` can take tensor ``name``: a ``small_raw`` record, rebuilt on the CPU."""
+        return engine_for(self._device) is arrays.NUMPY and small_raw(self.record(name))
+
+    def decode_small_raw(self, names: list[str]) -> list[np.ndarray | None]:
+        """The numpy arrays of ``small_raw`` tensors ``names`` (see ``decode_small_raw``)."""
+        return decode_small_raw([(self.record(name), self.read_section(name)) for name in names], self.verify)
+
     def _tensor_init(self, name: str) -> TensorInit | None:
         """The ``tensor_init`` of a permuted record, built once per file (threads may race to build it alike)."""
         record = self.record(name)
@@ -304,34 +357,79 @@ def safe_open(path, device="cpu", verify: bool = True, limits: Limits | None = N
 
 def decode_all(f: PCFile, progress: bool = False) -> "dict[str, torch.Tensor]":
     """Every tensor of an open file, in file order."""
-    return _every(f, f.get_tensor, progress)
+    import torch
+
+    return _every(f, f.get_tensor, progress, torch.from_numpy)
 
 
 def decode_all_arrays(f: PCFile, progress: bool = False) -> dict[str, np.ndarray]:
     """Every tensor of an open file as a numpy array, in file order, without torch (see ``PCFile.get_array``)."""
-    return _every(f, f.get_array, progress)
+    return _every(f, f.get_array, progress, lambda array: array)
 
 
-def _every(f: PCFile, get: Callable, progress: bool) -> dict:
+def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable) -> dict:
     """``get`` of every tensor, in file order, decoded by WORKERS threads (the caller is one of them).
 
     The compiled kernels, numpy's sorts, zstd and SHA-256 release the GIL, so
-    one thread's Python overlaps another's kernels, even for small tensors:
-    each thread takes the next tensor, largest first, so that the last to end
-    are the small ones. A tensor that fails stops the taking; the failure
-    raised is the first in file order, as one at a time would raise: tensors
-    before it that were not taken yet are decoded then, in the caller.
+    one thread's Python overlaps another's kernels: each thread takes the next
+    job, largest first, so that the last to end are the small ones. A job is
+    one tensor, or the small raw tensors together (``decode_small_raw``). The
+    small permuted tensors of the commonest kind are decoded apart, by one
+    kernel call on the shared pool while the threads take the jobs
+    (``small_tensors``). ``from_array`` turns the arrays of either into what
+    ``get`` gives. A tensor that fails stops the taking; the failure raised is
+    the first in file order, as one at a time would raise: tensors before it
+    that were not decoded yet are decoded then, in the caller.
     """
     elements = {name: math.prod(f.record(name)["shape"]) for name in f.keys()}
     bar = progress_lines(sum(elements.values()), "decode", "weights", progress)
-    done = _take_in_parallel(sorted(elements, key=elements.__getitem__, reverse=True), get,
-                             lambda name: bar.update(elements[name]))
+    batched = _batched(f, elements)
+    batch = f.start_batch(batched) if batched else None
+    apart = set(batched) if batch is not None else set()
+    jobs = _jobs(f, [name for name in elements if name not in apart], elements, get, from_array)
+    done = _take_in_parallel(jobs, lambda job: bar.update(job.elements),
+                             lambda job: job.elements >= HELPER_MIN_ELEMENTS)
+    if batch is not None:
+        done.update(_outcomes(batched, batch.finish(), from_array))
+        bar.update(sum(elements[name] for name in batched))
     decoded = {}
     for name in elements:
         outcome = done[name] if name in done else _Outcome.of(get, name)
         decoded[name] = outcome.value()
     bar.close()
     return decoded
+
+
+def _batched(f: PCFile, elements: dict[str, int]) -> list[str]:
+    """The tensors ``f.start_batch`` takes, in file order: every ``batchable`` one, where its kernel serves."""
+    small = [name for name in elements if f.batchable(name)]
+    return small if small and small_tensors.compiled_here(sum(elements[name] for name in small)) else []
+
+
+class _Job(NamedTuple):
+    """What one thread decodes in one go: ``run()`` gives the outcome of each of ``names`` (a name it leaves
+    out is decoded at the end, one at a time, to raise its error in file order)."""
+
+    names: list[str]
+    elements: int
+    run: Callable[[], dict]
+
+
+def _jobs(f: PCFile, names: list[str], elements: dict[str, int], get: Callable, from_array: Callable) -> list[_Job]:
+    """One job per tensor of ``names``, but one for all their ``small_raw`` ones; largest first."""
+    tiny = [name for name in names if f.small_raw(name)]
+    apart = set(tiny)
+    jobs = [_Job([name], elements[name], lambda name=name: {name: _Outcome.of(get, name)})
+            for name in names if name not in apart]
+    if tiny:
+        jobs.append(_Job(tiny, sum(elements[name] for name in tiny),
+                         lambda: _outcomes(tiny, f.decode_small_raw(tiny), from_array)))
+    return sorted(jobs, key=lambda job: job.elements, reverse=True)
+
+
+def _outcomes(names: list[str], arrays: list, from_array: Callable) -> dict:
+    """The outcomes of the arrays that came back (``from_array`` of each); a None is left out."""
+    return {name: _Outcome(from_array(array)) for name, array in zip(names, arrays) if array is not None}
 
 
 class _Outcome:
@@ -353,33 +451,40 @@ class _Outcome:
         return self.result
 
 
-def _take_in_parallel(names: list[str], get: Callable, on_done: Callable[[str], None]) -> dict[str, _Outcome]:
-    """The outcome of ``get`` for ``names`` (largest first), taken in turn by WORKERS threads until one fails or
-    all are done: the helper threads take from the large end, the caller from the small end. So the helpers
-    spend their time in long GIL-free kernels while the caller runs the many small tensors' Python, instead of
-    both threads trading the GIL back and forth over small tensors at the end."""
-    left, lock, stop = deque(names), threading.Lock(), threading.Event()
+# A helper thread takes jobs of at least this many elements: below it a tensor is mostly Python, and two threads
+# running Python only trade the GIL (a ResNet's 300 tiny raw tensors took twice as long on two).
+HELPER_MIN_ELEMENTS = 1 << 16
+
+
+def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
+                      helper_takes: Callable[[_Job], bool]) -> dict[str, _Outcome]:
+    """The outcomes of ``jobs`` (largest first), run in turn by WORKERS threads until one fails or all are done:
+    the helper threads take from the large end while ``helper_takes`` the next, the caller from the small end.
+    So the helpers spend their time in long GIL-free kernels while the caller runs the small tensors' Python,
+    instead of both threads trading the GIL back and forth over small tensors."""
+    left, lock, stop = deque(jobs), threading.Lock(), threading.Event()
     done: dict[str, _Outcome] = {}
 
     def take(from_large_end: bool) -> None:
         try:
             while not stop.is_set():
                 with lock:
-                    if not left:
+                    if not left or (from_large_end and not helper_takes(left[0])):
                         return
-                    name = left.popleft() if from_large_end else left.pop()
-                done[name] = outcome = _Outcome.of(get, name)
-                if outcome.error is not None:
+                    job = left.popleft() if from_large_end else left.pop()
+                outcomes = job.run()
+                done.update(outcomes)
+                if any(outcome.error is not None for outcome in outcomes.values()):
                     stop.set()
                 with lock:
-                    on_done(name)
+                    on_done(job)
         except BaseException:  # e.g. KeyboardInterrupt in the caller: no thread takes another tensor
             stop.set()
             raise
 
-    helpers = max(0, min(parallel.WORKERS, len(names)) - 1)
+    helpers = max(0, min(parallel.WORKERS, len(jobs)) - 1) if jobs and helper_takes(jobs[0]) else 0
     if not helpers:
-        take(from_large_end=True)
+        take(from_large_end=False)
         return done
     with ThreadPoolExecutor(helpers, thread_name_prefix="permcodec-tensors") as pool:
         futures = [pool.submit(take, True) for _ in range(helpers)]

@@ -85,3 +85,36 @@ def run_over(kernel, count: int, *args, work: int | None = None) -> None:
         wait(futures)  # never return while a piece still writes into the caller's arrays
     for future in futures:
         future.result()
+
+
+class Started:
+    """Kernel pieces running on the shared pool (``start_over``)."""
+
+    def __init__(self, futures: list):
+        self.futures = futures
+
+    def wait(self) -> None:
+        """Return once every piece ended; raise the first piece's error, if any."""
+        wait(self.futures)
+        for future in self.futures:
+            future.result()
+
+
+def start_over(kernel, ranges: list[tuple[int, int]], *args) -> Started:
+    """``kernel(*args, lo, hi)`` for each ``(lo, hi)`` of ``ranges`` on the shared pool, without waiting for them
+    to end, so that the caller's Python runs beside them. A piece needs the GIL to enter its kernel, and a caller
+    busy in Python would keep it waiting up to the interpreter's switch interval (5 ms): so each piece is handed
+    the GIL as it starts (the caller waits, up to ENTRY_WAIT seconds, until it has entered)."""
+    def piece(lo: int, hi: int, entering: threading.Event) -> None:
+        entering.set()
+        kernel(*args, lo, hi)
+
+    futures = []
+    for lo, hi in ranges:
+        entering = threading.Event()
+        futures.append(shared_pool().submit(piece, lo, hi, entering))
+        entering.wait(ENTRY_WAIT)
+    return Started(futures)
+
+
+ENTRY_WAIT = 0.002  # a pool busy with other kernels may not start a piece at once; the caller goes on then

@@ -143,30 +143,30 @@ def two_large_tensors() -> bytes:
     return permcodec.encode(model, level="fast")
 
 
-def small_and_large_tensors() -> bytes:
-    model = nn.Sequential(nn.Linear(512, 256), nn.Linear(256, 4))  # 2^17, 256, 1,024 and 4 elements
+def large_and_small_tensors() -> bytes:
+    model = nn.Sequential(nn.Linear(512, 256), nn.Linear(256, 512))  # 2^17, 256, 2^17 and 512 elements
     permcodec.init_(model, 5)
     return permcodec.encode(model, level="fast")
 
 
 def test_decode_all_decodes_tensors_side_by_side_and_keeps_file_order(monkeypatch):
-    """Two threads (the caller and one helper) each hold a tensor at once: a barrier of two would break
-    if the tensors were taken one at a time. The largest is taken first."""
+    """Two threads (the caller and one helper) each hold a large tensor at once: a barrier of two would break
+    if the tensors were taken one at a time. The helper takes the first of the largest; the caller takes the
+    small raw tensors together (without ``get_tensor``), then the other large one."""
     monkeypatch.setattr(parallel, "WORKERS", 2)
-    data = small_and_large_tensors()
+    data = large_and_small_tensors()
     both_in_flight = threading.Barrier(2, timeout=10)
     taken, real = [], permcodec.PCFile.get_tensor
 
     def meeting(self, name):
         taken.append(name)
-        if len(taken) <= 2:
-            both_in_flight.wait()
+        both_in_flight.wait()
         return real(self, name)
 
     monkeypatch.setattr(permcodec.PCFile, "get_tensor", meeting)
     decoded = permcodec.decode(data)
     assert list(decoded) == ["0.weight", "0.bias", "1.weight", "1.bias"]
-    assert taken[0] == "0.weight" and sorted(taken) == sorted(decoded)
+    assert taken[0] == "0.weight" and sorted(taken) == ["0.weight", "1.weight"]
     one_at_a_time = permcodec.PCFile(data)
     for name, tensor in decoded.items():
         assert torch.equal(tensor.view(torch.int32), real(one_at_a_time, name).view(torch.int32))
@@ -184,7 +184,7 @@ def test_an_exception_beyond_errors_in_one_thread_stops_the_others_taking(monkey
     """A KeyboardInterrupt or SystemExit is not a tensor's failure to keep for file order: raised in any of
     decode_all's threads, it stops every thread from taking another tensor, and is raised."""
     monkeypatch.setattr(parallel, "WORKERS", 2)
-    f = permcodec.PCFile(small_and_large_tensors())
+    f = permcodec.PCFile(large_and_small_tensors())
     taken, real = [], permcodec.PCFile.get_tensor
     caller_took, helper_raised = threading.Event(), threading.Event()
 

@@ -231,12 +231,20 @@ def keep_mask(seed, stream, start, count, threshold, device):
     return element_words(seed, stream, SUBSTREAM_MASK, start, count, device) < threshold
 
 
+UNIFORM_FAMILY = ("uniform", "he_uniform", "glorot_uniform")
+
+
+def uniform_bounds(dist: str, params: dict) -> tuple[float, float]:
+    """(low, high) of a distribution of ``UNIFORM_FAMILY``."""
+    if dist == "uniform":
+        return params["low"], params["high"]
+    return -params["bound"], params["bound"]
+
+
 def _dense_f32(dist, params, seed, stream, start, count, xp):
     """The canonical float32 values of a dense distribution."""
-    if dist == "uniform":
-        return _uniform_f32(seed, stream, start, count, params["low"], params["high"], xp)
-    if dist in ("he_uniform", "glorot_uniform"):
-        return _uniform_f32(seed, stream, start, count, -params["bound"], params["bound"], xp)
+    if dist in UNIFORM_FAMILY:
+        return _uniform_f32(seed, stream, start, count, *uniform_bounds(dist, params), xp)
     return _normal_f32(seed, stream, start, count, params.get("mean", 0.0), params["std"], xp)
 
 

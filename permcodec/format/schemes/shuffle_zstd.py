@@ -22,6 +22,8 @@ def unshuffle_bytes(data: bytes, itemsize: int) -> bytearray:
     """The inverse of ``shuffle_bytes``, in a new bytearray (which its caller may keep and write): plane j
     goes to every itemsize-th byte from j, one strided copy each (a 4 MB tensor in 0.37x the time of numpy's
     transposed copy; a 1 KB one in about the same)."""
+    if itemsize == 1 or len(data) == itemsize:  # one byte plane, or one element: shuffling moved nothing
+        return bytearray(data)
     out = bytearray(len(data))
     planes, count = memoryview(data), len(data) // itemsize
     for j in range(itemsize):

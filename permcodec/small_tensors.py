@@ -1,0 +1,156 @@
+"""Many small permuted tensors decoded in one compiled call, on the CPU: ``decode_all``'s fast lane.
+
+A ResNet's 3x3 convolutions hold a few thousand weights each. Decoded one at a
+time (``decoder.decode_permuted``), such a tensor costs about 100 us of Python
+around 30 us of kernels, and the Python holds the GIL, so a file of many of them
+was bound by it. A batch takes the tensors of the commonest kind (``exact``,
+whole rows, a uniform-family pool) and draws and decodes them in one
+``_small_numba`` call; Python only checks each section before and each hash
+after. A tensor whose section, lanes or hash fails comes back as None, and the
+caller decodes it the one-tensor way, which raises its error: so the errors,
+and which one a file raises first, are those of one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend, parallel
+from .bits import sha256_of
+from .errors import PermcodecError
+from .format import container, rans
+from .init.distributions import UNIFORM_FAMILY, uniform_bounds
+from .init.initspec import TensorInit
+from .init.philox import MASK32
+from .init.rng import compiled_kernel
+from .rows import row_shape
+
+# A tensor of at most TENSOR_MAX elements joins the batch: a larger one spends little time outside its kernels,
+# and on the one-tensor path its kernels run in pieces on both threads.
+TENSOR_MAX = 1 << 16
+POOL_SHARE = 0.6  # measured: ResNet-50 (CIFAR) decodes as fast from 0.45 to 0.75
+
+_batch_calls = 0  # compiled batch calls in this process; tests read it through batch_calls()
+
+
+def batch_calls() -> int:
+    return _batch_calls
+
+
+def batchable(record: dict, init: TensorInit | None) -> bool:
+    """Whether a batch decodes this (checked) record: whole-row ``exact`` over a uniform-family pool, with at
+    most TENSOR_MAX elements, at least one row and rows of two or more (shorter ones have nothing coded)."""
+    if init is None or "block" in record or record["scheme"] != "exact" or init.dist not in UNIFORM_FAMILY:
+        return False
+    rows, n = row_shape(record["shape"])
+    return rows >= 1 and n >= 2 and rows * n <= TENSOR_MAX
+
+
+def compiled_here(elements: int) -> bool:
+    """Whether the batch kernel serves ``elements`` weights in this process: with the numba backend, where the
+    one-tensor path would draw them compiled too (``rng.compiled_kernel``)."""
+    return backend.chosen() == "numba" and compiled_kernel(elements // 2 + 1) is not None
+
+
+class Batch:
+    """The batchable tensors of a file, packed for the kernel: ``start`` runs it on the shared pool while the
+    caller goes on; ``finish`` waits and gives each tensor's array (a view of one shared buffer, see
+    ``finish``), or None."""
+
+    def __init__(self, items: list[tuple[dict, bytes, TensorInit]], verify: bool):
+        self.items, self.verify = items, verify
+        self.members: list[int] = []  # index in ``items`` of each packed tensor
+        self.spans: list[tuple[int, int]] = []  # its first value and value count in the kernel's output
+        self.lane_spans: list[tuple[int, int]] = []  # its first lane and lane count
+        self.table: list[tuple[int, ...]] = []
+        self.bounds: list[tuple[float, float]] = []
+        self.word_bytes: list[memoryview] = []
+        self.lane_starts: list[int] = []
+        self.lane_ends: list[int] = []
+        self.value_count = self.word_count = 0
+        for index, (record, section, init) in enumerate(items):
+            try:
+                self._add(index, record, section, init)
+            except PermcodecError:
+                pass  # left to the one-tensor path, which raises this error
+        self.values = self.status = self.running = None
+
+    def _add(self, index: int, record: dict, section: bytes, init: TensorInit) -> None:
+        """Tensor ``index``, once its section's CRC and lane lengths pass (else a PermcodecError)."""
+        container.check_section(record, section)
+        lanes = record["scheme_params"]["lanes"]
+        lengths = rans.lane_lengths(section, lanes, f"tensor {record['name']!r}")
+        rows, n = row_shape(record["shape"])
+        low, high = uniform_bounds(init.dist, init.params)
+        self.members.append(index)
+        self.spans.append((self.value_count, rows * n))
+        self.lane_spans.append((len(self.lane_starts), lanes))
+        self.table.append((  # the columns of _small_numba.decode_uniform_exact's table, in order
+            init.seed & MASK32, init.seed >> 32, init.stream, rows, n, lanes, self.value_count, len(self.lane_starts)))
+        self.bounds.append((float(low), float(high) - float(low)))  # the scale in float64, as uniform_values
+        self.word_bytes.append(memoryview(section)[4 * lanes:])
+        for length in lengths:
+            self.lane_starts.append(self.word_count)
+            self.word_count += length
+            self.lane_ends.append(self.word_count)
+        self.value_count += rows * n
+
+    def start(self, pool_share: float) -> "Batch":
+        """Start decoding the first packed tensors, about ``pool_share`` of the values, on the shared pool;
+        ``finish`` decodes the rest in the caller."""
+        global _batch_calls
+        if not self.members:
+            return self
+        words = np.frombuffer(b"".join(self.word_bytes), dtype="<u4")
+        self.values = np.empty(self.value_count, dtype=np.float32)
+        self.status = np.zeros(len(self.lane_starts), dtype=np.int64)
+        self.kernel_args = (np.array(self.table, dtype=np.int64), np.array(self.bounds, dtype=np.float64),
+                            words if words.dtype.isnative else words.astype(np.uint32),
+                            np.array(self.lane_starts, dtype=np.int64), np.array(self.lane_ends, dtype=np.int64),
+                            self.values, self.status)
+        self.passed = [False] * len(self.members)
+        self.split = self._cut(pool_share)
+        self.running = parallel.start_over(self._decode, [(0, self.split)] if self.split else [])
+        _batch_calls += 1
+        return self
+
+    def _cut(self, share: float) -> int:
+        """How many of the packed tensors (in order) hold about ``share`` of the values."""
+        for slot, (first, count) in enumerate(self.spans):
+            if first + count / 2 >= share * self.value_count:
+                return slot
+        return len(self.spans)
+
+    def _decode(self, lo: int, hi: int) -> None:
+        """Packed tensors ``lo .. hi-1`` decoded, then checked (``passed``). The thread that decoded them hashes
+        them too: the pool's thread while the caller is still in its own kernel call, so the two hash side by
+        side."""
+        from .format import _small_numba
+
+        _small_numba.decode_uniform_exact(*self.kernel_args, lo, hi)
+        for slot in range(lo, hi):
+            (first, count), (lane, lanes) = self.spans[slot], self.lane_spans[slot]
+            self.passed[slot] = not self.status[lane:lane + lanes].any() and not (
+                self.verify and sha256_of(self.values[first:first + count]) != self.items[self.members[slot]][0]["sha256"])
+
+    def finish(self) -> list[np.ndarray | None]:
+        """Each tensor's float32 array, or None for one whose section, lanes or (if ``verify``) SHA-256 failed.
+        The arrays are views of one buffer, without overlap: torch and safetensors see each as a tensor of its
+        own, but the buffer lives as long as any of them."""
+        results: list[np.ndarray | None] = [None] * len(self.items)
+        if self.running is None:
+            return results
+        if self.split < len(self.members):
+            self._decode(self.split, len(self.members))
+        self.running.wait()
+        for slot, (index, (first, count)) in enumerate(zip(self.members, self.spans)):
+            if self.passed[slot]:
+                results[index] = self.values[first:first + count].reshape(self.items[index][0]["shape"])
+        return results
+
+
+def decode_batch(items: list[tuple[dict, bytes, TensorInit]], verify: bool) -> list[np.ndarray | None]:
+    """``Batch(items, verify)`` started and finished: the arrays of ``batchable`` records, or None for each that
+    failed a check."""
+    return Batch(items, verify).start(POOL_SHARE).finish()
+

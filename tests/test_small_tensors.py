@@ -1,0 +1,239 @@
+"""decode_all's fast lanes for small tensors: the batch kernel (``small_tensors``) and the plain loop over small
+raw tensors (``decoder.decode_small_raw``) give the bits and the errors of one tensor at a time."""
+
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+from torch import nn
+
+import permcodec
+from permcodec import IntegrityError, decoder, parallel, small_tensors
+from permcodec.format import container
+from permcodec.init.distributions import make_params
+from permcodec.init.initspec import InitSpec, TensorInit
+
+THREADS = 8
+
+
+class SmallConvs(nn.Module):
+    """Many small tensors of every kind the batch takes or leaves: 3x3 convolutions of the uniform family, one
+    with several rANS lanes, a normal-pool one, rows of one element, a single row, BatchNorm buffers."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, bias=False) for c in (4, 8, 16, 16, 32))
+        self.wide = nn.Linear(64, 1024)  # 2^16 weights: the largest a batch takes; several lanes
+        self.normal = nn.Conv2d(8, 8, 3)
+        self.column = nn.Linear(1, 16)  # rows of one element: nothing coded, left to the one-tensor path
+        self.bn = nn.BatchNorm2d(16)
+        self.scalar_bias = nn.Linear(8, 1)
+
+
+DISTS = {"convs.0.weight": ("uniform", {"low": -0.5, "high": 2.0}), "convs.1.weight": ("glorot_uniform", {}),
+         "normal.weight": ("he_normal", {})}
+
+
+def small_model_bytes(seed: int = 3) -> bytes:
+    """SmallConvs with the pools of DISTS (else he_uniform), every row of each weight in a new order."""
+    model = SmallConvs()
+    spec = permcodec.init_(model, seed)
+    records = []
+    for record in spec:
+        dist, user = DISTS.get(record.name, (record.dist, None))
+        if user is not None:
+            record = TensorInit(record.name, record.shape, record.seed, record.stream, dist,
+                                make_params(dist, record.shape, **user))
+        records.append(record)
+    spec = InitSpec(records)
+    state = model.state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    for record in spec:
+        rows = record.regenerate().reshape(record.shape[0], -1)
+        state[record.name] = torch.gather(rows, 1, torch.argsort(torch.rand(rows.shape, generator=generator), 1)
+                                          ).reshape(record.shape)
+    state["bn.running_mean"] = torch.rand(16, generator=generator)
+    return permcodec.encode(state, spec, scheme="exact")
+
+
+@pytest.fixture(scope="module")
+def data() -> bytes:
+    permcodec.decode(small_model_bytes(1))  # numba loaded: the batch kernel serves from now on
+    return small_model_bytes()
+
+
+def one_at_a_time(data: bytes) -> dict:
+    f = permcodec.PCFile(data)
+    return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def bits(tensors: dict) -> dict:
+    """name -> (dtype, shape, SHA-256 of the bytes): bits, not values."""
+    return {name: (t.dtype, tuple(t.shape), hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest())
+            for name, t in tensors.items()}
+
+
+def test_the_model_holds_what_the_batch_takes_and_what_it_leaves(data):
+    f = permcodec.PCFile(data)
+    taken = [name for name in f.keys() if f.batchable(name)]
+    assert taken == ["convs.0.weight", "convs.1.weight", "convs.2.weight", "convs.3.weight", "convs.4.weight",
+                     "wide.weight", "scalar_bias.weight"]
+    assert f.record("wide.weight")["scheme_params"]["lanes"] > 1
+    assert not f.batchable("normal.weight") and not f.batchable("column.weight")
+    assert [name for name in f.keys() if f.small_raw(name)] == [
+        "wide.bias", "normal.bias", "column.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+        "bn.num_batches_tracked", "scalar_bias.bias"]
+
+
+def one_at_a_time_calls(monkeypatch) -> list:
+    """The names ``get_tensor`` and ``get_array`` are called with from now on (a tensor the fast lanes decoded
+    is not one of them, unless it failed a check there)."""
+    called = []
+    for method in ("get_tensor", "get_array"):
+        real = getattr(permcodec.PCFile, method)
+        monkeypatch.setattr(permcodec.PCFile, method,
+                            lambda self, name, real=real: called.append(name) or real(self, name))
+    return called
+
+
+def test_decode_all_gives_the_bits_of_one_tensor_at_a_time(data, monkeypatch):
+    expected = bits(one_at_a_time(data))
+    calls, called = small_tensors.batch_calls(), one_at_a_time_calls(monkeypatch)
+    decoded = permcodec.decode(data)
+    assert small_tensors.batch_calls() == calls + 1
+    assert sorted(called) == ["column.weight", "normal.weight"]  # the rest took the fast lanes and passed
+    assert list(decoded) == list(permcodec.PCFile(data).keys())
+    assert bits(decoded) == expected
+
+
+def test_decode_all_arrays_gives_the_bits_and_dtypes_of_get_array(data, monkeypatch):
+    f = permcodec.PCFile(data)
+    called = one_at_a_time_calls(monkeypatch)
+    arrays = decoder.decode_all_arrays(permcodec.PCFile(data))
+    assert sorted(called) == ["column.weight", "normal.weight"]
+    for name, array in arrays.items():
+        one = f.get_array(name)
+        assert array.dtype == one.dtype and array.shape == one.shape and array.tobytes() == one.tobytes()
+
+
+def test_batched_tensors_are_tensors_of_their_own(data, tmp_path):
+    """Views of one buffer, without overlap: writing one leaves the others, and safetensors saves them all."""
+    decoded = permcodec.decode(data)
+    before = bits(decoded)
+    decoded["convs.0.weight"].fill_(7.0)
+    after = bits(decoded)
+    assert [name for name in before if before[name] != after[name]] == ["convs.0.weight"]
+    arrays = decoder.decode_all_arrays(permcodec.PCFile(data))
+    safetensors.numpy.save_file(arrays, tmp_path / "m.safetensors")
+    loaded = safetensors.numpy.load_file(tmp_path / "m.safetensors")
+    assert all(loaded[name].tobytes() == array.tobytes() for name, array in arrays.items())
+
+
+def test_the_numpy_backend_takes_no_batch(data, monkeypatch):
+    monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
+    calls = small_tensors.batch_calls()
+    assert bits(permcodec.decode(data)) == bits(one_at_a_time(data))
+    assert small_tensors.batch_calls() == calls
+
+
+def test_every_split_between_pool_and_caller_gives_the_same_bits(data, monkeypatch):
+    expected = bits(one_at_a_time(data))
+    for share in (0.0, 0.3, 1.0):
+        monkeypatch.setattr(small_tensors, "POOL_SHARE", share)
+        assert bits(permcodec.decode(data)) == expected
+
+
+def rewritten(data: bytes, name: str, change) -> bytes:
+    """``data`` with tensor ``name``'s section bytes passed through ``change`` (its CRC kept true) or, for a
+    ``change`` of a record, its header record edited; every CRC recomputed."""
+    length = container.PREAMBLE.unpack(data[:container.PREAMBLE_SIZE])[3]
+    header = msgpack.unpackb(data[container.PREAMBLE_SIZE:container.PREAMBLE_SIZE + length])
+    body = bytearray(data[container.PREAMBLE_SIZE + length:])
+    record = next(r for r in header["tensors"] if r["name"] == name)
+    start, end = record["offset"], record["offset"] + record["length"]
+    section = change(bytes(body[start:end]), record)
+    if section is not None:
+        assert len(section) == end - start
+        body[start:end] = section
+        record["crc32"] = container.crc32(section)
+    raw = msgpack.packb(header, use_bin_type=True)
+    return container.PREAMBLE.pack(container.MAGIC, 1, 0, len(raw), container.crc32(raw)) + raw + bytes(body)
+
+
+def last_word_flipped(section: bytes, record: dict) -> bytes:
+    return section[:-4] + bytes(b ^ 0xFF for b in section[-4:])
+
+
+def stored_hash_zeroed(section: bytes, record: dict) -> None:
+    record["sha256"] = bytes(32)
+
+
+def crc_broken(section: bytes, record: dict) -> None:
+    record["crc32"] ^= 1
+
+
+@pytest.mark.parametrize("name", ["convs.2.weight", "wide.weight", "bn.running_mean"])
+@pytest.mark.parametrize("damage", [last_word_flipped, stored_hash_zeroed, crc_broken])
+def test_a_damaged_small_tensor_raises_what_get_tensor_raises(data, name, damage):
+    bad = rewritten(data, name, damage)
+    with pytest.raises(permcodec.PermcodecError) as alone:
+        permcodec.PCFile(bad).get_tensor(name)
+    calls = small_tensors.batch_calls()
+    with pytest.raises(type(alone.value)) as together:
+        permcodec.decode(bad)
+    assert str(together.value) == str(alone.value) and str(alone.value).startswith(f"tensor {name!r}")
+    assert small_tensors.batch_calls() == calls + 1
+
+
+def test_the_first_damaged_tensor_in_file_order_is_raised(data):
+    """The batch decodes convs.4 before the one-tensor path meets normal.weight, and the small raw loop meets
+    bn.running_mean first of all: the error raised is still the one first in file order."""
+    bad = data
+    for name in ("bn.running_mean", "normal.weight", "convs.4.weight"):
+        bad = rewritten(bad, name, stored_hash_zeroed)
+    with pytest.raises(IntegrityError, match=r"^tensor 'convs\.4\.weight': decoded bits do not match"):
+        permcodec.decode(bad)
+
+
+def test_threads_decoding_at_once_see_single_threaded_bits(data, monkeypatch):
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    expected = bits(one_at_a_time(data))
+    start = threading.Barrier(THREADS)
+
+    def worker(_):
+        start.wait()
+        return [bits(permcodec.decode(data)) == expected for _ in range(20)]
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        assert all(all(results) for results in pool.map(worker, range(THREADS)))
+
+
+def test_the_pool_piece_and_the_caller_split_by_values():
+    batch = small_tensors.Batch([], verify=True)
+    batch.spans, batch.value_count = [(0, 10), (10, 10), (20, 60), (80, 20)], 100
+    # a tensor goes to the pool when its middle value lies below the share
+    assert [batch._cut(share) for share in (0.0, 0.1, 0.2, 0.5, 0.9, 1.0)] == [0, 1, 2, 2, 3, 4]
+
+
+def test_a_batch_of_nothing_decodes_nothing():
+    batch = small_tensors.Batch([], verify=True).start(0.5)
+    assert batch.finish() == []
+
+
+def test_the_batch_kernel_matches_the_one_tensor_kernels_on_edge_bounds(monkeypatch):
+    """Tiny and huge bounds and a lopsided uniform: the batch draws them with the one-tensor path's very
+    functions, so the same bits."""
+    model = nn.Sequential(*(nn.Linear(16, 8, bias=False) for _ in range(3)))
+    permcodec.init_(model, 9, dist="uniform", low=-1e-30, high=3e-30)
+    data = permcodec.encode(model, scheme="exact")
+    permcodec.decode(data)
+    calls = small_tensors.batch_calls()
+    assert bits(permcodec.decode(data)) == bits(one_at_a_time(data))
+    assert small_tensors.batch_calls() == calls + 1
+    values = np.concatenate([t.numpy().ravel() for t in permcodec.decode(data).values()])
+    assert values.min() >= -1e-30 and values.max() < 3e-30
