@@ -387,8 +387,7 @@ def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable) -> di
     batch = f.start_batch(batched) if batched else None
     apart = set(batched) if batch is not None else set()
     jobs = _jobs(f, [name for name in elements if name not in apart], elements, get, from_array)
-    done = _take_in_parallel(jobs, lambda job: bar.update(job.elements),
-                             lambda job: job.elements >= HELPER_MIN_ELEMENTS)
+    done = _take_in_parallel(jobs, lambda job: bar.update(job.elements))
     if batch is not None:
         done.update(_outcomes(batched, batch.finish(), from_array))
         bar.update(sum(elements[name] for name in batched))
@@ -408,23 +407,27 @@ def _batched(f: PCFile, elements: dict[str, int]) -> list[str]:
 
 class _Job(NamedTuple):
     """What one thread decodes in one go: ``run()`` gives the outcome of each of ``names`` (a name it leaves
-    out is decoded at the end, one at a time, to raise its error in file order)."""
+    out is decoded at the end, one at a time, to raise its error in file order). A helper thread takes it only
+    if ``for_a_helper``: its kernels are long enough to run beside the caller's Python."""
 
     names: list[str]
     elements: int
     run: Callable[[], dict]
+    for_a_helper: bool
 
 
 def _jobs(f: PCFile, names: list[str], elements: dict[str, int], get: Callable, from_array: Callable) -> list[_Job]:
-    """One job per tensor of ``names``, but one for all their ``small_raw`` ones; largest first."""
+    """One job per tensor of ``names``, largest first, then one for all their ``small_raw`` ones (all Python:
+    the caller takes it first)."""
     tiny = [name for name in names if f.small_raw(name)]
     apart = set(tiny)
-    jobs = [_Job([name], elements[name], lambda name=name: {name: _Outcome.of(get, name)})
-            for name in names if name not in apart]
+    jobs = sorted((_Job([name], elements[name], lambda name=name: {name: _Outcome.of(get, name)},
+                        elements[name] >= HELPER_MIN_ELEMENTS) for name in names if name not in apart),
+                  key=lambda job: job.elements, reverse=True)
     if tiny:
         jobs.append(_Job(tiny, sum(elements[name] for name in tiny),
-                         lambda: _outcomes(tiny, f.decode_small_raw(tiny), from_array)))
-    return sorted(jobs, key=lambda job: job.elements, reverse=True)
+                         lambda: _outcomes(tiny, f.decode_small_raw(tiny), from_array), False))
+    return jobs
 
 
 def _outcomes(names: list[str], arrays: list, from_array: Callable) -> dict:
@@ -451,15 +454,14 @@ class _Outcome:
         return self.result
 
 
-# A helper thread takes jobs of at least this many elements: below it a tensor is mostly Python, and two threads
-# running Python only trade the GIL (a ResNet's 300 tiny raw tensors took twice as long on two).
-HELPER_MIN_ELEMENTS = 1 << 16
+# A helper thread takes tensors of at least this many elements: below it a tensor is mostly Python, and two
+# threads running Python only trade the GIL (a ResNet's 300 tiny raw tensors took twice as long on two).
+HELPER_MIN_ELEMENTS = 1 << 13
 
 
-def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
-                      helper_takes: Callable[[_Job], bool]) -> dict[str, _Outcome]:
+def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None]) -> dict[str, _Outcome]:
     """The outcomes of ``jobs`` (largest first), run in turn by WORKERS threads until one fails or all are done:
-    the helper threads take from the large end while ``helper_takes`` the next, the caller from the small end.
+    the helper threads take from the large end while the next is ``for_a_helper``, the caller from the small end.
     So the helpers spend their time in long GIL-free kernels while the caller runs the small tensors' Python,
     instead of both threads trading the GIL back and forth over small tensors."""
     left, lock, stop = deque(jobs), threading.Lock(), threading.Event()
@@ -469,7 +471,7 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
         try:
             while not stop.is_set():
                 with lock:
-                    if not left or (from_large_end and not helper_takes(left[0])):
+                    if not left or (from_large_end and not left[0].for_a_helper):
                         return
                     job = left.popleft() if from_large_end else left.pop()
                 outcomes = job.run()
@@ -482,7 +484,7 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
             stop.set()
             raise
 
-    helpers = max(0, min(parallel.WORKERS, len(jobs)) - 1) if jobs and helper_takes(jobs[0]) else 0
+    helpers = max(0, min(parallel.WORKERS, len(jobs)) - 1) if jobs and jobs[0].for_a_helper else 0
     if not helpers:
         take(from_large_end=False)
         return done

@@ -22,15 +22,6 @@ NOT_A_PERMUTATION = 1
 OUT_OF_RANGE = 2  # outranks NOT_A_PERMUTATION: the array path reports it for the whole tensor first
 
 
-@njit(cache=True, nogil=True)
-def _code(planes, width, count, index):
-    """The zigzag code of element ``index``: byte p of it is planes[p * count + index]."""
-    code = np.uint64(0)
-    for plane in range(width):
-        code |= np.uint64(planes[plane * count + index]) << np.uint64(8 * plane)
-    return code
-
-
 _LOW32 = np.uint64(0xFFFFFFFF)
 _U32 = np.uint64(32)
 _NAN_BITS_ABOVE = 0x7F800000  # |bits| above this: a NaN
@@ -63,32 +54,46 @@ def sort_keys(initial: np.ndarray):
 
 
 @njit(cache=True, nogil=True)
+def _row_codes(planes, width, count, first, codes):
+    """codes[j] = the zigzag code of element first + j: byte p of it is planes[p * count + first + j]. Plane by
+    plane over the row, so that each pass reads one run of bytes (and LLVM vectorizes it)."""
+    n = codes.shape[0]
+    for j in range(n):
+        codes[j] = np.uint64(planes[first + j])
+    for plane in range(1, width):
+        shift, start = np.uint64(8 * plane), plane * count + first
+        for j in range(n):
+            codes[j] |= np.uint64(planes[start + j]) << shift
+
+
+@njit(cache=True, nogil=True)
 def _place_rows(planes, width, initial, sorted_keys, out, status, lo, hi):
-    # Kept whole (28 lines): the per-row ranks, the rank check and the placement share one pass over the row.
+    # Kept whole (27 lines): the per-row ranks, the rank check and the placement share one pass over the row.
     rows, n = initial.shape
-    count = rows * n
     rank = np.empty(n, np.int64)
     order = np.empty(n, np.int64)
-    taken = np.zeros(n, np.bool_)
+    codes = np.empty(n, np.uint64)
+    taken_in = np.zeros(n, np.int64)  # taken_in[b] == r + 1: rank b is taken in row r (no clearing per row)
     for r in range(lo, hi):
         for t in range(n):
             order[t] = np.int64(sorted_keys[r, t] & _LOW32)
+        for t in range(n):
             rank[order[t]] = t
+        _row_codes(planes, width, rows * n, r * n, codes)
         worst = IN_PLACE
         for j in range(n):
-            code = _code(planes, width, count, r * n + j)
+            code = codes[j]
             delta = np.int64(code >> np.uint64(1)) ^ -np.int64(code & np.uint64(1))
             if delta < -rank[j] or delta >= n - rank[j]:  # b outside [0, n), compared without overflow
                 worst = OUT_OF_RANGE
                 continue
             b = rank[j] + delta
-            if taken[b]:
+            if taken_in[b] == r + 1:
                 worst = max(worst, NOT_A_PERMUTATION)
                 continue
-            taken[b] = True
+            taken_in[b] = r + 1
             out[r, j] = initial[r, order[b]]
         status[r] = worst
-        taken[:] = False
 
 
 def place_rows(planes: np.ndarray, width: int, initial: np.ndarray, sorted_keys: np.ndarray):
