@@ -13,6 +13,8 @@ and which one a file raises first, are those of one tensor at a time.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import backend, parallel
@@ -30,7 +32,8 @@ from .rows import row_shape
 TENSOR_MAX = 1 << 16
 POOL_SHARE = 0.6  # measured: ResNet-50 (CIFAR) decodes as fast from 0.45 to 0.75
 
-_batch_calls = 0  # compiled batch calls in this process; tests read it through batch_calls()
+_batch_calls = 0  # batches started in this process; tests read it through batch_calls()
+_count_lock = threading.Lock()
 
 
 def batch_calls() -> int:
@@ -68,12 +71,14 @@ class Batch:
         self.lane_starts: list[int] = []
         self.lane_ends: list[int] = []
         self.value_count = self.word_count = 0
+        self.values = self.status = self.kernel_args = self.running = None
+        self.passed: list[bool] = []  # whether each packed tensor passed its lanes and hash checks
+        self.split = 0  # the pool decodes the packed tensors before it, the caller the others
         for index, (record, section, init) in enumerate(items):
             try:
                 self._add(index, record, section, init)
             except PermcodecError:
                 pass  # left to the one-tensor path, which raises this error
-        self.values = self.status = self.running = None
 
     def _add(self, index: int, record: dict, section: bytes, init: TensorInit) -> None:
         """Tensor ``index``, once its section's CRC and lane lengths pass (else a PermcodecError)."""
@@ -111,7 +116,8 @@ class Batch:
         self.passed = [False] * len(self.members)
         self.split = self._cut(pool_share)
         self.running = parallel.start_over(self._decode, [(0, self.split)] if self.split else [])
-        _batch_calls += 1
+        with _count_lock:
+            _batch_calls += 1
         return self
 
     def _cut(self, share: float) -> int:
@@ -130,8 +136,9 @@ class Batch:
         _small_numba.decode_uniform_exact(*self.kernel_args, lo, hi)
         for slot in range(lo, hi):
             (first, count), (lane, lanes) = self.spans[slot], self.lane_spans[slot]
+            stored = self.items[self.members[slot]][0]["sha256"]
             self.passed[slot] = not self.status[lane:lane + lanes].any() and not (
-                self.verify and sha256_of(self.values[first:first + count]) != self.items[self.members[slot]][0]["sha256"])
+                self.verify and sha256_of(self.values[first:first + count]) != stored)
 
     def finish(self) -> list[np.ndarray | None]:
         """Each tensor's float32 array, or None for one whose section, lanes or (if ``verify``) SHA-256 failed.
@@ -147,10 +154,3 @@ class Batch:
             if self.passed[slot]:
                 results[index] = self.values[first:first + count].reshape(self.items[index][0]["shape"])
         return results
-
-
-def decode_batch(items: list[tuple[dict, bytes, TensorInit]], verify: bool) -> list[np.ndarray | None]:
-    """``Batch(items, verify)`` started and finished: the arrays of ``batchable`` records, or None for each that
-    failed a check."""
-    return Batch(items, verify).start(POOL_SHARE).finish()
-

@@ -242,3 +242,20 @@ def test_decode_of_a_path_names_load():
     with pytest.raises(SpecError, match=r"decode takes the bytes of a \.pc file, not str; to read a file by its path "
                                         r"use permcodec\.load\(path\)"):
         permcodec.decode(str(FIXTURE))
+
+
+def test_an_open_file_builds_each_init_as_tensor_init_does_without_checking_it_again():
+    """``PCFile`` takes each permuted record's init as the checks at open left it (``checked_tensor_init``);
+    ``tensor_init`` checks every field again. On every committed fixture, blocks and levels included, they
+    agree."""
+    from permcodec import decoder
+
+    compared = set()
+    for path in sorted((Path(__file__).parent / "fixtures").rglob("*.pc")):
+        f = permcodec.PCFile(path.read_bytes())
+        for name in f.keys():
+            record = f.record(name)
+            if record["kind"] == "permuted":
+                assert decoder.checked_tensor_init(record) == decoder.tensor_init(record), (path.name, name)
+                compared.add(record["init"]["dist"] if "block" not in record else "block")
+    assert {"block", "levels", "he_uniform"} <= compared

@@ -80,12 +80,12 @@ def bits(tensors: dict) -> dict:
 
 def test_the_model_holds_what_the_batch_takes_and_what_it_leaves(data):
     f = permcodec.PCFile(data)
-    taken = [name for name in f.keys() if f.batchable(name)]
+    taken = [name for name in f.keys() if f._batchable(name)]
     assert taken == ["convs.0.weight", "convs.1.weight", "convs.2.weight", "convs.3.weight", "convs.4.weight",
                      "wide.weight", "scalar_bias.weight"]
     assert f.record("wide.weight")["scheme_params"]["lanes"] > 1
-    assert not f.batchable("normal.weight") and not f.batchable("column.weight")
-    assert [name for name in f.keys() if f.small_raw(name)] == [
+    assert not f._batchable("normal.weight") and not f._batchable("column.weight")
+    assert [name for name in f.keys() if f._small_raw(name)] == [
         "wide.bias", "normal.bias", "column.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
         "bn.num_batches_tracked", "scalar_bias.bias"]
 
