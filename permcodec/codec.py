@@ -75,7 +75,7 @@ def save(obj, path, init=None, **options) -> None:
 
 def decode(data: bytes, device="cpu", verify: bool = True, limits: Limits | None = None,
            progress: bool = False) -> dict:
-    """All tensors of a .pc file given as bytes."""
+    """All tensors of a .pc file given as bytes (see ``load``)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SpecError(f"decode takes the bytes of a .pc file, not {type(data).__name__}; "
                         f"to read a file by its path use permcodec.load(path)")
@@ -83,7 +83,8 @@ def decode(data: bytes, device="cpu", verify: bool = True, limits: Limits | None
 
 
 def load(path, device="cpu", verify: bool = True, limits: Limits | None = None, progress: bool = False) -> dict:
-    """All tensors of the .pc file at ``path``, rebuilt bit-exactly on ``device``."""
+    """All tensors of the .pc file at ``path``, rebuilt bit-exactly on ``device``. On the CPU, small tensors
+    decoded together are views of one buffer, without overlap: keeping one keeps that buffer's memory."""
     with safe_open(path, device, verify, limits) as f:
         return decode_all(f, progress)
 

@@ -322,12 +322,13 @@ class PCFile:
 
     def _start_batch(self, names: list[str]) -> "small_tensors.Batch | None":
         """``batchable`` tensors ``names`` decoding in one compiled call on the shared pool (``small_tensors``), or
-        None where there is not the memory for them at once; its ``finish`` gives their numpy arrays, None for
-        each that failed a check, for ``get_tensor`` or ``get_array`` to raise its error."""
-        items = [(self.record(name), self.read_section(name), self._tensor_init(name)) for name in names]
+        None where their sections cannot be read or there is not the memory for them at once; its ``finish``
+        gives their numpy arrays, None for each that failed a check, for ``get_tensor`` or ``get_array`` to
+        raise its error."""
         try:
+            items = [(self.record(name), self.read_section(name), self._tensor_init(name)) for name in names]
             return small_tensors.Batch(items, self.verify).start(small_tensors.POOL_SHARE)
-        except MemoryError:  # then each tensor alone, whose error names it
+        except (MemoryError, OSError):  # then each tensor alone, whose error names it, in file order
             return None
 
     def _small_raw(self, name: str) -> bool:

@@ -165,8 +165,11 @@ class Batch:
         results: list[np.ndarray | None] = [None] * len(self.items)
         if self.running is None:
             return results
-        self.decode_rest()
-        self.running.wait()
+        try:
+            self.decode_rest()
+            self.running.wait()
+        except MemoryError:  # each tensor alone, then, whose error names it
+            return results
         for slot, (index, (first, count)) in enumerate(zip(self.members, self.spans)):
             if self.passed[slot]:
                 results[index] = self.values[first:first + count].reshape(self.items[index][0]["shape"])

@@ -73,9 +73,10 @@ def one_at_a_time(data: bytes) -> dict:
 
 
 def bits(tensors: dict) -> dict:
-    """name -> (dtype, shape, SHA-256 of the bytes): bits, not values."""
-    return {name: (t.dtype, tuple(t.shape), hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest())
-            for name, t in tensors.items()}
+    """name -> (dtype, shape, SHA-256 of the bytes) of torch tensors or numpy arrays alike: bits, not values."""
+    arrays = {name: t.contiguous().numpy() if isinstance(t, torch.Tensor) else t for name, t in tensors.items()}
+    return {name: (a.dtype.name, a.shape, hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+            for name, a in arrays.items()}
 
 
 def test_the_model_holds_what_the_batch_takes_and_what_it_leaves(data):
@@ -177,17 +178,60 @@ def crc_broken(section: bytes, record: dict) -> None:
     record["crc32"] ^= 1
 
 
-@pytest.mark.parametrize("name", ["convs.2.weight", "wide.weight", "bn.running_mean"])
+def outcome(decode) -> tuple:
+    """What ``decode()`` gives: its error's class and message, or the bits of every tensor."""
+    try:
+        return ("bits", bits(decode()))
+    except permcodec.PermcodecError as err:
+        return (type(err).__name__, str(err))
+
+
+def one_at_a_time_outcome(data: bytes, verify: bool) -> tuple:
+    return outcome(lambda: {name: f.get_tensor(name) for f in [permcodec.PCFile(data, verify=verify)]
+                            for name in f.keys()})
+
+
+@pytest.mark.parametrize("name", ["convs.2.weight", "wide.weight", "scalar_bias.weight", "bn.running_mean"])
 @pytest.mark.parametrize("damage", [last_word_flipped, stored_hash_zeroed, crc_broken])
-def test_a_damaged_small_tensor_raises_what_get_tensor_raises(data, name, damage):
+# every batched tensor decoded by the caller, by the pool, or split (the pool decodes convs.*, the caller wide)
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_damaged_small_tensor_raises_what_get_tensor_raises(data, monkeypatch, name, damage, share, verify):
+    monkeypatch.setattr(small_tensors, "POOL_SHARE", share)
     bad = rewritten(data, name, damage)
-    with pytest.raises(permcodec.PermcodecError) as alone:
-        permcodec.PCFile(bad).get_tensor(name)
+    alone = one_at_a_time_outcome(bad, verify)
     calls = small_tensors.batch_calls()
-    with pytest.raises(type(alone.value)) as together:
-        permcodec.decode(bad)
-    assert str(together.value) == str(alone.value) and str(alone.value).startswith(f"tensor {name!r}")
-    assert small_tensors.batch_calls() == calls + 1
+    assert outcome(lambda: permcodec.decode(bad, verify=verify)) == alone
+    assert outcome(lambda: decoder.decode_all_arrays(permcodec.PCFile(bad, verify=verify))) == alone
+    assert small_tensors.batch_calls() == calls + 2
+    if verify or damage is crc_broken:  # the damage is seen, and named (without the hash, it may not be)
+        assert alone[0] != "bits" and alone[1].startswith(f"tensor {name!r}")
+
+
+@pytest.mark.parametrize("share", [0.0, 0.6, 1.0])
+def test_random_byte_flips_in_small_sections_give_one_at_a_time_outcomes(data, monkeypatch, share):
+    """Flips anywhere in the batched and small raw sections (their CRCs kept true, so the damage reaches the
+    decoders), with and without the hash check."""
+    monkeypatch.setattr(small_tensors, "POOL_SHARE", share)
+    rng = np.random.default_rng(int(share * 10))
+    f = permcodec.PCFile(data)
+    names = [name for name in f.keys() if f._batchable(name) or f._small_raw(name)]
+    seen = set()
+    for case in range(24):
+        name = names[rng.integers(len(names))]
+        flips = rng.integers(1, 4)
+
+        def flipped(section: bytes, record: dict) -> bytes:
+            damaged = bytearray(section)
+            for at in rng.integers(len(section), size=flips):
+                damaged[at] ^= 1 << int(rng.integers(8))
+            return bytes(damaged)
+
+        bad, verify = rewritten(data, name, flipped), bool(case % 2)
+        alone = one_at_a_time_outcome(bad, verify)
+        assert outcome(lambda: permcodec.decode(bad, verify=verify)) == alone, (name, case)
+        seen.add(alone[0])
+    assert {"FormatError", "bits"} <= seen
 
 
 def test_the_first_damaged_tensor_in_file_order_is_raised(data):
@@ -211,6 +255,13 @@ def test_threads_decoding_at_once_see_single_threaded_bits(data, monkeypatch):
 
     with ThreadPoolExecutor(THREADS) as pool:
         assert all(all(results) for results in pool.map(worker, range(THREADS)))
+
+
+def test_half_the_values_split_the_batch_before_wide_weight(data):
+    f = permcodec.PCFile(data)
+    names = [name for name in f.keys() if f._batchable(name)]
+    batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
+    assert names[batch._cut(0.5)] == "wide.weight"
 
 
 def test_the_pool_piece_and_the_caller_split_by_values():
@@ -237,3 +288,16 @@ def test_the_batch_kernel_matches_the_one_tensor_kernels_on_edge_bounds(monkeypa
     assert small_tensors.batch_calls() == calls + 1
     values = np.concatenate([t.numpy().ravel() for t in permcodec.decode(data).values()])
     assert values.min() >= -1e-30 and values.max() < 3e-30
+
+
+def test_one_worker_decodes_the_batch_in_the_caller(data, monkeypatch):
+    monkeypatch.setattr(parallel, "WORKERS", 1)
+    threads, real = set(), small_tensors.Batch._decode
+
+    def recorded(self, lo, hi):
+        threads.add(threading.current_thread())
+        return real(self, lo, hi)
+
+    monkeypatch.setattr(small_tensors.Batch, "_decode", recorded)
+    assert bits(permcodec.decode(data)) == bits(one_at_a_time(data))
+    assert threads == {threading.main_thread()}
