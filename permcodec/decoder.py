@@ -386,9 +386,10 @@ def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable) -> di
     one thread's Python overlaps another's kernels: each thread takes the next
     job, largest first, so that the last to end are the small ones. A job is
     one tensor, or the small raw tensors together (``decode_small_raw``). The
-    small permuted tensors of the commonest kind are decoded apart, by one
-    kernel call on the shared pool while the threads take the jobs
-    (``small_tensors``). ``from_array`` turns the arrays of either into what
+    small permuted tensors of the commonest kinds are decoded apart, by one
+    kernel (``small_tensors``): part of them on the shared pool while the
+    threads take the jobs, the rest by the caller once it finds no job left.
+    ``from_array`` turns the arrays of either into what
     ``get`` gives. A tensor that fails stops the taking; the failure raised is
     the first in file order, as one at a time would raise: tensors before it
     that were not decoded yet are decoded then, in the caller.
