@@ -100,6 +100,9 @@ class Started:
             future.result()
 
 
+ENTRY_WAIT = 0.002  # a pool busy with other kernels may not start a piece at once; the caller goes on then
+
+
 def start_over(kernel, ranges: list[tuple[int, int]], *args) -> Started:
     """``kernel(*args, lo, hi)`` for each ``(lo, hi)`` of ``ranges`` on the shared pool, without waiting for them
     to end, so that the caller's Python runs beside them. A piece needs the GIL to enter its kernel, and a caller
@@ -119,6 +122,3 @@ def start_over(kernel, ranges: list[tuple[int, int]], *args) -> Started:
         futures.append(shared_pool().submit(piece, lo, hi, entering))
         entering.wait(ENTRY_WAIT)
     return Started(futures)
-
-
-ENTRY_WAIT = 0.002  # a pool busy with other kernels may not start a piece at once; the caller goes on then

@@ -73,7 +73,7 @@ class Batch:
         self.lane_ends: list[int] = []
         self.plane_bytes: list[bytes] = []  # the delta tensors' byte planes
         self.value_count = self.word_count = self.plane_count = 0
-        self.values = self.kernel_args = self.running = None
+        self.values = self.decoded_cleanly = self.kernel_args = self.running = None
         self.passed: list[bool] = []  # whether each packed tensor passed its decoding and hash checks
         self.split = 0  # the pool decodes the packed tensors before it, the caller the others
         for index, (record, section, init) in enumerate(items):
@@ -119,11 +119,12 @@ class Batch:
             return self
         words = np.frombuffer(b"".join(self.word_bytes), dtype="<u4")
         self.values = np.empty(self.value_count, dtype=np.float32)
+        self.decoded_cleanly = np.zeros(len(self.members), dtype=np.bool_)  # the kernel's verdict per tensor
         self.kernel_args = (np.array(self.table, dtype=np.int64), np.array(self.bounds, dtype=np.float64),
                             words if words.dtype.isnative else words.astype(np.uint32),
                             np.array(self.lane_starts, dtype=np.int64), np.array(self.lane_ends, dtype=np.int64),
                             np.frombuffer(b"".join(self.plane_bytes), dtype=np.uint8), self.values,
-                            np.zeros(len(self.members), dtype=np.bool_))
+                            self.decoded_cleanly)
         self.passed = [False] * len(self.members)
         self.split = self._cut(pool_share)
         self.running = parallel.start_over(self._decode, [(0, self.split)] if self.split else [])
@@ -145,11 +146,10 @@ class Batch:
         from .format import _small_numba
 
         _small_numba.decode_uniform(*self.kernel_args, lo, hi)
-        decoded_cleanly = self.kernel_args[-1]
         for slot in range(lo, hi):
             first, count = self.spans[slot]
             stored = self.items[self.members[slot]][0]["sha256"]
-            self.passed[slot] = bool(decoded_cleanly[slot]) and not (
+            self.passed[slot] = bool(self.decoded_cleanly[slot]) and not (
                 self.verify and sha256_of(self.values[first:first + count]) != stored)
 
     def decode_rest(self) -> None:
