@@ -28,7 +28,7 @@ class SmallConvs(nn.Module):
     def __init__(self):
         super().__init__()
         self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, bias=False) for c in (4, 8, 16, 16, 32))
-        self.wide = nn.Linear(64, 1024)  # 2^16 weights: the largest a batch takes; several lanes
+        self.wide = nn.Linear(64, 1024)  # 2^16 weights; several lanes
         self.normal = nn.Conv2d(8, 8, 3)
         self.column = nn.Linear(1, 16)  # rows of one element: nothing coded, left to the one-tensor path
         self.bn = nn.BatchNorm2d(16)
@@ -269,6 +269,14 @@ def test_the_pool_piece_and_the_caller_split_by_values():
     batch.spans, batch.value_count = [(0, 10), (10, 10), (20, 60), (80, 20)], 100
     # a tensor goes to the pool when its middle value lies below the share
     assert [batch._cut(share) for share in (0.0, 0.1, 0.2, 0.5, 0.9, 1.0)] == [0, 1, 2, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("shape", "taken"), [((511, 513), True), ((512, 512), False), ((1, 2), True), ((2, 1), False)])
+def test_a_batch_takes_what_the_one_tensor_path_would_decode_on_one_thread(shape, taken):
+    """Below PARALLEL_MIN elements ``run_over`` runs a tensor's kernels on one thread: the batch takes those."""
+    init = TensorInit("w", shape, 1, 0, "he_uniform", make_params("he_uniform", shape))
+    assert small_tensors.batchable({"scheme": "exact", "shape": list(shape)}, init) is taken
+    assert small_tensors.TENSOR_LIMIT == parallel.PARALLEL_MIN == 512 * 512
 
 
 def test_a_batch_of_nothing_decodes_nothing():
