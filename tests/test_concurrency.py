@@ -137,14 +137,15 @@ def test_a_failing_piece_raises_in_the_caller_after_every_piece_ended(monkeypatc
     assert sorted(finished) == [(2, 4), (4, 6), (6, 8)]
 
 
+# Large: too large for the batch of small tensors (small_tensors.TENSOR_LIMIT), so decode_all's threads take them.
 def two_large_tensors() -> bytes:
-    model = nn.Sequential(nn.Linear(512, 256, bias=False), nn.Linear(256, 512, bias=False))  # 2^17 weights each
+    model = nn.Sequential(nn.Linear(1024, 256, bias=False), nn.Linear(256, 1024, bias=False))  # 2^18 weights each
     permcodec.init_(model, 5)
     return permcodec.encode(model, level="fast")
 
 
 def large_and_small_tensors() -> bytes:
-    model = nn.Sequential(nn.Linear(512, 256), nn.Linear(256, 512))  # 2^17, 256, 2^17 and 512 elements
+    model = nn.Sequential(nn.Linear(1024, 256), nn.Linear(256, 1024))  # 2^18, 256, 2^18 and 1,024 elements
     permcodec.init_(model, 5)
     return permcodec.encode(model, level="fast")
 
