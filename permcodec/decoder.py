@@ -320,14 +320,15 @@ class PCFile:
         return engine_for(self._device) is arrays.NUMPY and \
             small_tensors.batchable(self.record(name), self._tensor_init(name))
 
-    def _start_batch(self, names: list[str]) -> "small_tensors.Batch | None":
-        """``batchable`` tensors ``names`` decoding in one compiled call on the shared pool (``small_tensors``), or
-        None where their sections cannot be read or there is not the memory for them at once; its ``finish``
-        gives their numpy arrays, None for each that failed a check, for ``get_tensor`` or ``get_array`` to
-        raise its error."""
+    def _start_batch(self, names: list[str], pool_share: float) -> "small_tensors.Batch | None":
+        """``batchable`` tensors ``names`` decoding in one compiled call, about ``pool_share`` of their values on the
+        shared pool (``small_tensors``; the caller decodes the rest in ``decode_rest`` or ``finish``), or None
+        where their sections cannot be read or there is not the memory for them at once; its ``finish`` gives
+        their numpy arrays, None for each that failed a check, for ``get_tensor`` or ``get_array`` to raise its
+        error."""
         try:
             items = [(self.record(name), self.read_section(name), self._tensor_init(name)) for name in names]
-            return small_tensors.Batch(items, self.verify).start(small_tensors.POOL_SHARE)
+            return small_tensors.Batch(items, self.verify).start(pool_share)
         except (MemoryError, OSError):  # then each tensor alone, whose error names it, in file order
             return None
 
@@ -397,7 +398,8 @@ def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable) -> di
     elements = {name: math.prod(f.record(name)["shape"]) for name in f.keys()}
     bar = progress_lines(sum(elements.values()), "decode", "weights", progress)
     batched = _batched(f, elements)
-    batch = f._start_batch(batched) if batched else None
+    pool_share = small_tensors.POOL_SHARE if len(batched) < len(elements) else small_tensors.POOL_SHARE_ALONE
+    batch = f._start_batch(batched, pool_share) if batched else None
     apart = set(batched) if batch is not None else set()
     jobs = _jobs(f, [name for name in elements if name not in apart], elements, get, from_array)
     done = _take_in_parallel(jobs, lambda job: bar.update(job.elements), batch.decode_rest if batch else None)

@@ -33,7 +33,11 @@ from .rows import row_shape
 # GIL kept it waiting for milliseconds between them. From 2^16 to 2^18: Conv7's decode 9.3 -> 6.9 ms.
 TENSOR_LIMIT = parallel.PARALLEL_MIN
 SCHEMES = ("exact", "delta")
-POOL_SHARE = 0.6  # measured: ResNet-50 (CIFAR) decodes as fast from 0.45 to 0.75
+# The pool's share of a batch's values. Beside the caller's other work (the file's other tensors) it takes more:
+# ResNet-50 (CIFAR) decodes as fast from 0.45 to 0.75. With nothing else to decode the two halve it: Conv7's
+# decode took 0.85x the time with 0.5 than with 0.6.
+POOL_SHARE = 0.6
+POOL_SHARE_ALONE = 0.5
 
 _batch_calls = 0  # batches started in this process; tests read it through batch_calls()
 _count_lock = threading.Lock()
@@ -77,7 +81,7 @@ class Batch:
         self.value_count = self.word_count = self.plane_count = 0
         self.values = self.decoded_cleanly = self.kernel_args = self.running = None
         self.passed: list[bool] = []  # whether each packed tensor passed its decoding and hash checks
-        self.split = 0  # the pool decodes the packed tensors before it, the caller the others
+        self.split = 0  # once started, the pool decodes the packed tensors before it, the caller the others
         for index, (record, section, init) in enumerate(items):
             try:
                 self._add(index, record, section, init)
@@ -114,11 +118,14 @@ class Batch:
         self.value_count += rows * n
 
     def start(self, pool_share: float) -> "Batch":
-        """Start decoding the first packed tensors, about ``pool_share`` of the values, on the shared pool;
-        ``finish`` decodes the rest in the caller."""
+        """Start decoding about ``pool_share`` of the values on the shared pool (``pool_first``: the packed tensors
+        are reordered so that the pool's come first); ``finish`` decodes the rest in the caller."""
         global _batch_calls
         if not self.members:
             return self
+        order, self.split = pool_first([count for _, count in self.spans], pool_share)
+        self.members, self.spans, self.table, self.bounds = (
+            [column[slot] for slot in order] for column in (self.members, self.spans, self.table, self.bounds))
         words = np.frombuffer(b"".join(self.word_bytes), dtype="<u4")
         self.values = np.empty(self.value_count, dtype=np.float32)
         self.decoded_cleanly = np.zeros(len(self.members), dtype=np.bool_)  # the kernel's verdict per tensor
@@ -128,18 +135,10 @@ class Batch:
                             np.frombuffer(b"".join(self.plane_bytes), dtype=np.uint8), self.values,
                             self.decoded_cleanly)
         self.passed = [False] * len(self.members)
-        self.split = self._cut(pool_share)
         self.running = parallel.start_over(self._decode, [(0, self.split)] if self.split else [])
         with _count_lock:
             _batch_calls += 1
         return self
-
-    def _cut(self, share: float) -> int:
-        """How many of the packed tensors (in order) hold about ``share`` of the values."""
-        for slot, (first, count) in enumerate(self.spans):
-            if first + count / 2 >= share * self.value_count:
-                return slot
-        return len(self.spans)
 
     def _decode(self, lo: int, hi: int) -> None:
         """Packed tensors ``lo .. hi-1`` decoded, then checked (``passed``). The thread that decoded them hashes
@@ -176,3 +175,19 @@ class Batch:
             if self.passed[slot]:
                 results[index] = self.values[first:first + count].reshape(self.items[index][0]["shape"])
         return results
+
+
+def pool_first(counts: list[int], pool_share: float) -> tuple[list[int], int]:
+    """(order, split): the tensors of ``counts`` values dealt largest first, each to the pool where its middle
+    value lies within ``pool_share`` of the values dealt so far, else to the caller; ``order`` lists the pool's
+    (its first ``split``), then the caller's. Dealt in file order instead, two large tensors side by side could
+    only go together: Conv7's pool decoded for 4.0 ms while the caller's part took 2.4."""
+    pool, caller, dealt, pool_values = [], [], 0, 0
+    for slot in sorted(range(len(counts)), key=lambda slot: -counts[slot]):
+        dealt += counts[slot]
+        if pool_values + counts[slot] / 2 <= pool_share * dealt:
+            pool.append(slot)
+            pool_values += counts[slot]
+        else:
+            caller.append(slot)
+    return pool + caller, len(pool)

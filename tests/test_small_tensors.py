@@ -193,7 +193,7 @@ def one_at_a_time_outcome(data: bytes, verify: bool) -> tuple:
 
 @pytest.mark.parametrize("name", ["convs.2.weight", "wide.weight", "scalar_bias.weight", "bn.running_mean"])
 @pytest.mark.parametrize("damage", [last_word_flipped, stored_hash_zeroed, crc_broken])
-# every batched tensor decoded by the caller, by the pool, or split (the pool decodes convs.*, the caller wide)
+# every batched tensor decoded by the caller, by the pool, or split (at 0.5 the pool decodes wide, the caller convs.*)
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("verify", [True, False])
 def test_a_damaged_small_tensor_raises_what_get_tensor_raises(data, monkeypatch, name, damage, share, verify):
@@ -257,18 +257,26 @@ def test_threads_decoding_at_once_see_single_threaded_bits(data, monkeypatch):
         assert all(all(results) for results in pool.map(worker, range(THREADS)))
 
 
-def test_half_the_values_split_the_batch_before_wide_weight(data):
+def test_the_pool_takes_its_share_of_the_values_largest_first(data):
     f = permcodec.PCFile(data)
     names = [name for name in f.keys() if f._batchable(name)]
     batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
-    assert names[batch._cut(0.5)] == "wide.weight"
+    batch.start(0.5)
+    pool, caller = batch.members[:batch.split], batch.members[batch.split:]
+    assert all(array is not None for array in batch.finish())
+    # wide.weight holds 65,536 of the 80,088 values: the pool takes it, the caller all the others, largest first
+    assert [names[slot] for slot in pool] == ["wide.weight"]
+    assert [names[slot] for slot in caller] == [
+        "convs.4.weight", "convs.2.weight", "convs.3.weight", "convs.1.weight", "convs.0.weight", "scalar_bias.weight"]
 
 
-def test_the_pool_piece_and_the_caller_split_by_values():
-    batch = small_tensors.Batch([], verify=True)
-    batch.spans, batch.value_count = [(0, 10), (10, 10), (20, 60), (80, 20)], 100
-    # a tensor goes to the pool when its middle value lies below the share
-    assert [batch._cut(share) for share in (0.0, 0.1, 0.2, 0.5, 0.9, 1.0)] == [0, 1, 2, 2, 3, 4]
+@pytest.mark.parametrize(("share", "order", "split"), [
+    (0.0, [2, 1, 0, 3], 0), (0.3, [1, 0, 2, 3], 2), (0.5, [2, 1, 0, 3], 1), (0.9, [2, 1, 3, 0], 3),
+    (1.0, [2, 1, 0, 3], 4)])
+def test_each_tensor_goes_where_its_middle_value_falls_largest_first(share, order, split):
+    # counts 10, 20, 60, 10: at 0.3 the 60 goes to the caller (its middle, 30, is past 0.3 * 60), the 20 to the
+    # pool (10 <= 0.3 * 80), the first 10 too (25 <= 27), the other 10 to the caller (35 > 30)
+    assert small_tensors.pool_first([10, 20, 60, 10], share) == (order, split)
 
 
 @pytest.mark.parametrize(("shape", "taken"), [((511, 513), True), ((512, 512), False), ((1, 2), True), ((2, 1), False)])
