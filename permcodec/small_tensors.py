@@ -35,7 +35,7 @@ TENSOR_LIMIT = parallel.PARALLEL_MIN
 SCHEMES = ("exact", "delta")
 # The pool's share of a batch's values. Beside the caller's other work (the file's other tensors) it takes more:
 # ResNet-50 (CIFAR) decodes as fast from 0.45 to 0.75. With nothing else to decode the two halve it: Conv7's
-# decode took 0.85x the time with 0.5 than with 0.6.
+# decode took 0.92x the time with 0.5 as with 0.6 (1 and 10 epochs, dealt by pool_first).
 POOL_SHARE = 0.6
 POOL_SHARE_ALONE = 0.5
 
