@@ -154,10 +154,15 @@ class Batch:
                 self.verify and sha256_of(self.values[first:first + count]) != stored)
 
     def decode_rest(self) -> None:
-        """Decode, in the caller, the packed tensors the pool was not given (once; ``finish`` does it if need be)."""
+        """Decode, in the caller, the packed tensors the pool was not given (once; ``finish`` does it if need be).
+        Out of memory there, they stay undecoded: ``finish`` gives None for them, and each is decoded alone,
+        whose error names it."""
         if self.running is not None and self.split < len(self.members):
-            self._decode(self.split, len(self.members))
-            self.split = len(self.members)
+            rest, self.split = (self.split, len(self.members)), len(self.members)
+            try:
+                self._decode(*rest)
+            except MemoryError:
+                pass  # their ``passed`` stay False
 
     def finish(self) -> list[np.ndarray | None]:
         """Each tensor's float32 array, or None for one whose section, decoding or (if ``verify``) SHA-256 failed.

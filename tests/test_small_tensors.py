@@ -14,7 +14,7 @@ from torch import nn
 
 import permcodec
 from permcodec import IntegrityError, decoder, parallel, small_tensors
-from permcodec.format import container
+from permcodec.format import _small_numba, container
 from permcodec.init.distributions import make_params
 from permcodec.init.initspec import InitSpec, TensorInit
 
@@ -317,3 +317,30 @@ def test_one_worker_decodes_the_batch_in_the_caller(data, monkeypatch):
     monkeypatch.setattr(small_tensors.Batch, "_decode", recorded)
     assert bits(permcodec.decode(data)) == bits(one_at_a_time(data))
     assert threads == {threading.main_thread()}
+
+
+@pytest.mark.parametrize("failing", ["caller", "pool"])
+def test_running_out_of_memory_in_the_batch_leaves_its_tensors_to_one_at_a_time(data, monkeypatch, failing):
+    """The kernel's allocations may fail in either thread: that thread's tensors (the caller's), or all of the
+    batch (the pool's), are then decoded one at a time, whose error (a MemoryLimitError naming the tensor) is
+    the one a caller would see; here the second try has the memory."""
+    expected = bits(one_at_a_time(data))
+    real, calls = _small_numba.decode_uniform, []
+
+    def short_of_memory(*args):
+        in_caller = threading.current_thread() is threading.main_thread()
+        calls.append(in_caller)
+        if in_caller == (failing == "caller"):
+            raise MemoryError("Allocation failed (probably too large).")
+        return real(*args)
+
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    monkeypatch.setattr(small_tensors, "POOL_SHARE", 0.5)  # the pool decodes wide.weight, the caller the others
+    monkeypatch.setattr(_small_numba, "decode_uniform", short_of_memory)
+    gets = one_at_a_time_calls(monkeypatch)
+    assert bits(permcodec.decode(data)) == expected
+    assert sorted(set(calls)) == [False, True]  # both threads took part
+    callers = ["convs.0.weight", "convs.1.weight", "convs.2.weight", "convs.3.weight", "convs.4.weight",
+               "scalar_bias.weight"]
+    again = callers if failing == "caller" else [*callers, "wide.weight"]
+    assert sorted(gets) == sorted(["column.weight", "normal.weight", *again])
