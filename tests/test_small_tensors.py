@@ -344,3 +344,25 @@ def test_running_out_of_memory_in_the_batch_leaves_its_tensors_to_one_at_a_time(
                "scalar_bias.weight"]
     again = callers if failing == "caller" else [*callers, "wide.weight"]
     assert sorted(gets) == sorted(["column.weight", "normal.weight", *again])
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_running_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get_tensor(data, monkeypatch, failures):
+    """Once (the raw loop): the tensor is decoded alone and the file decodes. Again there: the error names it."""
+    expected = bits(one_at_a_time(data))
+    real, left = decoder.decode_raw, [failures]
+
+    def short_of_memory(record, section):
+        if record["name"] == "bn.running_var" and left[0]:
+            left[0] -= 1
+            raise MemoryError
+        return real(record, section)
+
+    monkeypatch.setattr(decoder, "decode_raw", short_of_memory)
+    gets = one_at_a_time_calls(monkeypatch)
+    if failures == 1:
+        assert bits(permcodec.decode(data)) == expected
+    else:
+        with pytest.raises(permcodec.MemoryLimitError, match=r"^tensor 'bn\.running_var': not enough memory"):
+            permcodec.decode(data)
+    assert "bn.running_var" in gets and left == [0]
