@@ -337,8 +337,13 @@ class PCFile:
         return engine_for(self._device) is arrays.NUMPY and small_raw(self.record(name))
 
     def _decode_small_raw(self, names: list[str]) -> list[np.ndarray | None]:
-        """The numpy arrays of ``small_raw`` tensors ``names`` (see ``decode_small_raw``)."""
-        return decode_small_raw([(self.record(name), self.read_section(name)) for name in names], self.verify)
+        """The numpy arrays of ``small_raw`` tensors ``names`` (see ``decode_small_raw``); all None where their
+        sections cannot be read, for ``get_tensor`` to raise the first error in file order."""
+        try:
+            items = [(self.record(name), self.read_section(name)) for name in names]
+        except OSError:
+            return [None] * len(names)
+        return decode_small_raw(items, self.verify)
 
     def _tensor_init(self, name: str) -> TensorInit | None:
         """The ``tensor_init`` of a permuted record, built once per file (threads may race to build it alike)."""

@@ -2,6 +2,8 @@
 raw tensors (``decoder.decode_small_raw``) give the bits and the errors of one tensor at a time."""
 
 import hashlib
+import io
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -366,3 +368,21 @@ def test_running_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get_tensor(d
         with pytest.raises(permcodec.MemoryLimitError, match=r"^tensor 'bn\.running_var': not enough memory"):
             permcodec.decode(data)
     assert "bn.running_var" in gets and left == [0]
+
+
+@pytest.mark.parametrize("unreadable", [("column.weight", "bn.running_var"), ("convs.2.weight", "normal.weight")])
+def test_a_section_that_cannot_be_read_fails_in_file_order(data, unreadable):
+    """An I/O error reading a section of the raw loop's or the batch's tensors: those tensors fall back to one
+    at a time, so the error raised is the first in file order (the raw loop is the caller's first job)."""
+    f = permcodec.PCFile(data)
+    data_start = len(data) - sum(f.record(name)["length"] for name in f.keys())
+    failing = {data_start + f.record(name)["offset"]: name for name in unreadable}
+
+    class FlakyStream(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() in failing:
+                raise OSError(5, f"cannot read the section of {failing[self.tell()]}")
+            return super().read(size)
+
+    with pytest.raises(OSError, match=f"cannot read the section of {re.escape(unreadable[0])}$"):
+        decoder.decode_all(permcodec.PCFile(FlakyStream(data)))
