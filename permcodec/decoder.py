@@ -113,13 +113,11 @@ def decode_small_raw(items: list[tuple[dict, bytes]], verify: bool) -> list[np.n
         try:
             container.check_section(record, section)
             data = decode_raw(record, section)
+            passed = not verify or hashlib.sha256(data).digest() == record["sha256"]
+            decoded.append(np.frombuffer(data, dtype=NUMPY_DTYPES[record["dtype"]]).reshape(record["shape"])
+                           if passed else None)
         except (PermcodecError, MemoryError):  # the one-tensor path raises it, naming the tensor
             decoded.append(None)
-            continue
-        if verify and hashlib.sha256(data).digest() != record["sha256"]:
-            decoded.append(None)
-        else:
-            decoded.append(np.frombuffer(data, dtype=NUMPY_DTYPES[record["dtype"]]).reshape(record["shape"]))
     return decoded
 
 
@@ -307,13 +305,18 @@ class PCFile:
 
     def get_tensor(self, name: str) -> "torch.Tensor":
         """The tensor ``name``, rebuilt bit-exactly on this file's device (its hash checked if ``verify``)."""
-        return decode_record(self.record(name), self.read_section(name), self._device, self.verify,
+        return decode_record(self.record(name), self._section(name), self._device, self.verify,
                              self._tensor_init(name))
 
     def get_array(self, name: str) -> np.ndarray:
         """The tensor ``name`` as a numpy array, rebuilt on the CPU without importing torch (its hash checked if
         ``verify``). A bfloat16 tensor raises SpecError: numpy has no such dtype; use ``get_tensor``."""
-        return decode_record_array(self.record(name), self.read_section(name), self.verify, self._tensor_init(name))
+        return decode_record_array(self.record(name), self._section(name), self.verify, self._tensor_init(name))
+
+    def _section(self, name: str) -> bytes:
+        """``read_section``, with running out of memory for its copy named as the tensor's (MemoryLimitError)."""
+        with memory_errors_named(self.record(name)):
+            return self.read_section(name)
 
     def _batchable(self, name: str) -> bool:
         """Whether ``_start_batch`` can take tensor ``name``: on the CPU, of the kind ``small_tensors`` takes."""
@@ -329,8 +332,8 @@ class PCFile:
         try:
             items = [(self.record(name), self.read_section(name), self._tensor_init(name)) for name in names]
             return small_tensors.Batch(items, self.verify).start(pool_share)
-        except (MemoryError, OSError):  # then each tensor alone, whose error names it, in file order
-            return None
+        except Exception:  # then each tensor alone, whose error names it, in file order: a section that cannot be
+            return None    # read, no memory, no thread to be had (a thread limit, or the interpreter shutting down)
 
     def _small_raw(self, name: str) -> bool:
         """Whether ``decode_small_raw`` can take tensor ``name``: a ``small_raw`` record, rebuilt on the CPU."""
@@ -341,7 +344,7 @@ class PCFile:
         sections cannot be read, for ``get_tensor`` to raise the first error in file order."""
         try:
             items = [(self.record(name), self.read_section(name)) for name in names]
-        except OSError:
+        except (OSError, MemoryError):
             return [None] * len(names)
         return decode_small_raw(items, self.verify)
 
@@ -422,7 +425,10 @@ def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable) -> di
 def _batched(f: PCFile, elements: dict[str, int]) -> list[str]:
     """The tensors ``f._start_batch`` takes, in file order: every ``batchable`` one, where its kernel serves."""
     small = [name for name in elements if f._batchable(name)]
-    return small if small and small_tensors.compiled_here(sum(elements[name] for name in small)) else []
+    try:
+        return small if small and small_tensors.compiled_here(sum(elements[name] for name in small)) else []
+    except SpecError:  # an unknown PERMCODEC_BACKEND: the tensors that consult it raise it, in file order
+        return []
 
 
 class _Job(NamedTuple):
@@ -512,12 +518,18 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
             when_none_left()
 
     helpers = max(0, min(parallel.WORKERS, len(jobs)) - 1) if jobs and jobs[0].for_a_helper else 0
-    if not helpers:
-        take_then_rest()
-        return done
-    with ThreadPoolExecutor(helpers, thread_name_prefix="permcodec-tensors") as pool:
-        futures = [pool.submit(take, True) for _ in range(helpers)]
+    pool, futures = None, []
+    if helpers:
+        try:
+            pool = ThreadPoolExecutor(helpers, thread_name_prefix="permcodec-tensors")
+            futures = [pool.submit(take, True) for _ in range(helpers)]
+        except RuntimeError:  # no thread to be had (a thread limit, the interpreter shutting down): the caller
+            pass              # takes every job that no helper took
+    try:
         take_then_rest()
         for future in futures:
             future.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return done

@@ -155,14 +155,14 @@ class Batch:
 
     def decode_rest(self) -> None:
         """Decode, in the caller, the packed tensors the pool was not given (once; ``finish`` does it if need be).
-        Out of memory there, they stay undecoded: ``finish`` gives None for them, and each is decoded alone,
-        whose error names it."""
+        Should the kernel fail there (out of memory), they stay undecoded: ``finish`` gives None for them, and
+        each is decoded alone, whose error names it."""
         if self.running is not None and self.split < len(self.members):
             rest, self.split = (self.split, len(self.members)), len(self.members)
             try:
                 self._decode(*rest)
-            except MemoryError:
-                pass  # their ``passed`` stay False
+            except Exception:  # no memory, or anything else the kernel raised: their ``passed`` stay False
+                pass
 
     def finish(self) -> list[np.ndarray | None]:
         """Each tensor's float32 array, or None for one whose section, decoding or (if ``verify``) SHA-256 failed.
@@ -174,7 +174,7 @@ class Batch:
         try:
             self.decode_rest()
             self.running.wait()
-        except MemoryError:  # each tensor alone, then, whose error names it
+        except Exception:  # the pool's share failed (out of memory): each tensor alone, then, whose error names it
             return results
         for slot, (index, (first, count)) in enumerate(zip(self.members, self.spans)):
             if self.passed[slot]:

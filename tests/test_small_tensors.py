@@ -322,10 +322,11 @@ def test_one_worker_decodes_the_batch_in_the_caller(data, monkeypatch):
 
 
 @pytest.mark.parametrize("failing", ["caller", "pool"])
-def test_running_out_of_memory_in_the_batch_leaves_its_tensors_to_one_at_a_time(data, monkeypatch, failing):
-    """The kernel's allocations may fail in either thread: that thread's tensors (the caller's), or all of the
-    batch (the pool's), are then decoded one at a time, whose error (a MemoryLimitError naming the tensor) is
-    the one a caller would see; here the second try has the memory."""
+@pytest.mark.parametrize("error", [MemoryError("Allocation failed (probably too large)."), SystemError("numba")])
+def test_a_failing_batch_kernel_leaves_its_tensors_to_one_at_a_time(data, monkeypatch, failing, error):
+    """The kernel's allocations may fail in either thread (or the kernel itself, in a way nothing here foresees):
+    that thread's tensors (the caller's), or all of the batch (the pool's), are then decoded one at a time, whose
+    error (a MemoryLimitError naming the tensor) is the one a caller would see; here the second try succeeds."""
     expected = bits(one_at_a_time(data))
     real, calls = _small_numba.decode_uniform, []
 
@@ -333,7 +334,7 @@ def test_running_out_of_memory_in_the_batch_leaves_its_tensors_to_one_at_a_time(
         in_caller = threading.current_thread() is threading.main_thread()
         calls.append(in_caller)
         if in_caller == (failing == "caller"):
-            raise MemoryError("Allocation failed (probably too large).")
+            raise error
         return real(*args)
 
     monkeypatch.setattr(parallel, "WORKERS", 2)
@@ -386,3 +387,69 @@ def test_a_section_that_cannot_be_read_fails_in_file_order(data, unreadable):
 
     with pytest.raises(OSError, match=f"cannot read the section of {re.escape(unreadable[0])}$"):
         decoder.decode_all(permcodec.PCFile(FlakyStream(data)))
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_section_read_that_runs_out_of_memory_is_named_in_file_order(data, monkeypatch, failures):
+    """Copying bn.running_var's section fails once (in the raw loop: the file then decodes, the tensor alone) or
+    twice (then get_tensor's MemoryLimitError names it, as one tensor at a time does)."""
+    expected = bits(one_at_a_time(data))
+    real, left = permcodec.PCFile.read_section, [failures]
+
+    def short_of_memory(self, name):
+        if name == "bn.running_var" and left[0]:
+            left[0] -= 1
+            raise MemoryError
+        return real(self, name)
+
+    monkeypatch.setattr(permcodec.PCFile, "read_section", short_of_memory)
+    if failures == 1:
+        assert bits(permcodec.decode(data)) == expected
+    else:
+        with pytest.raises(permcodec.MemoryLimitError, match=r"^tensor 'bn\.running_var': not enough memory"):
+            permcodec.decode(data)
+    assert left == [0]
+
+
+class NoThreads(ThreadPoolExecutor):
+    """An executor that can start no thread, as at interpreter shutdown or under a thread limit."""
+
+    def submit(self, *args, **kwargs):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+
+def test_without_threads_to_be_had_the_caller_decodes_every_tensor(data, monkeypatch):
+    expected = bits(one_at_a_time(data))
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    monkeypatch.setattr(parallel, "shared_pool", lambda: NoThreads(1))  # the batch's pool piece cannot start
+    monkeypatch.setattr(decoder, "ThreadPoolExecutor", NoThreads)  # nor can a helper for wide.weight then
+    assert bits(permcodec.decode(data)) == expected
+
+
+def test_an_unknown_backend_is_raised_by_the_first_tensor_that_consults_it(data, monkeypatch):
+    """The batch asks for the backend before any tensor is decoded; an earlier tensor's damage comes first."""
+    bad = rewritten(data, "convs.0.weight", crc_broken)
+    monkeypatch.setenv("PERMCODEC_BACKEND", "fortran")
+    alone = one_at_a_time_outcome(bad, True)
+    assert alone[0] == "IntegrityError" and outcome(lambda: permcodec.decode(bad)) == alone
+    assert outcome(lambda: permcodec.decode(data)) == one_at_a_time_outcome(data, True)
+    assert one_at_a_time_outcome(data, True)[0] == "SpecError"
+
+
+def test_a_hash_that_runs_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get_tensor(data, monkeypatch):
+    import hashlib as real_hashlib
+
+    expected, hashed = bits(one_at_a_time(data)), []
+
+    class ShortOfMemoryOnce:
+        @staticmethod
+        def sha256(data):
+            hashed.append(len(data))
+            if len(hashed) == 1:  # the raw loop's first tensor, wide.bias
+                raise MemoryError
+            return real_hashlib.sha256(data)
+
+    monkeypatch.setattr(decoder, "hashlib", ShortOfMemoryOnce)
+    gets = one_at_a_time_calls(monkeypatch)
+    assert bits(permcodec.decode(data)) == expected
+    assert "wide.bias" in gets and hashed[0] == 1024 * 4
