@@ -20,7 +20,7 @@ import numpy as np
 from . import backend, parallel
 from .bits import sha256_of
 from .errors import PermcodecError
-from .format import container, rans, zstdframe
+from .format import container, rans
 from .format.schemes import delta
 from .init.distributions import UNIFORM_FAMILY, uniform_bounds
 from .init.initspec import TensorInit
@@ -105,8 +105,8 @@ class Batch:
                 self.word_count += length
                 self.lane_ends.append(self.word_count)
         else:
-            width = delta.index_width(n)
-            self.plane_bytes.append(zstdframe.decompress_exact(section, rows * n * width, what))
+            planes, width = delta.byte_planes(section, rows, n, what)
+            self.plane_bytes.append(planes)
             scheme, size, first = kernel.DELTA, width, self.plane_count
             self.plane_count += rows * n * width
         low, high = uniform_bounds(init.dist, init.params)

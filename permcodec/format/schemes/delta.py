@@ -38,10 +38,16 @@ def entropy_bits(codes: np.ndarray) -> float:
     return float((counts * np.log2(codes.size / counts)).sum()) if codes.size else 0.0
 
 
+def byte_planes(section: bytes, rows: int, n: int, what: str) -> tuple[bytes, int]:
+    """(payload, width): the byte planes of a section for ``rows`` rows of ``n``, inflated from its zstd frame,
+    which must hold exactly rows * n codes of ``index_width(n)`` bytes."""
+    width = index_width(n)
+    return zstdframe.decompress_exact(section, rows * n * width, what), width
+
+
 def decode_delta(initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
     rows, n = initial.shape
-    width = index_width(n)
-    payload = zstdframe.decompress_exact(section, rows * n * width, what)
+    payload, width = byte_planes(section, rows, n, what)
     if rows * n == 0:
         return initial
     xp = arrays.of(initial)
