@@ -21,6 +21,7 @@ from . import backend, parallel
 from .bits import sha256_of
 from .errors import PermcodecError
 from .format import container, rans
+from .format.ransmath import SIDE_BY_SIDE
 from .format.schemes import delta
 from .init.distributions import UNIFORM_FAMILY, uniform_bounds
 from .init.initspec import TensorInit
@@ -75,13 +76,14 @@ class Batch:
         self.table: list[tuple[int, ...]] = []
         self.bounds: list[tuple[float, float]] = []
         self.word_bytes: list[memoryview] = []  # the exact tensors' rANS words
-        self.lane_starts: list[int] = []
-        self.lane_ends: list[int] = []
+        self.streams: list[tuple[int, ...]] = []  # their lanes: the columns of _rans_numba's stream table
+        self.stream_tensor: list[int] = []  # the packed tensor of each stream
         self.plane_bytes: list[bytes] = []  # the delta tensors' byte planes
         self.value_count = self.word_count = self.plane_count = 0
-        self.values = self.decoded_cleanly = self.kernel_args = self.running = None
+        self.values = self.kernel_args = self.running = None
         self.passed: list[bool] = []  # whether each packed tensor passed its decoding and hash checks
         self.split = 0  # once started, the pool decodes the packed tensors before it, the caller the others
+        self.groups_of: dict[tuple[int, int], tuple[int, int]] = {}  # each share's range of stream groups
         for index, (record, section, init) in enumerate(items):
             try:
                 self._add(index, record, section, init)
@@ -98,12 +100,13 @@ class Batch:
         if record["scheme"] == "exact":
             lanes = record["scheme_params"]["lanes"]
             lengths = rans.lane_lengths(section, lanes, what)
-            scheme, size, first = kernel.EXACT, lanes, len(self.lane_starts)
+            scheme, size, first = kernel.EXACT, lanes, len(self.streams)
             self.word_bytes.append(memoryview(section)[4 * lanes:])
-            for length in lengths:
-                self.lane_starts.append(self.word_count)
+            for lane, length in enumerate(lengths):  # the columns of _rans_numba's stream table, in order
+                self.streams.append((self.word_count, self.word_count + length, self.value_count + lane * n,
+                                     lanes * n, (rows - lane + lanes - 1) // lanes))
+                self.stream_tensor.append(len(self.table))
                 self.word_count += length
-                self.lane_ends.append(self.word_count)
         else:
             planes, width = delta.byte_planes(section, rows, n, what)
             self.plane_bytes.append(planes)
@@ -120,20 +123,34 @@ class Batch:
     def start(self, pool_share: float) -> "Batch":
         """Start decoding about ``pool_share`` of the values on the shared pool (``pool_first``: the packed tensors
         are reordered so that the pool's come first); ``finish`` decodes the rest in the caller."""
+        from .format import _rans_numba, _small_numba
+
         global _batch_calls
         if not self.members:
             return self
         order, self.split = pool_first([count for _, count in self.spans], pool_share)
         self.members, self.spans, self.table, self.bounds = (
             [column[slot] for slot in order] for column in (self.members, self.spans, self.table, self.bounds))
+        moved_to = {slot: at for at, slot in enumerate(order)}
+        self.stream_tensor = [moved_to[slot] for slot in self.stream_tensor]
+        row_lengths = [self.table[tensor][_small_numba.ROW_LENGTH] for tensor in self.stream_tensor]
+        rows = [stream[_rans_numba.COUNT] for stream in self.streams]
+        stream_order, groups = [], []
+        for lo, hi in ((0, self.split), (self.split, len(self.members))):  # the pool's share, the caller's
+            group_lo = len(groups)
+            side_by_side([s for s, tensor in enumerate(self.stream_tensor) if lo <= tensor < hi], row_lengths, rows,
+                         stream_order, groups)
+            self.groups_of[(lo, hi)] = (group_lo, len(groups))
         words = np.frombuffer(b"".join(self.word_bytes), dtype="<u4")
         self.values = np.empty(self.value_count, dtype=np.float32)
-        self.decoded_cleanly = np.zeros(len(self.members), dtype=np.bool_)  # the kernel's verdict per tensor
         self.kernel_args = (np.array(self.table, dtype=np.int64), np.array(self.bounds, dtype=np.float64),
                             words if words.dtype.isnative else words.astype(np.uint32),
-                            np.array(self.lane_starts, dtype=np.int64), np.array(self.lane_ends, dtype=np.int64),
+                            np.array(self.streams, dtype=np.int64).reshape(-1, _rans_numba.STREAM_COLUMNS),
+                            np.array(self.stream_tensor, dtype=np.int64), np.array(stream_order, dtype=np.int64),
+                            np.array(groups, dtype=np.int64).reshape(-1, 2),
                             np.frombuffer(b"".join(self.plane_bytes), dtype=np.uint8), self.values,
-                            self.decoded_cleanly)
+                            np.zeros(len(self.streams), dtype=np.int64),  # each stream's status
+                            np.zeros(len(self.members), dtype=np.bool_))  # the kernel's verdict per tensor
         self.passed = [False] * len(self.members)
         self.running = parallel.start_over(self._decode, [(0, self.split)] if self.split else [])
         with _count_lock:
@@ -146,11 +163,12 @@ class Batch:
         side."""
         from .format import _small_numba
 
-        _small_numba.decode_uniform(*self.kernel_args, lo, hi)
+        _small_numba.decode_uniform(*self.kernel_args, lo, hi, *self.groups_of[(lo, hi)])
+        decoded_cleanly = self.kernel_args[-1]
         for slot in range(lo, hi):
             first, count = self.spans[slot]
             stored = self.items[self.members[slot]][0]["sha256"]
-            self.passed[slot] = bool(self.decoded_cleanly[slot]) and not (
+            self.passed[slot] = bool(decoded_cleanly[slot]) and not (
                 self.verify and sha256_of(self.values[first:first + count]) != stored)
 
     def decode_rest(self) -> None:
@@ -180,6 +198,22 @@ class Batch:
             if self.passed[slot]:
                 results[index] = self.values[first:first + count].reshape(self.items[index][0]["shape"])
         return results
+
+
+def side_by_side(streams: list[int], row_lengths: list[int], rows: list[int], order: list[int],
+                 groups: list[tuple[int, int]]) -> None:
+    """Append ``streams`` to ``order``, by row length, then by rows coded (``rows``), most first, and to ``groups``
+    each run of up to SIDE_BY_SIDE of them with rows of one length, as (where it starts in ``order``, its
+    width): a group's lanes decode side by side, which needs rows of one length, each lane stopping where its
+    rows end (so the most first)."""
+    ranked = sorted(streams, key=lambda s: (row_lengths[s], -rows[s], s))
+    at = len(order)
+    order.extend(ranked)
+    start = 0
+    for end in range(1, len(ranked) + 1):
+        if end == len(ranked) or end - start == SIDE_BY_SIDE or row_lengths[ranked[end]] != row_lengths[ranked[start]]:
+            groups.append((at + start, end - start))
+            start = end
 
 
 def pool_first(counts: list[int], pool_share: float) -> tuple[list[int], int]:

@@ -308,6 +308,66 @@ def test_the_batch_kernel_matches_the_one_tensor_kernels_on_edge_bounds(monkeypa
     assert values.min() >= -1e-30 and values.max() < 3e-30
 
 
+@pytest.mark.parametrize(("lengths", "rows", "order", "groups"), [
+    # rows of 72 (streams 0-5, 7: most rows first, then by stream), of 144 (6, 8), one of 9 alone: groups of up to 4
+    ([72, 72, 72, 72, 72, 72, 144, 72, 144, 9], [5, 13, 13, 12, 3, 16, 4, 13, 4, 2],
+     [9, 5, 1, 2, 7, 3, 0, 4, 6, 8], [(3, 1), (4, 4), (8, 3), (11, 2)]),
+    ([], [], [], []),
+])
+def test_lanes_of_one_row_length_go_side_by_side_most_rows_first(lengths, rows, order, groups):
+    """The kernel decodes a group's lanes side by side: rows of one length, each lane stopping where its rows end,
+    so the lanes with most rows come first; ``order`` and ``groups`` are appended to (here after three streams and
+    one group of another share)."""
+    got_order, got_groups = [20, 21, 22], [(0, 3)]
+    small_tensors.side_by_side(list(range(len(lengths))), lengths, rows, got_order, got_groups)
+    assert got_order == [20, 21, 22, *order] and got_groups == [(0, 3), *groups]
+
+
+def mixed_lanes_bytes() -> bytes:
+    """Linear layers of one row length (72) with 5 to 64 rows, at level fast: one lane each, but five for the
+    64-row one (13, 13, 13, 13 and 12 rows), so a group mixes tensors and lanes of different row counts."""
+    model = nn.Sequential(*(nn.Linear(72, rows, bias=False) for rows in (5, 9, 16, 64, 3)))
+    permcodec.init_(model, 4)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for layer in model:
+            rows = layer.weight
+            rows.copy_(torch.gather(rows, 1, torch.argsort(torch.rand(rows.shape, generator=generator), 1)))
+    return permcodec.encode(model, scheme="exact", level="fast")
+
+
+def test_lanes_of_different_tensors_decode_side_by_side():
+    data = mixed_lanes_bytes()
+    f = permcodec.PCFile(data)
+    assert [f.record(name)["scheme_params"]["lanes"] for name in f.keys()] == [1, 1, 1, 5, 1]
+    names = list(f.keys())
+    batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
+    batch.start(0.0)  # every tensor to the caller
+    arrays = batch.finish()
+    table, streams, stream_tensor, order, groups = (batch.kernel_args[i] for i in (0, 3, 4, 5, 6))
+    tensor_names = [names[batch.members[int(tensor)]] for tensor in stream_tensor]
+    rows_of = streams[:, 4]
+    grouped = [[int(s) for s in order[at:at + width]] for at, width in groups]
+    assert [[(tensor_names[s], int(rows_of[s])) for s in group] for group in grouped] == [
+        [("2.weight", 16), ("3.weight", 13), ("3.weight", 13), ("3.weight", 13)],
+        [("3.weight", 13), ("3.weight", 12), ("1.weight", 9), ("0.weight", 5)],
+        [("4.weight", 3)]]
+    assert all(np.array_equal(array.view(np.int32), f.get_array(name).view(np.int32))
+               for name, array in zip(names, arrays))
+
+
+@pytest.mark.parametrize("damaged", ["0.weight", "2.weight", "3.weight"])
+def test_a_damaged_lane_fails_only_its_own_tensor_in_a_group(damaged, monkeypatch):
+    """The other tensors of its lane group pass in the batch (get_tensor is not called for them) with their bits."""
+    data = mixed_lanes_bytes()
+    bad = rewritten(data, damaged, last_word_flipped)
+    expected = one_at_a_time_outcome(bad, True)
+    assert expected[0] == "FormatError" and expected[1].startswith(f"tensor {damaged!r}")
+    gets = one_at_a_time_calls(monkeypatch)
+    assert outcome(lambda: permcodec.decode(bad)) == expected
+    assert gets == [damaged]
+
+
 def test_one_worker_decodes_the_batch_in_the_caller(data, monkeypatch):
     monkeypatch.setattr(parallel, "WORKERS", 1)
     threads, real = set(), small_tensors.Batch._decode

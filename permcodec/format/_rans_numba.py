@@ -13,7 +13,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ..parallel import run_over
-from .ransmath import PROB_BITS, STATE_LOW
+from .ransmath import PROB_BITS, SIDE_BY_SIDE, STATE_LOW
 
 _U32 = np.uint64(32)
 _U33 = np.uint64(33)
@@ -22,7 +22,7 @@ _LOW_MASK = np.uint64((1 << PROB_BITS) - 1)
 _WORD_MASK = np.uint64(0xFFFFFFFF)
 _L = np.uint64(STATE_LOW)
 _SCALE = float(1 << PROB_BITS)
-_GROUP = 4  # lanes one thread decodes side by side
+_GROUP = SIDE_BY_SIDE
 
 
 @njit(cache=True, nogil=True)
@@ -214,47 +214,56 @@ def _ended_cleanly(state, pointer, end):
     return state == _L and pointer == end
 
 
-@njit(cache=True, nogil=True)
-def _start_group(g, lanes, words, starts, status):
-    """(first lane, lanes in the group, states, word pointers) of lane group g; status 1 for a lane whose
-    initial state is below L."""
-    first = g * _GROUP
-    width = min(_GROUP, lanes - first)
-    state = np.empty(_GROUP, np.uint64)
-    pointer = np.empty(_GROUP, np.int64)
-    for k in range(width):
-        j = first + k
-        pointer[k] = starts[j] + 2
-        state[k] = _initial_state(words, starts[j])
-        if state[k] < _L:
-            status[j] = 1
-    return first, width, state, pointer
+# The columns of a stream table, one row per rANS lane of scheme exact to decode: its words [START, END), and the
+# COUNT rows it codes, row r's values at BASE + r * STEP of a flat buffer. One tensor's lanes, or (``_small_numba``)
+# the lanes of many small tensors, so that lanes of different tensors with rows of the same length decode side by side.
+START, END, BASE, STEP, COUNT = range(5)
+STREAM_COLUMNS = 5
 
 
 @njit(cache=True, nogil=True)
-def _end_group(first, width, state, pointer, ends, status):
-    """Status 3 for a lane of the group that did not end in the state L with every word used."""
-    for k in range(width):
-        j = first + k
-        if status[j] == 0 and not _ended_cleanly(state[k], pointer[k], ends[j]):
-            status[j] = 3
+def lane_streams(starts, ends, rows, n, lanes, first_value):
+    """The stream table of one tensor's ``lanes`` (lane j codes rows j, j + lanes, ...), its values from
+    ``first_value`` on."""
+    streams = np.empty((lanes, STREAM_COLUMNS), np.int64)
+    for j in range(lanes):
+        streams[j, START] = starts[j]
+        streams[j, END] = ends[j]
+        streams[j, BASE] = first_value + j * n
+        streams[j, STEP] = lanes * n
+        streams[j, COUNT] = (rows - j + lanes - 1) // lanes
+    return streams
 
 
 @njit(cache=True, nogil=True)
-def _decode_swap_group(g, words, starts, ends, lanes, out, status, whole, extra, inverse):
-    """Scheme exact, lanes g*G .. g*G+G-1: each decoded digit d_p (uniform, so the digit is t itself: C = t,
-    m = 1) is applied at once as the swap of out[r, p] and out[r, p + d_p], so ``out``, holding a row's
-    values, ends in the row's decoded order (the identity's rows end as the permutations themselves).
+def _decode_swap_streams(words, streams, ids, n, values, status, whole, extra, inverse):
+    """Scheme exact, streams ``ids`` (at most G, rows of length n, their COUNTs descending) side by side: each
+    decoded digit d_p (uniform, so the digit is t itself: C = t, m = 1) is applied at once as the swap of the
+    row's values at p and p + d_p, so each row ends in its decoded order (the identity's rows end as the
+    permutations themselves). status[s]: 1 for an initial state below L, 2 for a stream that ran out of words,
+    3 for one that did not end back at L with every word used.
 
     No division: floor(t M / Q) comes from ``_scaled_quotient``, and with
     M = q Q + r, floor((t + 1) M / Q) is that + q, plus one where the
-    remainders carry. The group's lanes are independent, so decoding them side
-    by side hides the latency of each one's chain.
+    remainders carry. The streams are independent, so decoding them side by
+    side hides the latency of each one's chain.
     """
-    rows, n = out.shape
-    first, width, state, pointer = _start_group(g, lanes, words, starts, status)
-    for block_start in range(first, rows, lanes):
-        active = min(width, rows - block_start)
+    width = ids.shape[0]
+    state = np.empty(_GROUP, np.uint64)
+    pointer = np.empty(_GROUP, np.int64)
+    end = np.empty(_GROUP, np.int64)
+    row_at = np.empty(_GROUP, np.int64)
+    for k in range(width):
+        pointer[k] = streams[ids[k], START] + 2
+        end[k] = streams[ids[k], END]
+        state[k] = _initial_state(words, streams[ids[k], START])
+        if state[k] < _L:
+            status[ids[k]] = 1
+    for r in range(streams[ids[0], COUNT]):
+        active = 0
+        while active < width and streams[ids[active], COUNT] > r:
+            row_at[active] = streams[ids[active], BASE] + r * streams[ids[active], STEP]
+            active += 1
         for p in range(n - 1):
             left = n - p
             for k in range(active):
@@ -265,23 +274,28 @@ def _decode_swap_group(g, words, starts, ends, lanes, out, status, whole, extra,
                 f = whole[p] + ((t << PROB_BITS) - lo * left + extra[p] >= left)
                 x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
                 if x < _L:
-                    if pointer[k] < ends[first + k]:
+                    if pointer[k] < end[k]:
                         x = (x << _U32) | np.uint64(words[pointer[k]])
                         pointer[k] += 1
-                    elif status[first + k] == 0:
-                        status[first + k] = 2
+                    elif status[ids[k]] == 0:
+                        status[ids[k]] = 2
                 state[k] = x
-                row = block_start + k
-                moved = out[row, p + t]
-                out[row, p + t] = out[row, p]
-                out[row, p] = moved
-    _end_group(first, width, state, pointer, ends, status)
+                at = row_at[k] + p
+                moved = values[at + t]
+                values[at + t] = values[at]
+                values[at] = moved
+    for k in range(width):
+        if status[ids[k]] == 0 and not _ended_cleanly(state[k], pointer[k], end[k]):
+            status[ids[k]] = 3
 
 
 @njit(cache=True, nogil=True)
-def _decode_swap_groups(words, starts, ends, lanes, out, status, whole, extra, inverse, lo, hi):
+def _decode_swap_groups(words, streams, n, values, status, whole, extra, inverse, lo, hi):
+    """Stream groups lo .. hi-1 of one tensor: group g is streams g*G .. g*G+G-1."""
     for g in range(lo, hi):
-        _decode_swap_group(g, words, starts, ends, lanes, out, status, whole, extra, inverse)
+        first = g * _GROUP
+        ids = np.arange(first, min(first + _GROUP, streams.shape[0]))
+        _decode_swap_streams(words, streams, ids, n, values, status, whole, extra, inverse)
 
 
 @njit(cache=True, nogil=True)
@@ -503,8 +517,10 @@ def decode_onto(words, starts, ends, values, lanes):
     a writeable C-ordered ``values`` is decoded in place."""
     status = np.zeros(lanes, dtype=np.int64)
     out = values if values.flags.c_contiguous and values.flags.writeable else np.array(values, order="C")
-    whole, extra, inverse = _digit_tables(out.shape[1])
-    run_over(_decode_swap_groups, (lanes + _GROUP - 1) // _GROUP, words, starts, ends, lanes, out, status,
+    rows, n = out.shape
+    whole, extra, inverse = _digit_tables(n)
+    streams = lane_streams(starts, ends, rows, n, lanes, 0)
+    run_over(_decode_swap_groups, (lanes + _GROUP - 1) // _GROUP, words, streams, n, out.reshape(-1), status,
              whole, extra, inverse, work=out.size)
     return out, status
 
