@@ -21,7 +21,6 @@ from . import backend, parallel
 from .bits import sha256_of
 from .errors import PermcodecError
 from .format import container, rans
-from .format.ransmath import SIDE_BY_SIDE
 from .format.schemes import delta
 from .init.distributions import UNIFORM_FAMILY, uniform_bounds
 from .init.initspec import TensorInit
@@ -206,6 +205,8 @@ def side_by_side(streams: list[int], row_lengths: list[int], rows: list[int], or
     each run of up to SIDE_BY_SIDE of them with rows of one length, as (where it starts in ``order``, its
     width): a group's lanes decode side by side, which needs rows of one length, each lane stopping where its
     rows end (so the most first)."""
+    from .format._rans_numba import SIDE_BY_SIDE  # defined beside the kernel: numba's cache tracks only its file
+
     ranked = sorted(streams, key=lambda s: (row_lengths[s], -rows[s], s))
     at = len(order)
     order.extend(ranked)

@@ -13,7 +13,6 @@ PROB_SCALE = 1 << PROB_BITS        # M: quantized probabilities sum to this
 STATE_LOW = 1 << 32                # L: states live in [L, 2^64)
 WORD_BITS = 32
 MAX_ROW_LENGTH = PROB_SCALE        # every freq stays >= 1 while Q <= M
-SIDE_BY_SIDE = 4                   # lanes a thread decodes at once (scheme exact), to hide each one's latency
 
 
 def quantized(cum: np.ndarray, left: np.ndarray) -> np.ndarray:
