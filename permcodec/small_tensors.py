@@ -75,10 +75,10 @@ class Batch:
         self.table: list[tuple[int, ...]] = []
         self.bounds: list[tuple[float, float]] = []
         self.word_bytes: list[memoryview] = []  # the exact tensors' rANS words
-        self.streams: list[tuple[int, ...]] = []  # their lanes: the columns of _rans_numba's stream table
-        self.stream_tensor: list[int] = []  # the packed tensor of each stream
+        self.lane_lengths: list[int] = []  # the word count of each of their lanes, tensor after tensor
+        self.exact: list[tuple[int, int, int, int, int]] = []  # each one's (packed tensor, lanes, rows, n, first value)
         self.plane_bytes: list[bytes] = []  # the delta tensors' byte planes
-        self.value_count = self.word_count = self.plane_count = 0
+        self.value_count = self.plane_count = 0
         self.values = self.kernel_args = self.running = None
         self.passed: list[bool] = []  # whether each packed tensor passed its decoding and hash checks
         self.split = 0  # once started, the pool decodes the packed tensors before it, the caller the others
@@ -99,13 +99,10 @@ class Batch:
         if record["scheme"] == "exact":
             lanes = record["scheme_params"]["lanes"]
             lengths = rans.lane_lengths(section, lanes, what)
-            scheme, size, first = kernel.EXACT, lanes, len(self.streams)
+            scheme, size, first = kernel.EXACT, lanes, len(self.lane_lengths)
             self.word_bytes.append(memoryview(section)[4 * lanes:])
-            for lane, length in enumerate(lengths):  # the columns of _rans_numba's stream table, in order
-                self.streams.append((self.word_count, self.word_count + length, self.value_count + lane * n,
-                                     lanes * n, (rows - lane + lanes - 1) // lanes))
-                self.stream_tensor.append(len(self.table))
-                self.word_count += length
+            self.lane_lengths.extend(lengths)
+            self.exact.append((len(self.table), lanes, rows, n, self.value_count))
         else:
             planes, width = delta.byte_planes(section, rows, n, what)
             self.plane_bytes.append(planes)
@@ -130,25 +127,18 @@ class Batch:
         order, self.split = pool_first([count for _, count in self.spans], pool_share)
         self.members, self.spans, self.table, self.bounds = (
             [column[slot] for slot in order] for column in (self.members, self.spans, self.table, self.bounds))
-        moved_to = {slot: at for at, slot in enumerate(order)}
-        self.stream_tensor = [moved_to[slot] for slot in self.stream_tensor]
-        row_lengths = [self.table[tensor][_small_numba.ROW_LENGTH] for tensor in self.stream_tensor]
-        rows = [stream[_rans_numba.COUNT] for stream in self.streams]
-        stream_order, groups = [], []
-        for lo, hi in ((0, self.split), (self.split, len(self.members))):  # the pool's share, the caller's
-            group_lo = len(groups)
-            side_by_side([s for s, tensor in enumerate(self.stream_tensor) if lo <= tensor < hi], row_lengths, rows,
-                         stream_order, groups)
-            self.groups_of[(lo, hi)] = (group_lo, len(groups))
+        streams, stream_tensor, stream_order, groups, pool_groups = _small_numba.plan_streams(
+            np.array(self.lane_lengths, dtype=np.int64), np.array(self.exact, dtype=np.int64).reshape(-1, 5),
+            np.array(order, dtype=np.int64), self.split, _rans_numba.SIDE_BY_SIDE)
+        self.groups_of = {(0, self.split): (0, pool_groups),
+                          (self.split, len(self.members)): (pool_groups, len(groups))}
         words = np.frombuffer(b"".join(self.word_bytes), dtype="<u4")
         self.values = np.empty(self.value_count, dtype=np.float32)
         self.kernel_args = (np.array(self.table, dtype=np.int64), np.array(self.bounds, dtype=np.float64),
                             words if words.dtype.isnative else words.astype(np.uint32),
-                            np.array(self.streams, dtype=np.int64).reshape(-1, _rans_numba.STREAM_COLUMNS),
-                            np.array(self.stream_tensor, dtype=np.int64), np.array(stream_order, dtype=np.int64),
-                            np.array(groups, dtype=np.int64).reshape(-1, 2),
+                            streams, stream_tensor, stream_order, groups,
                             np.frombuffer(b"".join(self.plane_bytes), dtype=np.uint8), self.values,
-                            np.zeros(len(self.streams), dtype=np.int64),  # each stream's status
+                            np.zeros(len(streams), dtype=np.int64),  # each stream's status
                             np.zeros(len(self.members), dtype=np.bool_))  # the kernel's verdict per tensor
         self.passed = [False] * len(self.members)
         self.running = parallel.start_over(self._decode, [(0, self.split)] if self.split else [])
@@ -197,24 +187,6 @@ class Batch:
             if self.passed[slot]:
                 results[index] = self.values[first:first + count].reshape(self.items[index][0]["shape"])
         return results
-
-
-def side_by_side(streams: list[int], row_lengths: list[int], rows: list[int], order: list[int],
-                 groups: list[tuple[int, int]]) -> None:
-    """Append ``streams`` to ``order``, by row length, then by rows coded (``rows``), most first, and to ``groups``
-    each run of up to SIDE_BY_SIDE of them with rows of one length, as (where it starts in ``order``, its
-    width): a group's lanes decode side by side, which needs rows of one length, each lane stopping where its
-    rows end (so the most first)."""
-    from .format._rans_numba import SIDE_BY_SIDE  # defined beside the kernel: numba's cache tracks only its file
-
-    ranked = sorted(streams, key=lambda s: (row_lengths[s], -rows[s], s))
-    at = len(order)
-    order.extend(ranked)
-    start = 0
-    for end in range(1, len(ranked) + 1):
-        if end == len(ranked) or end - start == SIDE_BY_SIDE or row_lengths[ranked[end]] != row_lengths[ranked[start]]:
-            groups.append((at + start, end - start))
-            start = end
 
 
 def pool_first(counts: list[int], pool_share: float) -> tuple[list[int], int]:

@@ -3,9 +3,13 @@ raw tensors (``decoder.decode_small_raw``) give the bits and the errors of one t
 
 import hashlib
 import io
+import os
 import re
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -308,19 +312,20 @@ def test_the_batch_kernel_matches_the_one_tensor_kernels_on_edge_bounds(monkeypa
     assert values.min() >= -1e-30 and values.max() < 3e-30
 
 
-@pytest.mark.parametrize(("lengths", "rows", "order", "groups"), [
-    # rows of 72 (streams 0-5, 7: most rows first, then by stream), of 144 (6, 8), one of 9 alone: groups of up to 4
-    ([72, 72, 72, 72, 72, 72, 144, 72, 144, 9], [5, 13, 13, 12, 3, 16, 4, 13, 4, 2],
-     [9, 5, 1, 2, 7, 3, 0, 4, 6, 8], [(3, 1), (4, 4), (8, 3), (11, 2)]),
-    ([], [], [], []),
+@pytest.mark.parametrize(("lengths", "rows", "width", "order", "groups"), [
+    # rows of 72 (streams 0-5, 7: most rows first, then as given), of 144 (6, 8), one of 9 alone: groups of up to 4
+    ([72, 72, 72, 72, 72, 72, 144, 72, 144, 9], [5, 13, 13, 12, 3, 16, 4, 13, 4, 2], 4,
+     [9, 5, 1, 2, 7, 3, 0, 4, 6, 8], [(0, 1), (1, 4), (5, 3), (8, 2)]),
+    ([72, 72, 72, 72, 72, 72, 144, 72, 144, 9], [5, 13, 13, 12, 3, 16, 4, 13, 4, 2], 2,
+     [9, 5, 1, 2, 7, 3, 0, 4, 6, 8], [(0, 1), (1, 2), (3, 2), (5, 2), (7, 1), (8, 2)]),
+    ([], [], 4, [], []),
 ])
-def test_lanes_of_one_row_length_go_side_by_side_most_rows_first(lengths, rows, order, groups):
+def test_lanes_of_one_row_length_go_side_by_side_most_rows_first(lengths, rows, width, order, groups):
     """The kernel decodes a group's lanes side by side: rows of one length, each lane stopping where its rows end,
-    so the lanes with most rows come first; ``order`` and ``groups`` are appended to (here after three streams and
-    one group of another share)."""
-    got_order, got_groups = [20, 21, 22], [(0, 3)]
-    small_tensors.side_by_side(list(range(len(lengths))), lengths, rows, got_order, got_groups)
-    assert got_order == [20, 21, 22, *order] and got_groups == [(0, 3), *groups]
+    so the lanes with most rows come first."""
+    got_order, got_groups = _small_numba.side_by_side(np.array(lengths, dtype=np.int64),
+                                                      np.array(rows, dtype=np.int64), width)
+    assert got_order.tolist() == order and [tuple(group) for group in got_groups.tolist()] == groups
 
 
 def mixed_lanes_bytes() -> bytes:
@@ -354,6 +359,44 @@ def test_lanes_of_different_tensors_decode_side_by_side():
         [("4.weight", 3)]]
     assert all(np.array_equal(array.view(np.int32), f.get_array(name).view(np.int32))
                for name, array in zip(names, arrays))
+
+
+@pytest.mark.parametrize("width", [1, 3, 8, 64])
+def test_groups_of_any_width_decode_the_same_bits(width, monkeypatch):
+    """The kernel sizes its scratch by the group it is given: a width other than the one it was compiled beside
+    (a stale numba cache of another module holds the old code) decodes the same bits, not past its arrays."""
+    from permcodec.format import _rans_numba
+
+    data = mixed_lanes_bytes()
+    monkeypatch.setattr(_rans_numba, "SIDE_BY_SIDE", width)
+    f = permcodec.PCFile(data)
+    names = list(f.keys())
+    batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
+    arrays = batch.start(0.0).finish()
+    assert max(batch.kernel_args[6][:, 1]) == min(width, 9)  # 9 lanes of rows of 72: 4 one-lane tensors and 5
+    assert all(np.array_equal(array.view(np.int32), f.get_array(name).view(np.int32))
+               for name, array in zip(names, arrays))
+
+
+def test_a_wide_group_stays_within_the_kernels_arrays(tmp_path):
+    """Out-of-bounds writes need not show in the bits: a child process compiles the kernels with numba's bounds
+    checks (and a cache of its own) and decodes nine lanes in one group; a scratch sized by the width the kernel
+    was compiled with (4) raised IndexError there."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n" + """
+import permcodec
+from permcodec import small_tensors
+from permcodec.format import _rans_numba
+from test_small_tensors import mixed_lanes_bytes
+f = permcodec.PCFile(mixed_lanes_bytes())
+_rans_numba.SIDE_BY_SIDE = 64
+batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in f.keys()], True).start(0.0)
+batch._decode(0, len(batch.members))
+print(batch.kernel_args[6].tolist(), batch.kernel_args[-1].all())
+""")
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path), "PERMCODEC_BACKEND": "numba"}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == ["[[0,", "9]]", "True"]
 
 
 @pytest.mark.parametrize("damaged", ["0.weight", "2.weight", "3.weight"])

@@ -23,7 +23,6 @@ _WORD_MASK = np.uint64(0xFFFFFFFF)
 _L = np.uint64(STATE_LOW)
 _SCALE = float(1 << PROB_BITS)
 SIDE_BY_SIDE = 4  # lanes a thread decodes at once, to hide each one's latency (8: no faster on Conv13)
-_GROUP = SIDE_BY_SIDE
 
 
 @njit(cache=True, nogil=True)
@@ -223,48 +222,63 @@ STREAM_COLUMNS = 5
 
 
 @njit(cache=True, nogil=True)
-def lane_streams(starts, ends, rows, n, lanes, first_value):
-    """The stream table of one tensor's ``lanes`` (lane j codes rows j, j + lanes, ...), its values from
-    ``first_value`` on."""
-    streams = np.empty((lanes, STREAM_COLUMNS), np.int64)
-    for j in range(lanes):
-        streams[j, START] = starts[j]
-        streams[j, END] = ends[j]
-        streams[j, BASE] = first_value + j * n
-        streams[j, STEP] = lanes * n
-        streams[j, COUNT] = (rows - j + lanes - 1) // lanes
-    return streams
+def tensor_streams(lengths, lanes, rows, n, first_value):
+    """(stream table, each stream's tensor) of tensors whose lanes' words lie back to back from word 0: tensor i
+    has lanes[i] lanes (lane j codes rows j, j + lanes[i], ...) of its rows[i] rows of n[i], its values from
+    first_value[i] on; ``lengths`` holds every lane's word count, tensor after tensor."""
+    streams = np.empty((lengths.shape[0], STREAM_COLUMNS), np.int64)
+    tensor_of = np.empty(lengths.shape[0], np.int64)
+    s, word = 0, 0
+    for i in range(lanes.shape[0]):
+        for j in range(lanes[i]):
+            streams[s, START] = word
+            word += lengths[s]
+            streams[s, END] = word
+            streams[s, BASE] = first_value[i] + j * n[i]
+            streams[s, STEP] = lanes[i] * n[i]
+            streams[s, COUNT] = (rows[i] - j + lanes[i] - 1) // lanes[i]
+            tensor_of[s] = i
+            s += 1
+    return streams, tensor_of
 
 
 @njit(cache=True, nogil=True)
 def _decode_swap_streams(words, streams, ids, n, values, status, whole, extra, inverse):
-    """Scheme exact, streams ``ids`` (at most G, rows of length n, their COUNTs descending) side by side: each
-    decoded digit d_p (uniform, so the digit is t itself: C = t, m = 1) is applied at once as the swap of the
-    row's values at p and p + d_p, so each row ends in its decoded order (the identity's rows end as the
-    permutations themselves). status[s]: 1 for an initial state below L, 2 for a stream that ran out of words,
-    3 for one that did not end back at L with every word used.
+    """Scheme exact, streams ``ids`` (rows of length n, their COUNTs descending) side by side: each decoded digit
+    d_p (uniform, so the digit is t itself: C = t, m = 1) is applied at once as the swap of the row's values at
+    p and p + d_p, so each row ends in its decoded order (the identity's rows end as the permutations
+    themselves). status[s]: 1 for an initial state below L, 2 for a stream that ran out of words, 3 for one that
+    did not end back at L with every word used.
 
     No division: floor(t M / Q) comes from ``_scaled_quotient``, and with
     M = q Q + r, floor((t + 1) M / Q) is that + q, plus one where the
     remainders carry. The streams are independent, so decoding them side by
-    side hides the latency of each one's chain.
+    side hides the latency of each one's chain. The scratch is sized by the
+    streams given, not by SIDE_BY_SIDE: another module's cached kernel that
+    calls this one keeps the code it was compiled with.
     """
     width = ids.shape[0]
-    state = np.empty(_GROUP, np.uint64)
-    pointer = np.empty(_GROUP, np.int64)
-    end = np.empty(_GROUP, np.int64)
-    row_at = np.empty(_GROUP, np.int64)
+    state = np.empty(width, np.uint64)
+    pointer = np.empty(width, np.int64)
+    end = np.empty(width, np.int64)
+    row_at = np.empty(width, np.int64)
+    step = np.empty(width, np.int64)
+    count = np.empty(width, np.int64)
     for k in range(width):
         pointer[k] = streams[ids[k], START] + 2
         end[k] = streams[ids[k], END]
+        step[k] = streams[ids[k], STEP]
+        row_at[k] = streams[ids[k], BASE] - step[k]  # moved on by a step before each row
+        count[k] = streams[ids[k], COUNT]
         state[k] = _initial_state(words, streams[ids[k], START])
         if state[k] < _L:
             status[ids[k]] = 1
-    for r in range(streams[ids[0], COUNT]):
-        active = 0
-        while active < width and streams[ids[active], COUNT] > r:
-            row_at[active] = streams[ids[active], BASE] + r * streams[ids[active], STEP]
-            active += 1
+    active = width
+    for r in range(count[0] if width else 0):
+        while count[active - 1] <= r:
+            active -= 1
+        for k in range(active):
+            row_at[k] += step[k]
         for p in range(n - 1):
             left = n - p
             for k in range(active):
@@ -291,11 +305,11 @@ def _decode_swap_streams(words, streams, ids, n, values, status, whole, extra, i
 
 
 @njit(cache=True, nogil=True)
-def _decode_swap_groups(words, streams, n, values, status, whole, extra, inverse, lo, hi):
-    """Stream groups lo .. hi-1 of one tensor: group g is streams g*G .. g*G+G-1."""
+def _decode_swap_groups(words, streams, n, values, status, whole, extra, inverse, width, lo, hi):
+    """Stream groups lo .. hi-1 of one tensor: group g is streams g*width .. g*width+width-1."""
     for g in range(lo, hi):
-        first = g * _GROUP
-        ids = np.arange(first, min(first + _GROUP, streams.shape[0]))
+        first = g * width
+        ids = np.arange(first, min(first + width, streams.shape[0]))
         _decode_swap_streams(words, streams, ids, n, values, status, whole, extra, inverse)
 
 
@@ -520,9 +534,11 @@ def decode_onto(words, starts, ends, values, lanes):
     out = values if values.flags.c_contiguous and values.flags.writeable else np.array(values, order="C")
     rows, n = out.shape
     whole, extra, inverse = _digit_tables(n)
-    streams = lane_streams(starts, ends, rows, n, lanes, 0)
-    run_over(_decode_swap_groups, (lanes + _GROUP - 1) // _GROUP, words, streams, n, out.reshape(-1), status,
-             whole, extra, inverse, work=out.size)
+    one = np.ones(1, np.int64)
+    streams, _ = tensor_streams(ends - starts, one * lanes, one * rows, one * n, one * 0)
+    width = SIDE_BY_SIDE  # read once, here: the kernel takes it as an argument, not as a compiled-in constant
+    run_over(_decode_swap_groups, (lanes + width - 1) // width, words, streams, n, out.reshape(-1), status, whole,
+             extra, inverse, width, work=out.size)
     return out, status
 
 

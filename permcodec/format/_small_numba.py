@@ -11,6 +11,11 @@ A small tensor's ``exact`` section often has one rANS lane, whose chain of
 dependent steps decodes at half the speed of four lanes side by side (ResNet-50's
 16 x 144 and 32 x 288 convolutions: 24-39 against 10.6 ns a weight), so the
 lanes of different tensors with rows of the same length are decoded side by side.
+
+numba caches these kernels with the functions they call compiled in, and checks
+only this file's source: after changing a kernel of ``_rans_numba``,
+``_delta_numba`` or ``init`` that they call, delete this folder's
+``__pycache__/_small_numba*`` (a fresh install starts with no cache).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from numba import njit
 
 from ..init._uniform_numba import _uniform_values
 from ._delta_numba import _place_rows, _sort_keys, sort_key_rows
-from ._rans_numba import _decode_swap_streams, _digit_tables
+from ._rans_numba import COUNT, _decode_swap_streams, _digit_tables, tensor_streams
 
 # The columns of ``decode_uniform``'s table, one row per tensor. A ``delta`` tensor's byte planes (SIZE bytes a
 # code) start at byte FIRST of ``planes``; an ``exact`` tensor's SIZE lanes are rows FIRST .. FIRST + SIZE - 1 of
@@ -30,6 +35,51 @@ EXACT, DELTA = 0, 1
 # The columns of ``decode_uniform``'s groups, one row per set of streams decoded side by side: WIDTH streams,
 # ``order[AT:AT + WIDTH]``, rows of ROW_LENGTH (the tensor table's column of that name).
 AT, WIDTH = 0, 1
+
+
+@njit(cache=True, nogil=True)
+def side_by_side(row_lengths, rows, width):
+    """(order, groups) of streams with rows of ``row_lengths`` coding ``rows`` rows each: ``order`` ranks them by
+    row length, then by rows, most first (ties as given), and ``groups`` holds each run of up to ``width`` of
+    them with rows of one length, as (where it starts in ``order``, its width). The kernel decodes a group's
+    lanes side by side, which needs rows of one length, each lane stopping where its rows end (so the most
+    first)."""
+    order = np.argsort(row_lengths * (1 << 31) + ((1 << 31) - 1 - rows), kind="mergesort")
+    groups = np.empty((order.shape[0], 2), np.int64)
+    count = 0
+    for at in range(order.shape[0]):
+        if at == 0 or groups[count - 1, WIDTH] == width or row_lengths[order[at]] != row_lengths[order[at - 1]]:
+            groups[count, AT], groups[count, WIDTH] = at, 0
+            count += 1
+        groups[count - 1, WIDTH] += 1
+    return order, groups[:count]
+
+
+@njit(cache=True, nogil=True)
+def plan_streams(lane_lengths, exact, dealt, split, width):
+    """(streams, stream_tensor, order, groups, pool_groups) for ``decode_uniform``: the stream table of the
+    ``exact`` tensors (one row each, in packing order: its slot, lanes, rows, row length, first value; their
+    lanes' word counts in ``lane_lengths``), each stream's place in the table once dealt (``dealt[i]``: the slot
+    at place i; the pool's are the first ``split``), and each share's streams ``side_by_side``, the pool's
+    groups first (``pool_groups`` of them)."""
+    streams, tensor_of = tensor_streams(lane_lengths, exact[:, 1], exact[:, 2], exact[:, 3], exact[:, 4])
+    place = np.empty(dealt.shape[0], np.int64)
+    place[dealt] = np.arange(dealt.shape[0])
+    stream_tensor = place[exact[:, 0][tensor_of]]
+    order = np.empty(streams.shape[0], np.int64)
+    groups = np.empty((streams.shape[0], 2), np.int64)
+    placed = grouped = pool_groups = 0
+    for in_pool in (True, False):
+        ids = np.flatnonzero((stream_tensor < split) == in_pool)
+        share_order, share_groups = side_by_side(exact[:, 3][tensor_of[ids]], streams[ids, COUNT], width)
+        order[placed:placed + ids.shape[0]] = ids[share_order]
+        groups[grouped:grouped + share_groups.shape[0], AT] = share_groups[:, AT] + placed
+        groups[grouped:grouped + share_groups.shape[0], WIDTH] = share_groups[:, WIDTH]
+        placed += ids.shape[0]
+        grouped += share_groups.shape[0]
+        if in_pool:
+            pool_groups = grouped
+    return streams, stream_tensor, order, groups[:grouped], pool_groups
 
 
 @njit(cache=True, nogil=True)
