@@ -43,7 +43,7 @@ def side_by_side(row_lengths, rows, width):
     row length, then by rows, most first (ties as given), and ``groups`` holds each run of up to ``width`` of
     them with rows of one length, as (where it starts in ``order``, its width). The kernel decodes a group's
     lanes side by side, which needs rows of one length, each lane stopping where its rows end (so the most
-    first)."""
+    first). Row lengths and row counts are below 2^31, as a batch's are (below 2^18)."""
     order = np.argsort(row_lengths * (1 << 31) + ((1 << 31) - 1 - rows), kind="mergesort")
     groups = np.empty((order.shape[0], 2), np.int64)
     count = 0
