@@ -76,7 +76,6 @@ class Batch:
         self.bounds: list[tuple[float, float]] = []
         self.word_bytes: list[memoryview] = []  # the exact tensors' rANS words
         self.lane_lengths: list[int] = []  # the word count of each of their lanes, tensor after tensor
-        self.exact: list[tuple[int, int, int, int, int]] = []  # each one's (packed tensor, lanes, rows, n, first value)
         self.plane_bytes: list[bytes] = []  # the delta tensors' byte planes
         self.value_count = self.plane_count = 0
         self.values = self.kernel_args = self.running = None
@@ -102,7 +101,6 @@ class Batch:
             scheme, size, first = kernel.EXACT, lanes, len(self.lane_lengths)
             self.word_bytes.append(memoryview(section)[4 * lanes:])
             self.lane_lengths.extend(lengths)
-            self.exact.append((len(self.table), lanes, rows, n, self.value_count))
         else:
             planes, width = delta.byte_planes(section, rows, n, what)
             self.plane_bytes.append(planes)
@@ -127,14 +125,14 @@ class Batch:
         order, self.split = pool_first([count for _, count in self.spans], pool_share)
         self.members, self.spans, self.table, self.bounds = (
             [column[slot] for slot in order] for column in (self.members, self.spans, self.table, self.bounds))
+        table = np.array(self.table, dtype=np.int64)
         streams, stream_tensor, stream_order, groups, pool_groups = _small_numba.plan_streams(
-            np.array(self.lane_lengths, dtype=np.int64), np.array(self.exact, dtype=np.int64).reshape(-1, 5),
-            np.array(order, dtype=np.int64), self.split, _rans_numba.SIDE_BY_SIDE)
+            np.array(self.lane_lengths, dtype=np.int64), table, self.split, _rans_numba.SIDE_BY_SIDE)
         self.groups_of = {(0, self.split): (0, pool_groups),
                           (self.split, len(self.members)): (pool_groups, len(groups))}
         words = np.frombuffer(b"".join(self.word_bytes), dtype="<u4")
         self.values = np.empty(self.value_count, dtype=np.float32)
-        self.kernel_args = (np.array(self.table, dtype=np.int64), np.array(self.bounds, dtype=np.float64),
+        self.kernel_args = (table, np.array(self.bounds, dtype=np.float64),
                             words if words.dtype.isnative else words.astype(np.uint32),
                             streams, stream_tensor, stream_order, groups,
                             np.frombuffer(b"".join(self.plane_bytes), dtype=np.uint8), self.values,

@@ -20,7 +20,7 @@ from torch import nn
 
 import permcodec
 from permcodec import IntegrityError, decoder, parallel, small_tensors
-from permcodec.format import _small_numba, container
+from permcodec.format import _rans_numba, _small_numba, container
 from permcodec.init.distributions import make_params
 from permcodec.init.initspec import InitSpec, TensorInit
 
@@ -349,9 +349,9 @@ def test_lanes_of_different_tensors_decode_side_by_side():
     batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
     batch.start(0.0)  # every tensor to the caller
     arrays = batch.finish()
-    table, streams, stream_tensor, order, groups = (batch.kernel_args[i] for i in (0, 3, 4, 5, 6))
+    streams, stream_tensor, order, groups = (batch.kernel_args[i] for i in (3, 4, 5, 6))
     tensor_names = [names[batch.members[int(tensor)]] for tensor in stream_tensor]
-    rows_of = streams[:, 4]
+    rows_of = streams[:, _rans_numba.COUNT]
     grouped = [[int(s) for s in order[at:at + width]] for at, width in groups]
     assert [[(tensor_names[s], int(rows_of[s])) for s in group] for group in grouped] == [
         [("2.weight", 16), ("3.weight", 13), ("3.weight", 13), ("3.weight", 13)],
@@ -365,8 +365,6 @@ def test_lanes_of_different_tensors_decode_side_by_side():
 def test_groups_of_any_width_decode_the_same_bits(width, monkeypatch):
     """The kernel sizes its scratch by the group it is given: a width other than the one it was compiled beside
     (a stale numba cache of another module holds the old code) decodes the same bits, not past its arrays."""
-    from permcodec.format import _rans_numba
-
     data = mixed_lanes_bytes()
     monkeypatch.setattr(_rans_numba, "SIDE_BY_SIDE", width)
     f = permcodec.PCFile(data)

@@ -56,22 +56,22 @@ def side_by_side(row_lengths, rows, width):
 
 
 @njit(cache=True, nogil=True)
-def plan_streams(lane_lengths, exact, dealt, split, width):
+def plan_streams(lane_lengths, table, split, width):
     """(streams, stream_tensor, order, groups, pool_groups) for ``decode_uniform``: the stream table of the
-    ``exact`` tensors (one row each, in packing order: its slot, lanes, rows, row length, first value; their
-    lanes' word counts in ``lane_lengths``), each stream's place in the table once dealt (``dealt[i]``: the slot
-    at place i; the pool's are the first ``split``), and each share's streams ``side_by_side``, the pool's
-    groups first (``pool_groups`` of them)."""
-    streams, tensor_of = tensor_streams(lane_lengths, exact[:, 1], exact[:, 2], exact[:, 3], exact[:, 4])
-    place = np.empty(dealt.shape[0], np.int64)
-    place[dealt] = np.arange(dealt.shape[0])
-    stream_tensor = place[exact[:, 0][tensor_of]]
+    ``exact`` tensors of ``table`` (their lanes' word counts in ``lane_lengths``, in the order their FIRST
+    columns give), each stream's tensor, and each share's streams ``side_by_side`` (the pool's tensors are the
+    table's first ``split``), the pool's groups first (``pool_groups`` of them)."""
+    exact = np.flatnonzero(table[:, SCHEME] == EXACT)
+    exact = exact[np.argsort(table[exact, FIRST])]  # their lanes' order in lane_lengths and in the words
+    streams, tensor_of = tensor_streams(lane_lengths, table[exact, SIZE], table[exact, ROWS], table[exact, ROW_LENGTH],
+                                        table[exact, FIRST_VALUE])
+    stream_tensor = exact[tensor_of]
     order = np.empty(streams.shape[0], np.int64)
     groups = np.empty((streams.shape[0], 2), np.int64)
     placed = grouped = pool_groups = 0
     for in_pool in (True, False):
         ids = np.flatnonzero((stream_tensor < split) == in_pool)
-        share_order, share_groups = side_by_side(exact[:, 3][tensor_of[ids]], streams[ids, COUNT], width)
+        share_order, share_groups = side_by_side(table[stream_tensor[ids], ROW_LENGTH], streams[ids, COUNT], width)
         order[placed:placed + ids.shape[0]] = ids[share_order]
         groups[grouped:grouped + share_groups.shape[0], AT] = share_groups[:, AT] + placed
         groups[grouped:grouped + share_groups.shape[0], WIDTH] = share_groups[:, WIDTH]
