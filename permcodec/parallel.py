@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 # Below this many elements a split costs more to hand out than it saves.
 PARALLEL_MIN = 1 << 18
-PIECES_PER_WORKER = 2  # a little slack for uneven pieces (lanes of different lengths)
+PIECES_PER_WORKER = 4  # pieces claimed in turn: the last, run while another thread may idle, is short
 
 
 def worker_count() -> int:
@@ -66,24 +66,43 @@ def pieces(count: int, parts: int) -> list[tuple[int, int]]:
     return [(count * i // parts, count * (i + 1) // parts) for i in range(parts) if count]
 
 
-def run_over(kernel, count: int, *args, work: int | None = None) -> None:
+def run_over(kernel, count, *args, work: int | None = None) -> None:
     """``kernel(*args, lo, hi)`` over ``[0, count)``; in pieces on the pool when ``work`` (elements,
-    default ``count``) is large enough to pay for the hand-out. The caller runs the first piece."""
+    default ``count``) is large enough to pay for the hand-out.
+
+    Each thread, the caller included, claims the next piece until none is
+    left, so a thread that is late or slowed (a pool busy with other kernels,
+    more threads than cores) takes fewer pieces instead of leaving the last
+    ones to run alone; the caller never waits for a pool thread to start."""
     global _split_calls
     work = count if work is None else work
     if WORKERS == 1 or count < 2 or work < PARALLEL_MIN:
         if count:
             kernel(*args, 0, count)
         return
-    first, *rest = pieces(count, WORKERS * PIECES_PER_WORKER)
-    futures = [shared_pool().submit(kernel, *args, lo, hi) for lo, hi in rest]
+    ranges = pieces(count, WORKERS * PIECES_PER_WORKER)
+    claims = iter(range(len(ranges)))
+    claim_lock = threading.Lock()
+
+    def take() -> None:
+        while True:
+            with claim_lock:
+                index = next(claims, None)
+            if index is None:
+                return
+            kernel(*args, *ranges[index])
+
+    futures = [shared_pool().submit(take) for _ in range(min(WORKERS, len(ranges)) - 1)]
     with _pool_lock:
         _split_calls += 1
     try:
-        kernel(*args, *first)
+        take()
     finally:
-        wait(futures)  # never return while a piece still writes into the caller's arrays
-    for future in futures:
+        # A taker that has not started would find no piece left: cancelled, it is not waited for (the pool may be
+        # busy for long). One that started may still run a piece, which writes into the caller's arrays.
+        started = [future for future in futures if not future.cancel()]
+        wait(started)
+    for future in started:
         future.result()
 
 

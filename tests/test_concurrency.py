@@ -8,6 +8,7 @@ parallel path runs under contention too; the test asserts that it did.
 import hashlib
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -123,18 +124,46 @@ def test_the_pool_splits_work_from_2_18_elements():
     assert parallel.pieces(0, 4) == []
 
 
-def test_a_failing_piece_raises_in_the_caller_after_every_piece_ended(monkeypatch):
+@pytest.mark.parametrize("failing", [0, 5])
+def test_a_failing_piece_raises_in_the_caller_once_no_piece_runs(monkeypatch, failing):
+    """Whichever thread runs the failing piece, the caller raises its error, and only once every piece that
+    started has ended (pieces not started yet may be skipped: the results are not used)."""
     monkeypatch.setattr(parallel, "WORKERS", 2)
-    finished = []
+    running, ended, lock = [], [], threading.Lock()
 
     def kernel(lo, hi):
-        if lo == 0:
-            raise ValueError("piece 0 failed")
-        finished.append((lo, hi))
+        with lock:
+            running.append(lo)
+        time.sleep(0.01)
+        with lock:
+            ended.append(lo)
+        if lo == failing:
+            raise ValueError(f"piece {lo} failed")
 
-    with pytest.raises(ValueError, match="piece 0 failed"):
+    with pytest.raises(ValueError, match=f"piece {failing} failed"):
         parallel.run_over(kernel, 8, work=parallel.PARALLEL_MIN)
-    assert sorted(finished) == [(2, 4), (4, 6), (6, 8)]
+    with lock:
+        assert sorted(ended) == sorted(running) and failing in ended
+
+
+def test_each_thread_claims_pieces_until_none_is_left(monkeypatch):
+    """A pool busy with other work (here: until the call returns) leaves every piece to the caller, which
+    neither waits for it to start nor leaves it a piece."""
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    release = threading.Event()
+    blocker = parallel.shared_pool().submit(release.wait, 30)
+    blocker2 = parallel.shared_pool().submit(release.wait, 30)
+    ran_by = []
+
+    def kernel(lo, hi):
+        ran_by.append(threading.current_thread().name)
+
+    try:
+        parallel.run_over(kernel, 8, work=parallel.PARALLEL_MIN)
+    finally:
+        release.set()
+        blocker.result(), blocker2.result()
+    assert ran_by == [threading.current_thread().name] * len(parallel.pieces(8, 2 * parallel.PIECES_PER_WORKER))
 
 
 # Large: too large for the batch of small tensors (small_tensors.TENSOR_LIMIT), so decode_all's threads take them.
