@@ -9,8 +9,10 @@ words, and the tests compare them; ``kernels`` hands out the chosen one.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import stat
 import tempfile
@@ -42,7 +44,6 @@ def chosen(backend: str | None = None) -> str:
 def kernels(package: str, numba_module: str, fallback_module: str, backend: str | None = None):
     """The module of ``package`` that implements the chosen backend (imported on first use)."""
     if chosen(backend) == "numba":
-        prepare_numba_cache()
         return importlib.import_module(f"{package}.{numba_module}")
     return importlib.import_module(f"{package}.{fallback_module}")
 
@@ -52,16 +53,22 @@ def kernels(package: str, numba_module: str, fallback_module: str, backend: str 
 # is writable (a read-only install run by a user without a writable home) numba raises
 # RuntimeError("no locator available") as the kernel module is imported.
 NUMBA_KERNEL_DIRS = ("format", "init")  # the subpackages holding _*_numba.py
+PACKAGE_DIR = Path(__file__).parent
 
 
 @functools.cache
 def prepare_numba_cache() -> None:
-    """Give numba a private cache dir under the temp dir when it would have none; call before importing a kernel."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return
+    """Called by each kernel module before it defines a kernel: a private cache dir under the temp dir where
+    numba would have none, then no stale cached kernel (``forget_stale_kernels``)."""
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        _give_numba_a_cache_dir()
+    forget_stale_kernels(PACKAGE_DIR)
+
+
+def _give_numba_a_cache_dir() -> None:
     from numba.misc.appdirs import AppDirs
 
-    in_tree = [Path(__file__).parent / name / "__pycache__" for name in NUMBA_KERNEL_DIRS]
+    in_tree = [PACKAGE_DIR / name / "__pycache__" for name in NUMBA_KERNEL_DIRS]
     user_wide = Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
     if all(map(_writable_dir, in_tree)) or _writable_dir(user_wide):
         return
@@ -96,3 +103,117 @@ def _private_temp_dir() -> Path:
     except OSError:
         pass
     return Path(tempfile.mkdtemp(prefix="permcodec-numba-"))
+
+
+# numba checks a cached kernel against the file that defines it, and no other (a documented limit of its
+# cache): a kernel keeps the functions it calls from other files, and the constants it imports, as they were
+# when it was cached. After an edit to any of those alone it would run code older than its sources (once, a
+# stale group width wrote past an array). So each cache dir of the kernels holds a record of the digest of every
+# file they import, and where that changed, the kernels cached there are deleted before any is loaded.
+KERNEL_FILES = [f"{name}/_*_numba.py" for name in NUMBA_KERNEL_DIRS]
+KERNEL_RECORD = "permcodec-kernel-sources.json"
+
+
+def forget_stale_kernels(package_dir: Path) -> list[Path]:
+    """Delete the cached kernels of ``package_dir`` from each cache dir numba gives them where a file they import
+    changed since the dir's record was written (or it has none); returns the files deleted. While nothing
+    changed it costs a few stat calls per dir."""
+    current, deleted = None, []
+    for name in NUMBA_KERNEL_DIRS:
+        kernels = sorted((package_dir / name).glob("_*_numba.py"))
+        cache_dir = numba_cache_dir(kernels[0]) if kernels else None
+        if cache_dir is None:
+            continue
+        record = _read_record(cache_dir / KERNEL_RECORD)
+        if record is not None and _unchanged(package_dir, record["files"]):
+            continue
+        current = current or _sources_record(package_dir)
+        try:
+            if record is None or record["digest"] != current["digest"]:
+                for kernel in kernels:
+                    for cached in cache_dir.glob(f"{kernel.stem}.*.nb[ic]"):
+                        cached.unlink(missing_ok=True)
+                        deleted.append(cached)
+            from .atomicfile import atomic_write_bytes
+
+            atomic_write_bytes(cache_dir / KERNEL_RECORD, json.dumps(current).encode())
+        except OSError:  # a cache that cannot be written holds nothing new either; the next process tries again
+            pass
+    return deleted
+
+
+def numba_cache_dir(source: Path) -> Path | None:
+    """The dir numba caches the kernels of ``source`` in, as it finds it for them (NUMBA_CACHE_DIR, beside the
+    source, or the user's cache), or None where it has none."""
+    from numba.core.caching import FunctionCache
+
+    def probe():
+        pass
+
+    probe.__code__ = probe.__code__.replace(co_filename=str(source))
+    try:
+        return Path(FunctionCache(probe).cache_path)
+    except Exception:  # no locator (nothing is cached then), or a numba whose cache differs: nothing to forget
+        return None
+
+
+def kernel_dependencies(package_dir: Path) -> list[Path]:
+    """The kernel files of ``package_dir`` and every file of it they import, directly or not (relative
+    imports, read from the source: nothing is imported to find them)."""
+    found = {path for pattern in KERNEL_FILES for path in package_dir.glob(pattern)}
+    todo = list(found)
+    while todo:
+        for path in _relative_imports(todo.pop()) - found:
+            found.add(path)
+            todo.append(path)
+    return sorted(found)
+
+
+def _relative_imports(path: Path) -> set[Path]:
+    """The files ``from .x import y`` statements of ``path`` name: module x, or where x is a package, its
+    submodule y, else its __init__ (which then defines y)."""
+    import ast
+
+    named = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+        if not isinstance(node, ast.ImportFrom) or not node.level:
+            continue
+        base = path.parents[node.level - 1]
+        target = base.joinpath(*node.module.split(".")) if node.module else base
+        if target.with_suffix(".py").is_file():
+            named.add(target.with_suffix(".py"))
+            continue
+        for alias in node.names:
+            submodule = target / f"{alias.name}.py"
+            named.add(submodule if submodule.is_file() else target / "__init__.py")
+    return {file for file in named if file.is_file()}
+
+
+def _sources_record(package_dir: Path) -> dict:
+    """The digest of the kernels' files (names and bytes), and each one's [mtime_ns, size] to tell a change."""
+    digest, stamps = hashlib.sha256(), {}
+    for path in kernel_dependencies(package_dir):
+        name, data = str(path.relative_to(package_dir)), path.read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode() + data)
+        stamps[name] = _stamp(path)
+    return {"digest": digest.hexdigest(), "files": stamps}
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_bytes())
+        return record if isinstance(record.get("digest"), str) and isinstance(record.get("files"), dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _unchanged(package_dir: Path, stamps: dict) -> bool:
+    try:
+        return all(_stamp(package_dir / name) == stamp for name, stamp in stamps.items())
+    except OSError:  # a file gone
+        return False
+
+
+def _stamp(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_mtime_ns, info.st_size]

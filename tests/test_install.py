@@ -194,3 +194,81 @@ def test_read_only_package_without_a_writable_user_cache_still_decodes_and_cache
     assert first["saved"] and all(Path(path).is_relative_to(temp) for path in first["saved"])
     assert second["saved"] == [] and second["loaded"]
     assert files_written_into(read_only_package) == []
+
+
+# --- numba's cache after an edit to a file the kernels import -------------------------
+
+PHILOX_WORDS = """
+from permcodec.init import _philox_numba
+print("RESULT", _philox_numba.philox_blocks(7, 0, 0, 0, 2).tolist())
+"""
+
+
+def writable_package(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "permcodec", site / "permcodec", ignore=shutil.ignore_patterns("__pycache__"))
+    return site
+
+
+def philox_words(site: Path, cache_home: Path) -> tuple[list, list[str]]:
+    """The words the compiled Philox kernel gives in a fresh interpreter, and the cache files numba saved."""
+    result = run_python(site, cache_home, PHILOX_WORDS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    words = json.loads(result.stdout.splitlines()[-1].removeprefix("RESULT "))
+    return words, re.findall(r"\[cache\] data saved to '(.*)'", result.stdout)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed: nothing is cached")
+def test_an_edit_to_a_constant_the_kernels_import_compiles_them_again(tmp_path):
+    """numba checks a cached kernel against its own file only; the Philox kernel takes ROUNDS from philox.py.
+    Without backend.refresh_stale_kernels the second run would load the 10-round kernel from the cache."""
+    site, cache_home = writable_package(tmp_path), tmp_path / "cache"
+    ten_rounds, first_saved = philox_words(site, cache_home)
+    again, again_saved = philox_words(site, cache_home)
+    assert first_saved and again_saved == [] and again == ten_rounds  # the cache serves while nothing changed
+    philox = site / "permcodec" / "init" / "philox.py"
+    philox.write_text(philox.read_text().replace("ROUNDS = 10\n", "ROUNDS = 9\n"))
+    nine_rounds, edited_saved = philox_words(site, cache_home)
+    assert edited_saved and nine_rounds != ten_rounds
+
+
+def test_the_kernels_dependencies_are_the_files_they_import(tmp_path):
+    from permcodec import backend
+
+    package = writable_package(tmp_path) / "permcodec"
+    found = {str(path.relative_to(package)) for path in backend.kernel_dependencies(package)}
+    kernels = {str(path.relative_to(package)) for pattern in backend.KERNEL_FILES for path in package.glob(pattern)}
+    assert kernels <= found and len(kernels) == 7
+    assert {"init/philox.py", "init/exactmath.py", "format/ransmath.py", "parallel.py", "backend.py"} <= found
+    assert not found & {"cli.py", "decoder.py", "format/container.py", "__init__.py"}
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed: nothing is cached")
+def test_stale_kernels_are_deleted_from_their_cache_dir_once(tmp_path, monkeypatch):
+    from permcodec import backend
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    package = writable_package(tmp_path) / "permcodec"
+    cache = package / "init" / "__pycache__"  # numba caches beside a writable source
+
+    def cached_files() -> list[Path]:
+        names = ["_philox_numba.fill_words-27.py311.nbi", "_philox_numba.fill_words-27.py311.1.nbc",
+                 "_uniform_numba.k53-30.py311.nbi", "philox.cpython-311.pyc", "other_numba.f-1.py311.nbi"]
+        cache.mkdir(exist_ok=True)
+        for name in names:
+            (cache / name).write_bytes(b"")
+        return [cache / name for name in names[:3]]
+
+    kernel_caches = cached_files()
+    assert sorted(backend.forget_stale_kernels(package)) == sorted(kernel_caches)  # no record yet
+    assert sorted(path.name for path in cache.iterdir()) == [
+        "other_numba.f-1.py311.nbi", "permcodec-kernel-sources.json", "philox.cpython-311.pyc"]
+    kernel_caches = cached_files()
+    assert backend.forget_stale_kernels(package) == []
+    (package / "cli.py").write_text((package / "cli.py").read_text() + "\n# not a kernel's import\n")
+    assert backend.forget_stale_kernels(package) == []
+    assert all(path.exists() for path in kernel_caches)
+    ransmath = package / "format" / "ransmath.py"
+    ransmath.write_text(ransmath.read_text() + "\n# an edit\n")
+    assert sorted(backend.forget_stale_kernels(package)) == sorted(kernel_caches)
+    assert backend.forget_stale_kernels(package) == []

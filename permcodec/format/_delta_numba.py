@@ -15,7 +15,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..backend import prepare_numba_cache
 from ..parallel import run_over
+
+prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
 
 IN_PLACE = 0
 NOT_A_PERMUTATION = 1

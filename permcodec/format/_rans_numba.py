@@ -12,8 +12,11 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+from ..backend import prepare_numba_cache
 from ..parallel import run_over
 from .ransmath import PROB_BITS, STATE_LOW
+
+prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
 
 _U32 = np.uint64(32)
 _U33 = np.uint64(33)

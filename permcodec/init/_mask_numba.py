@@ -11,9 +11,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..backend import prepare_numba_cache
 from ..parallel import run_over
 from ._philox_numba import CHUNK, word_chunks
 from .philox import MASK32, SUBSTREAM_MASK
+
+prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
 
 
 @njit(cache=True, nogil=True)

@@ -16,11 +16,14 @@ import math
 import numpy as np
 from numba import njit
 
+from ..backend import prepare_numba_cache
 from ..parallel import run_over
 from . import exactmath
 from ._philox_numba import CHUNK, word_chunks
 from ._uniform_numba import canonical, k53
 from .philox import MASK32, SUBSTREAM_VALUES
+
+prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
 
 SIN_COEFFS = np.array(exactmath.SIN_COEFFS)
 COS_COEFFS = np.array(exactmath.COS_COEFFS)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..backend import prepare_numba_cache
 from ..parallel import run_over
 from .philox import MASK32, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, ROUNDS
+
+prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
 
 _M0 = np.uint64(PHILOX_M0)
 _M1 = np.uint64(PHILOX_M1)

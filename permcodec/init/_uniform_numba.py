@@ -14,10 +14,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..backend import prepare_numba_cache
 from ..parallel import run_over
 from ._philox_numba import CHUNK, word_chunks
 from .exactmath import TWO_POW_MINUS_53
 from .philox import MASK32, SUBSTREAM_VALUES
+
+prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
 
 
 _U5 = np.uint64(5)

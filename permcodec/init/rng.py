@@ -66,7 +66,6 @@ def compiled_kernel(blocks: int | None = None):
         return None
     if blocks is not None and blocks < COMPILED_MIN_BLOCKS and "numba" not in sys.modules:
         return None
-    backend.prepare_numba_cache()
     from . import _philox_numba
 
     return _philox_numba

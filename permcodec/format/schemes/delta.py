@@ -64,7 +64,6 @@ def decode_delta(initial: "torch.Tensor", section: bytes, what: str) -> "torch.T
 
 def decode_compiled(initial: np.ndarray, payload: bytes, width: int, what: str) -> np.ndarray:
     """The array path's result and errors, in one compiled pass per row after numpy's sort of the initial rows."""
-    backend.prepare_numba_cache()
     from .. import _delta_numba
 
     planes = np.frombuffer(payload, dtype=np.uint8)
