@@ -109,15 +109,20 @@ def _private_temp_dir() -> Path:
 # cache): a kernel keeps the functions it calls from other files, and the constants it imports, as they were
 # when it was cached. After an edit to any of those alone it would run code older than its sources (once, a
 # stale group width wrote past an array). So each cache dir of the kernels holds a record of the digest of every
-# file they import, and where that changed, the kernels cached there are deleted before any is loaded.
+# file they import, and where that changed, the kernels cached there are deleted before any is loaded; and each
+# kernel's numba stamp carries that digest too (``stamp_kernels``), so that a process which imported older
+# sources cannot cache its kernels for newer ones.
 KERNEL_FILES = [f"{name}/_*_numba.py" for name in NUMBA_KERNEL_DIRS]
 KERNEL_RECORD = "permcodec-kernel-sources.json"
+RECORD_LIMIT = 1 << 16  # bytes; a record lists a few dozen files
+_sources_digest: str | None = None  # the digest of the kernels' files as this process found them
 
 
 def forget_stale_kernels(package_dir: Path) -> list[Path]:
     """Delete the cached kernels of ``package_dir`` from each cache dir numba gives them where a file they import
     changed since the dir's record was written (or it has none); returns the files deleted. While nothing
     changed it costs a few stat calls per dir."""
+    global _sources_digest
     current, deleted = None, []
     for name in NUMBA_KERNEL_DIRS:
         kernels = sorted((package_dir / name).glob("_*_numba.py"))
@@ -125,9 +130,12 @@ def forget_stale_kernels(package_dir: Path) -> list[Path]:
         if cache_dir is None:
             continue
         record = _read_record(cache_dir / KERNEL_RECORD)
-        if record is not None and _unchanged(package_dir, record["files"]):
+        names = {str(kernel.relative_to(package_dir)) for kernel in kernels}
+        if record is not None and names <= record["files"].keys() and _unchanged(package_dir, record["files"]):
+            _sources_digest = _sources_digest or record["digest"]
             continue
         current = current or _sources_record(package_dir)
+        _sources_digest = current["digest"]
         try:
             if record is None or record["digest"] != current["digest"]:
                 for kernel in kernels:
@@ -183,14 +191,14 @@ def _relative_imports(path: Path) -> set[Path]:
         if target.with_suffix(".py").is_file():
             named.add(target.with_suffix(".py"))
             continue
-        for alias in node.names:
-            submodule = target / f"{alias.name}.py"
-            named.add(submodule if submodule.is_file() else target / "__init__.py")
+        for alias in node.names:  # a submodule, a subpackage, or a name the package's __init__ defines
+            named.add(next((path for path in (target / f"{alias.name}.py", target / alias.name / "__init__.py")
+                            if path.is_file()), target / "__init__.py"))
     return {file for file in named if file.is_file()}
 
 
 def _sources_record(package_dir: Path) -> dict:
-    """The digest of the kernels' files (names and bytes), and each one's [mtime_ns, size] to tell a change."""
+    """The digest of the kernels' files (names and bytes), and each one's ``_stamp`` to tell a change."""
     digest, stamps = hashlib.sha256(), {}
     for path in kernel_dependencies(package_dir):
         name, data = str(path.relative_to(package_dir)), path.read_bytes()
@@ -200,20 +208,40 @@ def _sources_record(package_dir: Path) -> dict:
 
 
 def _read_record(path: Path) -> dict | None:
+    """The record at ``path``, or None (stale) where it is missing, unreadable or not as written here."""
     try:
+        if not path.is_file() or path.stat().st_size > RECORD_LIMIT:  # a FIFO would block the read
+            return None
         record = json.loads(path.read_bytes())
-        return record if isinstance(record.get("digest"), str) and isinstance(record.get("files"), dict) else None
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(record, dict) or not isinstance(record.get("digest"), str):
+        return None
+    return record if isinstance(record.get("files"), dict) else None
 
 
 def _unchanged(package_dir: Path, stamps: dict) -> bool:
     try:
         return all(_stamp(package_dir / name) == stamp for name, stamp in stamps.items())
-    except OSError:  # a file gone
+    except (OSError, ValueError):  # a file gone, or a name no file can have (a NUL byte)
         return False
 
 
 def _stamp(path: Path) -> list[int]:
+    """What tells a change without reading the file: its ctime too, which no copy (tar, rsync -a, cp -p) sets."""
     info = path.stat()
-    return [info.st_mtime_ns, info.st_size]
+    return [info.st_mtime_ns, info.st_ctime_ns, info.st_size]
+
+
+def stamp_kernels(namespace: dict) -> None:
+    """Fold the digest of the files the kernels import into numba's stamp of each cached kernel defined in
+    ``namespace`` (a kernel module's globals, at its end). numba stamps a kernel's index with its own file only;
+    so stamped, an index saved from other sources, even by a process that imported them before an edit and
+    compiled after a newer process wrote its record, is not loaded (relies on numba 0.68's ``Cache`` layout)."""
+    if _sources_digest is None:
+        return
+    for value in list(namespace.values()):
+        cache_file = getattr(getattr(value, "_cache", None), "_cache_file", None)
+        defined_here = getattr(getattr(value, "py_func", None), "__module__", None) == namespace["__name__"]
+        if defined_here and isinstance(getattr(cache_file, "_source_stamp", None), bytes):
+            cache_file._source_stamp = (cache_file._source_stamp, _sources_digest)

@@ -66,14 +66,16 @@ def pieces(count: int, parts: int) -> list[tuple[int, int]]:
     return [(count * i // parts, count * (i + 1) // parts) for i in range(parts) if count]
 
 
-def run_over(kernel, count, *args, work: int | None = None) -> None:
+def run_over(kernel, count: int, *args, work: int | None = None) -> None:
     """``kernel(*args, lo, hi)`` over ``[0, count)``; in pieces on the pool when ``work`` (elements,
     default ``count``) is large enough to pay for the hand-out.
 
     Each thread, the caller included, claims the next piece until none is
     left, so a thread that is late or slowed (a pool busy with other kernels,
     more threads than cores) takes fewer pieces instead of leaving the last
-    ones to run alone; the caller never waits for a pool thread to start."""
+    ones to run alone; the caller never waits for a pool thread to start. A
+    piece that fails stops every thread from claiming another, and the caller
+    raises the first error once no piece runs."""
     global _split_calls
     work = count if work is None else work
     if WORKERS == 1 or count < 2 or work < PARALLEL_MIN:
@@ -82,28 +84,56 @@ def run_over(kernel, count, *args, work: int | None = None) -> None:
         return
     ranges = pieces(count, WORKERS * PIECES_PER_WORKER)
     claims = iter(range(len(ranges)))
-    claim_lock = threading.Lock()
+    state = threading.Condition()  # guards claims, running, errors and pool_ran
+    running, errors, pool_ran = 0, [], False
 
-    def take() -> None:
+    def take(on_pool: bool) -> None:
+        nonlocal running, pool_ran
         while True:
-            with claim_lock:
+            with state:
                 index = next(claims, None)
-            if index is None:
+                if index is None:
+                    return
+                running += 1
+            try:
+                kernel(*args, *ranges[index])
+            except BaseException as error:  # KeyboardInterrupt too: the call fails, no thread claims another piece
+                with state:
+                    errors.append(error)
+                    for _ in claims:
+                        pass
+                if not on_pool:
+                    raise
                 return
-            kernel(*args, *ranges[index])
+            finally:
+                with state:
+                    running -= 1
+                    pool_ran = pool_ran or on_pool
+                    state.notify_all()
 
-    futures = [shared_pool().submit(take) for _ in range(min(WORKERS, len(ranges)) - 1)]
-    with _pool_lock:
-        _split_calls += 1
+    futures = []
     try:
-        take()
+        for _ in range(min(WORKERS, len(ranges)) - 1):
+            futures.append(shared_pool().submit(take, True))
+    except RuntimeError:  # no thread to be had (a thread limit, the interpreter shutting down): fewer takers
+        pass
+    try:
+        take(False)
     finally:
-        # A taker that has not started would find no piece left: cancelled, it is not waited for (the pool may be
-        # busy for long). One that started may still run a piece, which writes into the caller's arrays.
-        started = [future for future in futures if not future.cancel()]
-        wait(started)
-    for future in started:
-        future.result()
+        # Every piece that started, on any thread (even one whose future a failed submit lost), is counted in
+        # ``running``: none writes into the caller's arrays once it is 0. A taker that has not started finds no
+        # piece left: it is cancelled, not waited for (the pool may be busy for long).
+        with state:
+            for _ in claims:
+                pass
+            state.wait_for(lambda: running == 0)
+        for future in futures:
+            future.cancel()
+    if errors:
+        raise errors[0]
+    if pool_ran:
+        with _pool_lock:
+            _split_calls += 1
 
 
 class Started:

@@ -148,22 +148,58 @@ def test_a_failing_piece_raises_in_the_caller_once_no_piece_runs(monkeypatch, fa
 
 def test_each_thread_claims_pieces_until_none_is_left(monkeypatch):
     """A pool busy with other work (here: until the call returns) leaves every piece to the caller, which
-    neither waits for it to start nor leaves it a piece."""
+    neither waits for it to start nor leaves it a piece. The pool is the test's own, of 2 threads: the shared
+    one has a thread per core, more than 2 blockers can hold on a larger machine."""
     monkeypatch.setattr(parallel, "WORKERS", 2)
+    busy = ThreadPoolExecutor(2, thread_name_prefix="permcodec-busy")
+    monkeypatch.setattr(parallel, "_pool", busy)
     release = threading.Event()
-    blocker = parallel.shared_pool().submit(release.wait, 30)
-    blocker2 = parallel.shared_pool().submit(release.wait, 30)
+    blockers = [busy.submit(release.wait, 30) for _ in range(2)]
     ran_by = []
 
     def kernel(lo, hi):
         ran_by.append(threading.current_thread().name)
 
+    splits_before = parallel.split_calls()
     try:
         parallel.run_over(kernel, 8, work=parallel.PARALLEL_MIN)
     finally:
         release.set()
-        blocker.result(), blocker2.result()
+        for blocker in blockers:
+            blocker.result()
+        busy.shutdown()
     assert ran_by == [threading.current_thread().name] * len(parallel.pieces(8, 2 * parallel.PIECES_PER_WORKER))
+    assert parallel.split_calls() == splits_before  # no piece ran on the pool
+
+
+def test_a_failing_piece_stops_the_other_threads_claiming(monkeypatch):
+    """The caller's piece fails while the pool's taker runs one: the taker claims no further piece."""
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    pool_started, failing, ran = threading.Event(), threading.Event(), []
+
+    def kernel(lo, hi):
+        ran.append(lo)
+        if lo == 0:
+            pool_started.wait(5)
+            failing.set()
+            raise ValueError("piece 0 failed")
+        pool_started.set()
+        failing.wait(5)
+
+    with pytest.raises(ValueError, match="piece 0 failed"):
+        parallel.run_over(kernel, 8, work=parallel.PARALLEL_MIN)
+    assert len(ran) <= 3  # piece 0, the pool's, and one it may claim as piece 0 fails (all 8 without the stop)
+
+
+def test_a_pool_that_takes_no_more_work_leaves_every_piece_to_the_caller(monkeypatch):
+    """concurrent.futures refuses work once the interpreter shuts down (a non-daemon thread decoding late)."""
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    closed = ThreadPoolExecutor(1)
+    closed.shutdown()
+    monkeypatch.setattr(parallel, "_pool", closed)
+    done = []
+    parallel.run_over(lambda lo, hi: done.extend(range(lo, hi)), 8, work=parallel.PARALLEL_MIN)
+    assert sorted(done) == list(range(8))
 
 
 # Large: too large for the batch of small tensors (small_tensors.TENSOR_LIMIT), so decode_all's threads take them.

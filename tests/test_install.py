@@ -221,7 +221,7 @@ def philox_words(site: Path, cache_home: Path) -> tuple[list, list[str]]:
 @pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed: nothing is cached")
 def test_an_edit_to_a_constant_the_kernels_import_compiles_them_again(tmp_path):
     """numba checks a cached kernel against its own file only; the Philox kernel takes ROUNDS from philox.py.
-    Without backend.refresh_stale_kernels the second run would load the 10-round kernel from the cache."""
+    Without backend.forget_stale_kernels the second run would load the 10-round kernel from the cache."""
     site, cache_home = writable_package(tmp_path), tmp_path / "cache"
     ten_rounds, first_saved = philox_words(site, cache_home)
     again, again_saved = philox_words(site, cache_home)
@@ -272,3 +272,46 @@ def test_stale_kernels_are_deleted_from_their_cache_dir_once(tmp_path, monkeypat
     ransmath.write_text(ransmath.read_text() + "\n# an edit\n")
     assert sorted(backend.forget_stale_kernels(package)) == sorted(kernel_caches)
     assert backend.forget_stale_kernels(package) == []
+
+
+BAD_RECORDS = {"nul": '{"digest": "x", "files": {"init/philox.py\\u0000": [0, 0]}}',
+               "deep": "[" * 100_000 + "]" * 100_000, "vacuous": '{"digest": "x", "files": {}}',
+               "list": "[1, 2]", "bytes": b"\xff\xfe\x00", "fifo": None}
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed: nothing is cached")
+@pytest.mark.parametrize("bad", BAD_RECORDS)
+def test_a_bad_record_counts_as_stale_and_never_fails_the_import(tmp_path, monkeypatch, bad):
+    from permcodec import backend
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    package = writable_package(tmp_path) / "permcodec"
+    cache = package / "init" / "__pycache__"
+    cache.mkdir()
+    kernel = cache / "_philox_numba.fill_words-27.py311.nbi"
+    kernel.write_bytes(b"")
+    record, text = cache / backend.KERNEL_RECORD, BAD_RECORDS[bad]
+    if text is None:
+        os.mkfifo(record)  # a read would block for ever
+    else:
+        record.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert kernel in backend.forget_stale_kernels(package)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed: nothing is cached")
+def test_a_process_that_imported_older_sources_cannot_cache_them_for_newer_ones(tmp_path):
+    """A (a notebook, say) imports the kernels; philox.py is edited; B imports them, which writes the new record;
+    only then A compiles the Philox kernel from its 10-round sources and caches it. C must not load it."""
+    site, cache_home = writable_package(tmp_path), tmp_path / "cache"
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("NUMBA_", "PERMCODEC_"))}
+    environment |= dict(PYTHONPATH=str(site), XDG_CACHE_HOME=str(cache_home))
+    old = subprocess.Popen([sys.executable, "-c", "import permcodec.init._philox_numba; print('ready', flush=True); "
+                            "input(); " + PHILOX_WORDS.strip().replace("\n", "; ")],
+                           env=environment, cwd=site.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert old.stdout.readline() == "ready\n"
+    philox = site / "permcodec" / "init" / "philox.py"
+    philox.write_text(philox.read_text().replace("ROUNDS = 10\n", "ROUNDS = 9\n"))
+    assert run_python(site, cache_home, "import permcodec.init._philox_numba").returncode == 0
+    ten_rounds = json.loads(old.communicate("\n", timeout=120)[0].splitlines()[-1].removeprefix("RESULT "))
+    nine_rounds, saved = philox_words(site, cache_home)
+    assert nine_rounds != ten_rounds and saved

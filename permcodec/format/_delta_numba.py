@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..backend import prepare_numba_cache
+from ..backend import prepare_numba_cache, stamp_kernels
 from ..parallel import run_over
 
-prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
+prepare_numba_cache()  # before any kernel here is defined (see backend.forget_stale_kernels)
 
 IN_PLACE = 0
 NOT_A_PERMUTATION = 1
@@ -136,3 +136,6 @@ def place_rows(planes: np.ndarray, width: int, initial: np.ndarray, sorted_keys:
     run_over(_place_rows, rows, planes, width, np.ascontiguousarray(initial), np.ascontiguousarray(sorted_keys),
              out, status, work=rows * n)
     return out, status
+
+
+stamp_kernels(globals())  # after the last kernel (see backend.stamp_kernels)

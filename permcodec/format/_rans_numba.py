@@ -12,11 +12,11 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
-from ..backend import prepare_numba_cache
+from ..backend import prepare_numba_cache, stamp_kernels
 from ..parallel import run_over
 from .ransmath import PROB_BITS, STATE_LOW
 
-prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
+prepare_numba_cache()  # before any kernel here is defined (see backend.forget_stale_kernels)
 
 _U32 = np.uint64(32)
 _U33 = np.uint64(33)
@@ -566,3 +566,6 @@ def decode_arrangement(words, starts, ends, counts, n, lanes):
     pool = np.repeat(np.tile(np.arange(k, dtype=np.int32), rows), counts.reshape(-1)).reshape(rows, n)
     symbols, status = decode_classes_onto(words, starts, ends, pool, lanes)
     return symbols.astype(np.int64), status
+
+
+stamp_kernels(globals())  # after the last kernel (see backend.stamp_kernels)

@@ -13,7 +13,7 @@ dependent steps decodes at half the speed of four lanes side by side (ResNet-50'
 lanes of different tensors with rows of the same length are decoded side by side.
 
 numba caches these kernels with the functions they call compiled in, and checks
-only this file's source; ``backend.refresh_stale_kernels`` makes it recompile
+only this file's source; ``backend.forget_stale_kernels`` makes it recompile
 them when a file they import changes.
 """
 
@@ -22,12 +22,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..backend import prepare_numba_cache
+from ..backend import prepare_numba_cache, stamp_kernels
 from ..init._uniform_numba import _uniform_values
 from ._delta_numba import _place_rows, _sort_keys, sort_key_rows
 from ._rans_numba import COUNT, _decode_swap_streams, _digit_tables, tensor_streams
 
-prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
+prepare_numba_cache()  # before any kernel here is defined (see backend.forget_stale_kernels)
 
 # The columns of ``decode_uniform``'s table, one row per tensor. A ``delta`` tensor's byte planes (SIZE bytes a
 # code) start at byte FIRST of ``planes``; an ``exact`` tensor's SIZE lanes are rows FIRST .. FIRST + SIZE - 1 of
@@ -143,3 +143,6 @@ def decode_uniform(table, bounds, words, streams, stream_tensor, order, groups, 
     for i in range(lo, hi):
         if table[i, SCHEME] == EXACT:
             passed[i] = not status[table[i, FIRST]:table[i, FIRST] + table[i, SIZE]].any()
+
+
+stamp_kernels(globals())  # after the last kernel (see backend.stamp_kernels)

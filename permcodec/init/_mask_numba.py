@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..backend import prepare_numba_cache
+from ..backend import prepare_numba_cache, stamp_kernels
 from ..parallel import run_over
 from ._philox_numba import CHUNK, word_chunks
 from .philox import MASK32, SUBSTREAM_MASK
 
-prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
+prepare_numba_cache()  # before any kernel here is defined (see backend.forget_stale_kernels)
 
 
 @njit(cache=True, nogil=True)
@@ -48,3 +48,6 @@ def zero_unkept(values: np.ndarray, seed: int, stream: int, start: int, threshol
         run_over(_zero_unkept, blocks, seed & MASK32, seed >> 32, stream, start, np.uint64(threshold),
                  values.view(np.int32), work=count)
     return values
+
+
+stamp_kernels(globals())  # after the last kernel (see backend.stamp_kernels)

@@ -16,14 +16,14 @@ import math
 import numpy as np
 from numba import njit
 
-from ..backend import prepare_numba_cache
+from ..backend import prepare_numba_cache, stamp_kernels
 from ..parallel import run_over
 from . import exactmath
 from ._philox_numba import CHUNK, word_chunks
 from ._uniform_numba import canonical, k53
 from .philox import MASK32, SUBSTREAM_VALUES
 
-prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
+prepare_numba_cache()  # before any kernel here is defined (see backend.forget_stale_kernels)
 
 SIN_COEFFS = np.array(exactmath.SIN_COEFFS)
 COS_COEFFS = np.array(exactmath.COS_COEFFS)
@@ -108,3 +108,6 @@ def normal_values(seed: int, stream: int, start: int, count: int, mean: float, s
         run_over(_normal_values, blocks, seed & MASK32, seed >> 32, stream, start, float(mean), float(std), out,
                  work=count)
     return out
+
+
+stamp_kernels(globals())  # after the last kernel (see backend.stamp_kernels)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..backend import prepare_numba_cache
+from ..backend import prepare_numba_cache, stamp_kernels
 from ..parallel import run_over
 from .philox import MASK32, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, ROUNDS
 
-prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
+prepare_numba_cache()  # before any kernel here is defined (see backend.forget_stale_kernels)
 
 _M0 = np.uint64(PHILOX_M0)
 _M1 = np.uint64(PHILOX_M1)
@@ -82,3 +82,6 @@ def philox_blocks(seed: int, stream: int, substream: int, start: int, count: int
     out = np.empty((count, 4), dtype=np.int64)
     run_over(_blocks, count, seed & MASK32, seed >> 32, stream, substream, start, out)
     return out
+
+
+stamp_kernels(globals())  # after the last kernel (see backend.stamp_kernels)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..backend import prepare_numba_cache
+from ..backend import prepare_numba_cache, stamp_kernels
 from ..parallel import run_over
 from ._philox_numba import CHUNK, word_chunks
 from .exactmath import TWO_POW_MINUS_53
 from .philox import MASK32, SUBSTREAM_VALUES
 
-prepare_numba_cache()  # before any kernel here is defined (see backend.refresh_stale_kernels)
+prepare_numba_cache()  # before any kernel here is defined (see backend.forget_stale_kernels)
 
 
 _U5 = np.uint64(5)
@@ -66,3 +66,6 @@ def uniform_values(seed: int, stream: int, start: int, count: int, low: float, h
         run_over(_uniform_values, blocks, seed & MASK32, seed >> 32, stream, start, float(low), scale, out,
                  work=count)
     return out
+
+
+stamp_kernels(globals())  # after the last kernel (see backend.stamp_kernels)
