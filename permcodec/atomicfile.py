@@ -60,9 +60,23 @@ def check_output_path(target, suffixes: tuple[str, ...] = (), what: str = "the o
 
 
 def _default_file_mode() -> int:
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read where Linux shows it (/proc/self/status, since 4.7) without changing it.
+    os.umask can only read it by setting it: a file that another thread creates in between gets no umask at
+    all (mode 0666), so that is only the fallback."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def atomic_write(target, write) -> None:

@@ -227,6 +227,22 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [unrelated.name, "m.pc"]
 
 
+
+@pytest.mark.skipif(b"Umask:" not in (Path("/proc/self/status").read_bytes() if Path("/proc/self/status").exists()
+                                      else b""), reason="the umask can be read only by setting it here")
+def test_writing_a_file_never_clears_the_umask_other_threads_create_files_under(tmp_path, monkeypatch):
+    """Reading the umask with os.umask sets it to 0 for a moment: a file another thread creates then is 0666."""
+    from permcodec.atomicfile import atomic_write_bytes
+
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("os.umask changed the process's umask"))
+        atomic_write_bytes(tmp_path / "m.pc", b"new")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert (tmp_path / "m.pc").stat().st_mode & 0o777 == 0o640
+
 # ---------------------------------------------------------------- found by tools/fuzz.py
 
 def test_header_map_keys_must_be_strings():
