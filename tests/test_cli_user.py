@@ -78,8 +78,11 @@ def test_an_interrupt_prints_one_line_and_exits_130(capsys, monkeypatch, tmp_pat
 
 def test_ctrl_c_during_training_exits_130_without_a_traceback(tmp_path):
     output = tmp_path / "run.pt"
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so would the child:
+    # it gets the default back, as from a terminal, so that Python installs its Ctrl-C handler.
     process = subprocess.Popen([sys.executable, "-m", "permcodec", "train", "--model", "mlp", "--epochs", "1000",
-                                "-o", str(output), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "-o", str(output), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first_epoch = process.stdout.readline()  # a JSON line per epoch: training is under way
         process.send_signal(signal.SIGINT)
