@@ -136,6 +136,12 @@ def permutation_digits(pi):
 
 
 @njit(cache=True, nogil=True)
+def lane_rows(rows, lanes, lane):
+    """How many of ``rows`` rows lane ``lane`` codes (rows lane, lane + lanes, ...); elementwise for arrays."""
+    return (rows - lane + lanes - 1) // lanes
+
+
+@njit(cache=True, nogil=True)
 def _encode_lanes(start, freq, lanes, out, out_start, used, lo, hi):
     rows, n = start.shape
     for j in range(lo, hi):
@@ -159,7 +165,7 @@ def _encode_lanes(start, freq, lanes, out, out_start, used, lo, hi):
 
 def encode_lanes(start, freq, lanes: int) -> list[np.ndarray]:
     rows, n = start.shape
-    per_lane = np.array([((rows - j + lanes - 1) // lanes) * n + 2 for j in range(lanes)], dtype=np.int64)
+    per_lane = lane_rows(rows, lanes, np.arange(lanes, dtype=np.int64)) * n + 2
     out_start = np.concatenate([[0], np.cumsum(per_lane)[:-1]]).astype(np.int64)
     out = np.empty(int(per_lane.sum()), dtype=np.uint64)
     used = np.zeros(lanes, np.int64)
@@ -239,7 +245,7 @@ def tensor_streams(lengths, lanes, rows, n, first_value):
             streams[s, END] = word
             streams[s, BASE] = first_value[i] + j * n[i]
             streams[s, STEP] = lanes[i] * n[i]
-            streams[s, COUNT] = (rows[i] - j + lanes[i] - 1) // lanes[i]
+            streams[s, COUNT] = lane_rows(rows[i], lanes[i], j)
             tensor_of[s] = i
             s += 1
     return streams, tensor_of
