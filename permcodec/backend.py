@@ -112,7 +112,7 @@ def _private_temp_dir() -> Path:
 # file they import, and where that changed, the kernels cached there are deleted before any is loaded; and each
 # kernel's numba stamp carries that digest too (``stamp_kernels``), so that a process which imported older
 # sources cannot cache its kernels for newer ones.
-KERNEL_FILES = [f"{name}/_*_numba.py" for name in NUMBA_KERNEL_DIRS]
+KERNEL_GLOB = "_*_numba.py"  # a kernel file, in each of NUMBA_KERNEL_DIRS
 KERNEL_RECORD = "permcodec-kernel-sources.json"
 RECORD_LIMIT = 1 << 16  # bytes; a record lists a few dozen files
 _sources_digest: str | None = None  # the digest of the kernels' files as this process found them
@@ -125,7 +125,7 @@ def forget_stale_kernels(package_dir: Path) -> list[Path]:
     global _sources_digest
     current, deleted = None, []
     for name in NUMBA_KERNEL_DIRS:
-        kernels = sorted((package_dir / name).glob("_*_numba.py"))
+        kernels = sorted((package_dir / name).glob(KERNEL_GLOB))
         cache_dir = numba_cache_dir(kernels[0]) if kernels else None
         if cache_dir is None:
             continue
@@ -168,7 +168,7 @@ def numba_cache_dir(source: Path) -> Path | None:
 def kernel_dependencies(package_dir: Path) -> list[Path]:
     """The kernel files of ``package_dir`` and every file of it they import, directly or not (relative
     imports, read from the source: nothing is imported to find them)."""
-    found = {path for pattern in KERNEL_FILES for path in package_dir.glob(pattern)}
+    found = {path for name in NUMBA_KERNEL_DIRS for path in (package_dir / name).glob(KERNEL_GLOB)}
     todo = list(found)
     while todo:
         for path in _relative_imports(todo.pop()) - found:

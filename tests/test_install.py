@@ -237,7 +237,8 @@ def test_the_kernels_dependencies_are_the_files_they_import(tmp_path):
 
     package = writable_package(tmp_path) / "permcodec"
     found = {str(path.relative_to(package)) for path in backend.kernel_dependencies(package)}
-    kernels = {str(path.relative_to(package)) for pattern in backend.KERNEL_FILES for path in package.glob(pattern)}
+    kernels = {str(path.relative_to(package)) for name in backend.NUMBA_KERNEL_DIRS
+               for path in (package / name).glob(backend.KERNEL_GLOB)}
     assert kernels <= found and len(kernels) == 7
     assert {"init/philox.py", "init/exactmath.py", "format/ransmath.py", "parallel.py", "backend.py"} <= found
     assert not found & {"cli.py", "decoder.py", "format/container.py", "__init__.py"}
