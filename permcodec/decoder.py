@@ -88,9 +88,14 @@ def decode_raw(record: dict, section: bytes) -> bytearray:
     itemsize = container.DTYPE_SIZES[dtype]
     data = schemes.RAW_CODECS[record["codec"]].decode(section, itemsize, math.prod(record["shape"]),
                                                       f"tensor {name!r}")
-    if dtype == "bool" and data.translate(None, b"\x00\x01"):
+    if not valid_elements(dtype, data):
         raise FormatError(f"tensor {name!r}: bool tensor holds bytes other than 0 and 1")
     return data
+
+
+def valid_elements(dtype: str, data) -> bool:
+    """Whether the element bytes ``data`` hold only valid values of ``dtype``: 0 or 1 each for a bool."""
+    return dtype != "bool" or not bytes(data).translate(None, b"\x00\x01")
 
 
 # A raw tensor of at most this many elements is nearly all Python to decode (a BatchNorm's statistics, a bias):
@@ -106,18 +111,32 @@ def small_raw(record: dict) -> bool:
 
 def decode_small_raw(items: list[tuple[dict, bytes]], verify: bool) -> list[np.ndarray | None]:
     """The numpy array of each ``(record, section)`` of ``small_raw`` records, as ``decode_checked`` and
-    ``array_from_bytes`` give it, in a loop without their layers (half the time for tiny tensors); None for each
-    that fails a check, which the one-tensor path raises."""
-    decoded = []
-    for record, section in items:
+    ``array_from_bytes`` give it, without their layers and with the sections of each raw codec decoded together
+    (its ``decode_many``); None for each that fails a check, which the one-tensor path raises. The arrays are
+    views of shared buffers, without overlap."""
+    decoded: list[np.ndarray | None] = [None] * len(items)
+    by_codec: dict[str, list[int]] = {}
+    for index, (record, section) in enumerate(items):
         try:
             container.check_section(record, section)
-            data = decode_raw(record, section)
-            passed = not verify or hashlib.sha256(data).digest() == record["sha256"]
-            decoded.append(np.frombuffer(data, dtype=NUMPY_DTYPES[record["dtype"]]).reshape(record["shape"])
-                           if passed else None)
-        except (PermcodecError, MemoryError):  # the one-tensor path raises it, naming the tensor
-            decoded.append(None)
+        except PermcodecError:  # the one-tensor path raises it, naming the tensor
+            continue
+        by_codec.setdefault(record["codec"], []).append(index)
+    for codec_id, members in by_codec.items():
+        try:
+            element_bytes = schemes.RAW_CODECS[codec_id].decode_many([
+                (items[index][1], container.DTYPE_SIZES[items[index][0]["dtype"]],
+                 math.prod(items[index][0]["shape"]), f"tensor {items[index][0]['name']!r}") for index in members])
+        except MemoryError:
+            continue
+        for index, data in zip(members, element_bytes):
+            record = items[index][0]
+            try:
+                if data is not None and valid_elements(record["dtype"], data) and \
+                        (not verify or hashlib.sha256(data).digest() == record["sha256"]):
+                    decoded[index] = data.view(NUMPY_DTYPES[record["dtype"]]).reshape(record["shape"])
+            except MemoryError:  # the one-tensor path raises it, naming the tensor
+                pass
     return decoded
 
 

@@ -21,6 +21,7 @@ from torch import nn
 import permcodec
 from permcodec import IntegrityError, decoder, parallel, small_tensors
 from permcodec.format import _rans_numba, _small_numba, container
+from permcodec.format.schemes.shuffle_zstd import SHUFFLE_ZSTD
 from permcodec.init.distributions import make_params
 from permcodec.init.initspec import InitSpec, TensorInit
 
@@ -450,19 +451,53 @@ def test_a_failing_batch_kernel_leaves_its_tensors_to_one_at_a_time(data, monkey
     assert sorted(gets) == sorted(["column.weight", "normal.weight", *again])
 
 
+def test_the_raw_codec_decodes_many_sections_as_it_decodes_one():
+    """``decode_many``: the bytes ``decode`` gives, each in writeable memory of its own; None for each section
+    ``decode`` rejects (truncated, a byte too many, another size), the others unharmed."""
+    rng = np.random.default_rng(5)
+    wanted = [(itemsize, count) for itemsize in (1, 2, 4, 8) for count in (0, 1, 3, 64) for _ in range(2)]
+    raw = [rng.integers(0, 256, itemsize * count, dtype=np.uint8).tobytes() for itemsize, count in wanted]
+    sections = [(SHUFFLE_ZSTD.encode(data, itemsize, 3), itemsize, count, f"tensor {index}")
+                for index, (data, (itemsize, count)) in enumerate(zip(raw, wanted))]
+    bad = {5: sections[5][0][:-1], 9: sections[9][0] + b"\0", 30: SHUFFLE_ZSTD.encode(raw[30] + bytes(8), 8, 3)}
+    sections = [(bad.get(index, section), *rest) for index, (section, *rest) in enumerate(sections)]
+    decoded = SHUFFLE_ZSTD.decode_many(sections)
+    for index, (section, itemsize, count, what) in enumerate(sections):
+        if index in bad:
+            assert decoded[index] is None
+            with pytest.raises(permcodec.FormatError, match=f"^{what}: "):
+                SHUFFLE_ZSTD.decode(section, itemsize, count, what)
+        else:
+            assert decoded[index].dtype == np.uint8 and decoded[index].tobytes() == raw[index] == \
+                bytes(SHUFFLE_ZSTD.decode(section, itemsize, count, what))
+    kept = [array for array in decoded if array is not None]
+    for array in kept:
+        array[...] = 0xAB
+    assert all(array.flags.writeable and set(array.tobytes()) <= {0xAB} for array in kept)
+    assert sum(array.nbytes for array in kept) == sum(len(raw[i]) for i in range(len(raw)) if i not in bad)
+
+
 @pytest.mark.parametrize("failures", [1, 2])
 def test_running_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get_tensor(data, monkeypatch, failures):
-    """Once (the raw loop): the tensor is decoded alone and the file decodes. Again there: the error names it."""
+    """Once (the raw loop's codec call, which holds bn.running_var): its tensors are decoded alone and the file
+    decodes. Again (bn.running_var decoded alone): the error names it."""
     expected = bits(one_at_a_time(data))
-    real, left = decoder.decode_raw, [failures]
+    real_many, real_raw, left = SHUFFLE_ZSTD.decode_many, decoder.decode_raw, [failures]
 
-    def short_of_memory(record, section):
+    def many_short_of_memory(sections):
+        if any(what == "tensor 'bn.running_var'" for *_, what in sections) and left[0] == failures:
+            left[0] -= 1
+            raise MemoryError
+        return real_many(sections)
+
+    def raw_short_of_memory(record, section):
         if record["name"] == "bn.running_var" and left[0]:
             left[0] -= 1
             raise MemoryError
-        return real(record, section)
+        return real_raw(record, section)
 
-    monkeypatch.setattr(decoder, "decode_raw", short_of_memory)
+    monkeypatch.setattr(SHUFFLE_ZSTD, "decode_many", many_short_of_memory)
+    monkeypatch.setattr(decoder, "decode_raw", raw_short_of_memory)
     gets = one_at_a_time_calls(monkeypatch)
     if failures == 1:
         assert bits(permcodec.decode(data)) == expected

@@ -22,6 +22,7 @@ from .. import rans
 from ..ransmath import MAX_ROW_LENGTH
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from ...perm import SortedRows
@@ -90,6 +91,10 @@ class RawCodec(Protocol):
     def decode(self, section: bytes, itemsize: int, count: int, what: str) -> bytearray:
         """The ``count * itemsize`` bytes of a tensor, in a bytearray of its own; FormatError for a section that
         yields anything else."""
+
+    def decode_many(self, sections: list[tuple[bytes, int, int, str]]) -> list[np.ndarray | None]:
+        """``decode`` of each ``(section, itemsize, count, what)`` of many small tensors at once: a writeable uint8
+        array of the tensor's bytes, or None for a section ``decode`` rejects (it raises the error)."""
 
 
 # ---------------------------------------------------------------- shared by exact and multiset

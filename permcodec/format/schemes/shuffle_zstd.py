@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import FormatError
 from .. import zstdframe
 
 
@@ -31,6 +32,16 @@ def unshuffle_bytes(data: bytes, itemsize: int) -> bytearray:
     return out
 
 
+def unshuffle_many(planes: list[bytes], itemsize: int, count: int) -> np.ndarray:
+    """``unshuffle_bytes`` of many tensors of ``count`` elements of ``itemsize`` bytes, as the rows of one new
+    uint8 array: one transposed copy for all, where one tensor at a time cost about 3 us each (a ResNet's
+    BatchNorm tensors, 64 floats each)."""
+    stacked = np.frombuffer(b"".join(planes), dtype=np.uint8).reshape(len(planes), itemsize, count)
+    elements = np.empty((len(planes), count, itemsize), dtype=np.uint8)  # always a copy: the caller may write it
+    elements[...] = stacked.transpose(0, 2, 1)
+    return elements.reshape(len(planes), count * itemsize)
+
+
 class ShuffleZstd:
     id = "shuffle-zstd"
 
@@ -39,6 +50,22 @@ class ShuffleZstd:
 
     def decode(self, section: bytes, itemsize: int, count: int, what: str) -> bytearray:
         return unshuffle_bytes(zstdframe.decompress_exact(section, count * itemsize, what), itemsize)
+
+    def decode_many(self, sections: list[tuple[bytes, int, int, str]]) -> list[np.ndarray | None]:
+        decoded: list[np.ndarray | None] = [None] * len(sections)
+        planes_of: dict[tuple[int, int], tuple[list[int], list[bytes]]] = {}  # tensors of one shape together
+        for index, (section, itemsize, count, what) in enumerate(sections):
+            try:
+                planes = zstdframe.decompress_exact(section, count * itemsize, what)
+            except FormatError:
+                continue
+            members, their_planes = planes_of.setdefault((itemsize, count), ([], []))
+            members.append(index)
+            their_planes.append(planes)
+        for (itemsize, count), (members, their_planes) in planes_of.items():
+            for index, row in zip(members, unshuffle_many(their_planes, itemsize, count)):
+                decoded[index] = row
+        return decoded
 
 
 SHUFFLE_ZSTD = ShuffleZstd()
