@@ -94,8 +94,9 @@ def decode_raw(record: dict, section: bytes) -> bytearray:
 
 
 def valid_elements(dtype: str, data) -> bool:
-    """Whether the element bytes ``data`` hold only valid values of ``dtype``: 0 or 1 each for a bool."""
-    return dtype != "bool" or not bytes(data).translate(None, b"\x00\x01")
+    """Whether the element bytes ``data`` (any buffer) hold only valid values of ``dtype``: 0 or 1 each for a
+    bool. Read in place: a large bool tensor is not copied."""
+    return dtype != "bool" or int(np.frombuffer(data, dtype=np.uint8).max(initial=0)) <= 1
 
 
 # A raw tensor of at most this many elements is nearly all Python to decode (a BatchNorm's statistics, a bias):

@@ -477,6 +477,24 @@ def test_the_raw_codec_decodes_many_sections_as_it_decodes_one():
     assert sum(array.nbytes for array in kept) == sum(len(raw[i]) for i in range(len(raw)) if i not in bad)
 
 
+def as_bool(section: bytes, record: dict) -> None:
+    record["dtype"] = "bool"  # a uint8 tensor's section and hash, read as bool
+
+
+@pytest.mark.parametrize("elements", [3, decoder.SMALL_RAW_MAX + 1])  # the raw loop's, and a tensor alone
+def test_a_bool_tensor_holding_other_bytes_is_refused(elements):
+    model = nn.Linear(4, 2)
+    spec = permcodec.init_(model, 0)
+    state = {**model.state_dict(), "flags": torch.arange(elements, dtype=torch.uint8) % 3}
+    data = rewritten(permcodec.encode(state, spec), "flags", as_bool)
+    f = permcodec.PCFile(data)
+    assert f.record("flags")["dtype"] == "bool" and f._small_raw("flags") == (elements <= decoder.SMALL_RAW_MAX)
+    message = r"^tensor 'flags': bool tensor holds bytes other than 0 and 1$"
+    for decode in (permcodec.decode, lambda data: f.get_tensor("flags"), lambda data: f.get_array("flags")):
+        with pytest.raises(permcodec.FormatError, match=message):
+            decode(data)
+
+
 @pytest.mark.parametrize("failures", [1, 2])
 def test_running_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get_tensor(data, monkeypatch, failures):
     """Once (the raw loop's codec call, which holds bn.running_var): its tensors are decoded alone and the file
