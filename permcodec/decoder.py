@@ -120,7 +120,7 @@ def decode_small_raw(items: list[tuple[dict, bytes]], verify: bool) -> list[np.n
     for index, (record, section) in enumerate(items):
         try:
             container.check_section(record, section)
-        except PermcodecError:  # the one-tensor path raises it, naming the tensor
+        except (PermcodecError, MemoryError):  # the one-tensor path raises it, naming the tensor
             continue
         by_codec.setdefault(record["codec"], []).append(index)
     for codec_id, members in by_codec.items():

@@ -471,10 +471,51 @@ def test_the_raw_codec_decodes_many_sections_as_it_decodes_one():
             assert decoded[index].dtype == np.uint8 and decoded[index].tobytes() == raw[index] == \
                 bytes(SHUFFLE_ZSTD.decode(section, itemsize, count, what))
     kept = [array for array in decoded if array is not None]
-    for array in kept:
-        array[...] = 0xAB
-    assert all(array.flags.writeable and set(array.tobytes()) <= {0xAB} for array in kept)
-    assert sum(array.nbytes for array in kept) == sum(len(raw[i]) for i in range(len(raw)) if i not in bad)
+    for mark, array in enumerate(kept):
+        array[...] = mark
+    assert all(array.flags.writeable and set(array.tobytes()) <= {mark} for mark, array in enumerate(kept))
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(kept) for b in kept[i + 1:])
+
+
+def raw_only_bytes() -> bytes:
+    """A 5,000-float tensor, decoded alone, before two of 16 floats, the small raw loop's."""
+    generator = torch.Generator().manual_seed(0)
+    state = {"big": torch.randn(5000, generator=generator), "bn.running_mean": torch.randn(16, generator=generator),
+             "bn.running_var": torch.rand(16, generator=generator)}
+    return permcodec.encode(state, InitSpec([]))
+
+
+def crc_check_short_of_memory_once(monkeypatch, name: str) -> None:
+    real, left = container.check_section, [1]
+
+    def short_of_memory(record, section):
+        if record["name"] == name and left[0]:
+            left[0] -= 1
+            raise MemoryError
+        return real(record, section)
+
+    monkeypatch.setattr(container, "check_section", short_of_memory)
+
+
+def test_running_out_of_memory_checking_a_raw_loop_crc_leaves_the_tensor_to_get_tensor(monkeypatch):
+    """As in its codec call or its hash: the tensor is decoded alone, and the file decodes."""
+    data = raw_only_bytes()
+    expected = bits(one_at_a_time(data))
+    crc_check_short_of_memory_once(monkeypatch, "bn.running_var")
+    gets = one_at_a_time_calls(monkeypatch)
+    assert bits(permcodec.decode(data)) == expected
+    assert "bn.running_var" in gets and "bn.running_mean" not in gets
+
+
+def test_a_memory_error_in_the_raw_loop_does_not_hide_an_earlier_error(monkeypatch):
+    """The first error in file order is raised: big's broken CRC, not the raw loop's MemoryError."""
+    bad = rewritten(raw_only_bytes(), "big", crc_broken)
+    message = r"^tensor 'big': section CRC-32 mismatch"
+    with pytest.raises(permcodec.IntegrityError, match=message):
+        one_at_a_time(bad)
+    crc_check_short_of_memory_once(monkeypatch, "bn.running_var")
+    with pytest.raises(permcodec.IntegrityError, match=message):
+        permcodec.decode(bad)
 
 
 def as_bool(section: bytes, record: dict) -> None:
