@@ -485,23 +485,23 @@ def raw_only_bytes() -> bytes:
     return permcodec.encode(state, InitSpec([]))
 
 
-def crc_check_short_of_memory_once(monkeypatch, name: str) -> None:
-    real, left = container.check_section, [1]
-
+def short_of_memory_for(real, name: str, left: list[int]):
+    """``real(record, section)``, raising MemoryError instead for tensor ``name`` while ``left[0]`` (counted down)
+    lasts."""
     def short_of_memory(record, section):
         if record["name"] == name and left[0]:
             left[0] -= 1
             raise MemoryError
         return real(record, section)
 
-    monkeypatch.setattr(container, "check_section", short_of_memory)
+    return short_of_memory
 
 
 def test_running_out_of_memory_checking_a_raw_loop_crc_leaves_the_tensor_to_get_tensor(monkeypatch):
     """As in its codec call or its hash: the tensor is decoded alone, and the file decodes."""
     data = raw_only_bytes()
     expected = bits(one_at_a_time(data))
-    crc_check_short_of_memory_once(monkeypatch, "bn.running_var")
+    monkeypatch.setattr(container, "check_section", short_of_memory_for(container.check_section, "bn.running_var", [1]))
     gets = one_at_a_time_calls(monkeypatch)
     assert bits(permcodec.decode(data)) == expected
     assert "bn.running_var" in gets and "bn.running_mean" not in gets
@@ -513,7 +513,7 @@ def test_a_memory_error_in_the_raw_loop_does_not_hide_an_earlier_error(monkeypat
     message = r"^tensor 'big': section CRC-32 mismatch"
     with pytest.raises(permcodec.IntegrityError, match=message):
         one_at_a_time(bad)
-    crc_check_short_of_memory_once(monkeypatch, "bn.running_var")
+    monkeypatch.setattr(container, "check_section", short_of_memory_for(container.check_section, "bn.running_var", [1]))
     with pytest.raises(permcodec.IntegrityError, match=message):
         permcodec.decode(bad)
 
@@ -541,7 +541,7 @@ def test_running_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get_tensor(d
     """Once (the raw loop's codec call, which holds bn.running_var): its tensors are decoded alone and the file
     decodes. Again (bn.running_var decoded alone): the error names it."""
     expected = bits(one_at_a_time(data))
-    real_many, real_raw, left = SHUFFLE_ZSTD.decode_many, decoder.decode_raw, [failures]
+    real_many, left = SHUFFLE_ZSTD.decode_many, [failures]
 
     def many_short_of_memory(sections):
         if any(what == "tensor 'bn.running_var'" for *_, what in sections) and left[0] == failures:
@@ -549,14 +549,8 @@ def test_running_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get_tensor(d
             raise MemoryError
         return real_many(sections)
 
-    def raw_short_of_memory(record, section):
-        if record["name"] == "bn.running_var" and left[0]:
-            left[0] -= 1
-            raise MemoryError
-        return real_raw(record, section)
-
     monkeypatch.setattr(SHUFFLE_ZSTD, "decode_many", many_short_of_memory)
-    monkeypatch.setattr(decoder, "decode_raw", raw_short_of_memory)
+    monkeypatch.setattr(decoder, "decode_raw", short_of_memory_for(decoder.decode_raw, "bn.running_var", left))
     gets = one_at_a_time_calls(monkeypatch)
     if failures == 1:
         assert bits(permcodec.decode(data)) == expected
