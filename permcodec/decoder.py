@@ -126,8 +126,8 @@ def decode_small_raw(items: list[tuple[dict, bytes]], verify: bool) -> list[np.n
     for codec_id, members in by_codec.items():
         try:
             element_bytes = schemes.RAW_CODECS[codec_id].decode_many([
-                (items[index][1], container.DTYPE_SIZES[items[index][0]["dtype"]],
-                 math.prod(items[index][0]["shape"]), f"tensor {items[index][0]['name']!r}") for index in members])
+                (section, container.DTYPE_SIZES[record["dtype"]], math.prod(record["shape"]),
+                 f"tensor {record['name']!r}") for record, section in (items[index] for index in members)])
         except MemoryError:
             continue
         for index, data in zip(members, element_bytes):
