@@ -28,7 +28,8 @@ def add_encode(sub) -> None:
                ".safetensors file whose metadata key 'permcodec.init' holds the init spec as JSON.\n"
                f"levels (each permuted tensor keeps the smallest scheme its level tries):\n{levels}\n"
                "schemes: delta (rank differences, zstd: small after light training), exact (a permutation code, "
-               "about log2(n!) bits per row), multiset (for pools with repeated values: log2(n!/prod m!)); "
+               "about log2(n!) bits per row), multiset (for pools with repeated values: log2(n!/prod m!)), sparse "
+               "(for sparse pools: log2(n!/z!) with z zeros, several times faster to decode than multiset); "
                "every file decodes whatever level wrote it.\n"
                "examples:\n  permcodec encode model.pt\n  permcodec encode model.pt -o small.pc --level max\n"
                "  permcodec encode model.pt --raw-fallback")

@@ -35,7 +35,7 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.D
 
     ``level`` ("fast", "default", "max"; see ``schemes.LEVELS``) sets which index
     schemes are tried per tensor and how hard; the smallest is kept. ``scheme``
-    forces one scheme ("delta", "exact", "multiset") for every permuted tensor.
+    forces one scheme ("delta", "exact", "multiset", "sparse") for every permuted tensor.
     Raises NotAPermutationError for a tensor of the spec that is not a per-row
     permutation of its init, unless ``raw_fallback``: then it is stored
     losslessly and a ``Fallback`` is appended to ``fallbacks``.

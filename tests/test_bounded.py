@@ -26,7 +26,7 @@ from permcodec.init import distributions
 
 LONGEST = 2**31 - 1
 SHAPES = {"no-rows": (0, LONGEST), "empty-rows": (LONGEST, 0)}
-KINDS = ("delta", "exact", "multiset", "raw")
+KINDS = ("delta", "exact", "multiset", "sparse", "raw")
 FIXTURE_FOR_WARMUP = Path(__file__).parent / "fixtures" / "tiny_linear.pc"
 ADDRESS_SPACE = 2 << 30
 # The cap: 2 GiB of address space in all, or, where the warmed process already maps more (a CUDA build of torch

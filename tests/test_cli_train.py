@@ -22,11 +22,11 @@ def one_line_error(capsys) -> str:
 
 
 @pytest.mark.parametrize("flags,scheme,dist", [
-    (["--dist", "sparse", "--density", "0.3"], "multiset", {"dist": "sparse", "density": 0.3}),
+    (["--dist", "sparse", "--density", "0.3"], "sparse", {"dist": "sparse", "density": 0.3}),
     (["--dist", "shared", "--value", "0.05", "--density", "0.08"], "multiset", {"dist": "shared", "value": 0.05}),
     (["--dist", "uniform", "--low", "-0.1", "--high", "0.1"], "exact", {"dist": "uniform", "low": -0.1}),
     (["--dist", "normal", "--mean", "0.0", "--std", "0.05"], "exact", {"dist": "normal", "std": 0.05}),
-    (["--dist", "sparse", "--density", "0.5", "--base", "normal", "--std", "0.1"], "multiset", {"dist": "sparse"}),
+    (["--dist", "sparse", "--density", "0.5", "--base", "normal", "--std", "0.1"], "sparse", {"dist": "sparse"}),
 ])
 def test_every_distribution_trains_from_the_cli_and_encodes(capsys, tmp_path, flags, scheme, dist):
     assert main(["train", *QUICK, "--steps", "3", *flags, "-o", str(tmp_path / "m.pt")]) == 0

@@ -148,8 +148,11 @@ def test_levels_choose_the_smallest_scheme_they_try():
     assert chosen_schemes(permcodec.encode(shuffled)) == ["exact"]
     sparse = nn.Linear(300, 20)
     trained(sparse, init_(sparse, 1, dist="sparse", density=0.3), 3)
-    assert chosen_schemes(permcodec.encode(sparse)) == ["multiset"]
-    assert chosen_schemes(permcodec.encode(sparse, level="fast")) == ["multiset"]
+    assert chosen_schemes(permcodec.encode(sparse)) == ["sparse"]
+    assert chosen_schemes(permcodec.encode(sparse, level="fast")) == ["sparse"]
+    shared = nn.Linear(300, 20)
+    trained(shared, init_(shared, 1, dist="shared", value=0.5, density=0.3), 3)
+    assert chosen_schemes(permcodec.encode(shared)) == ["multiset"]
 
 
 def counting_delta_encodes(monkeypatch) -> list:
@@ -191,7 +194,7 @@ def test_max_takes_multiset_only_where_it_saves_more_than_a_thousandth():
     assert chosen_schemes(permcodec.encode(few_ties, level="max")) == ["exact"]
     sparse = nn.Linear(300, 20)
     trained(sparse, init_(sparse, 1, dist="sparse", density=0.3), 3)
-    assert chosen_schemes(permcodec.encode(sparse, level="max")) == ["multiset"]
+    assert chosen_schemes(permcodec.encode(sparse, level="max")) == ["sparse"]
 
 
 def test_max_is_never_larger_than_default_and_near_the_bound():
@@ -210,7 +213,7 @@ def test_unknown_level_and_scheme_are_named():
     init_(model, 0)
     with pytest.raises(SpecError, match="unknown level 'huge'; choose one of fast, default, max"):
         permcodec.encode(model, level="huge")
-    with pytest.raises(SpecError, match="unknown scheme 'lehmer'; choose one of delta, exact, multiset"):
+    with pytest.raises(SpecError, match="unknown scheme 'lehmer'; choose one of delta, exact, multiset, sparse$"):
         permcodec.encode(model, scheme="lehmer")
 
 

@@ -24,7 +24,7 @@ CALLS_PER_THREAD = 200
 SIDE = 512  # Linear(512, 512): 2^18 weights
 # case -> (scheme, dist, init_ arguments); block-local and level-pool files take part like the others
 CASES = {"exact": ("exact", "he_uniform", {}), "multiset": ("multiset", "sparse", {"density": 0.3}),
-         "delta": ("delta", "he_uniform", {}),
+         "sparse": ("sparse", "sparse", {"density": 0.3}), "delta": ("delta", "he_uniform", {}),
          "exact-blocks": ("exact", "he_uniform", {"block": 16}),
          "multiset-levels": ("multiset", "levels", {"num_levels": 8}),
          "delta-levels-blocks": ("delta", "levels", {"num_levels": 4, "block": 64, "block_layout": "strided"})}

@@ -93,7 +93,7 @@ def test_codec_round_trip_on_cuda_for_every_distribution():
                     rows = perm.as_rows(param)
                     order = torch.argsort(torch.rand(rows.shape), dim=1)
                     param.copy_(torch.gather(rows, 1, order).reshape(param.shape))
-        for scheme in ("delta", "exact", "multiset"):
+        for scheme in ("delta", "exact", "multiset", "sparse"):
             gpu = permcodec.decode(permcodec.encode(model, scheme=scheme), device="cuda")
             for name, tensor in model.state_dict().items():
                 assert codec.tensor_bytes(tensor) == codec.tensor_bytes(gpu[name]), (dist, scheme, name)

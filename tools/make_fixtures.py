@@ -177,6 +177,22 @@ def level_pools():
     return model, spec
 
 
+def sparse_scheme_cases():
+    """Scheme sparse beyond sparse_sparse's one lane: a sparse pool in 6 lanes (level fast), rows of 8 at density
+    0.05 (rows without items), a shared pool (every item the same value: repeated items) and a sparse pool in
+    shuffled blocks of 6 (block parts)."""
+    model = nn.Sequential(nn.Linear(300, 40), nn.Linear(8, 12), nn.Linear(10, 4), nn.Linear(20, 6))
+    layers = [init_(model[0], seed=21, dist="sparse", density=0.3),
+              init_(model[1], seed=22, dist="sparse", density=0.05),
+              init_(model[2], seed=23, dist="shared", value=0.5, density=0.5),
+              init_(model[3], seed=24, dist="sparse", density=0.5, block=6)]
+    spec = InitSpec([TensorInit(f"{i}.{r.name}", r.shape, r.seed, r.stream, r.dist, r.params, r.block)
+                     for i, layer in enumerate(layers) for r in layer])
+    attach_spec(model, spec)
+    permute_blocks(model, spec, seed=9)
+    return model, spec
+
+
 # name -> (model builder, encode options). Version 1 files first written with
 # scheme "delta" keep it, so rewriting them reproduces the committed bytes.
 CASES = {
@@ -196,6 +212,9 @@ CASES = {
     "block_layouts_delta": (block_layouts, {"scheme": "delta"}),
     "level_pools": (level_pools, {"level": "max"}),
     "shuffled_ties_delta": (shuffled_ties, {"scheme": "delta"}),
+    # revision 1.6: scheme sparse
+    "sparse_sparse": (sparse_ties, {"scheme": "sparse"}),
+    "sparse_scheme_cases": (sparse_scheme_cases, {"scheme": "sparse", "level": "fast"}),
 }
 
 

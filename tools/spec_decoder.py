@@ -5,9 +5,10 @@ looking at the reference implementation (`permcodec/`), its tests or its tools.
 It depends on numpy, msgpack and zstandard plus the standard library (hashlib,
 zlib, struct); it does not use torch.
 
-It reads format version 1, revision 1.4: the index schemes `delta`, `exact`
-(swap code) and `multiset` (format.md Sections 8-11; the rANS arrangement coder
-of Section 9 is done with exact Python ints), the raw codec `shuffle-zstd`
+It reads format version 1, revision 1.6: the index schemes `delta`, `exact`
+(swap code), `multiset` and `sparse` (zeros as one class, the other elements by
+the swap code; format.md Sections 8-11a; the rANS arrangement coder of Section 9
+is done with exact Python ints), the raw codec `shuffle-zstd`
 (Section 13), block records (format.md 6.2 and 7.1: a permuted tensor coded in
 one or two parts, each a matrix of blocks coded as a tensor of whole rows) and
 the `levels` distribution with its row orders (rng.md 6.7, 6.8).
@@ -532,7 +533,7 @@ def element_count(shape) -> int:
     return math.prod(shape) if shape else 1
 
 
-SCHEMES = ("delta", "exact", "multiset")
+SCHEMES = ("delta", "exact", "multiset", "sparse")  # "sparse" from revision 1.6
 
 
 def check_scheme(where: str, scheme, params, shape) -> None:
@@ -546,7 +547,7 @@ def check_scheme(where: str, scheme, params, shape) -> None:
         if params != {}:
             _fail(where, "scheme_params must be {} for scheme 'delta'")
         return
-    # exact, multiset: exactly {"lanes": int}, 1 <= lanes <= max(R, 1)
+    # exact, multiset, sparse: exactly {"lanes": int}, 1 <= lanes <= max(R, 1)
     if set(params) != {"lanes"}:
         _fail(where, f"scheme_params of scheme {scheme!r} must be exactly {{'lanes': int}}, "
                      f"got keys {sorted(map(str, params))}")
@@ -788,13 +789,13 @@ def decode_raw(where: str, rec: dict, section: bytes) -> np.ndarray:
 
 
 # ==========================================================================
-# Arrangement coding: schemes exact and multiset (format.md Sections 9-11)
+# Arrangement coding: schemes exact, multiset and sparse (format.md Sections 9-11a)
 # ==========================================================================
 
 RANS_M = 2**31  # probability scale M (9.2)
 RANS_L = 2**32  # lower end of the state interval [L, 2^64) (9.2)
 WORD = 2**32  # words are 32 bits
-MAX_ARRANGEMENT_N = 2**31  # 9.3: exact and multiset need n <= 2^31
+MAX_ARRANGEMENT_N = 2**31  # 9.3: exact, multiset and sparse need n <= 2^31
 
 
 def interval(C: int, m: int, Q: int) -> tuple[int, int]:
@@ -1002,7 +1003,78 @@ def decode_multiset(where: str, R: int, n: int, initial, params: dict, section: 
     return out
 
 
-ROW_DECODERS = {"delta": decode_delta, "exact": decode_exact, "multiset": decode_multiset}
+ZERO = -1  # sparse (11a): the zero symbol, as returned by decode_sparse_row
+
+
+class SparseLeft:
+    """The `k` items and `z` zeros not yet placed in one sparse row (9.1, 11a)."""
+
+    def __init__(self, k: int, z: int):
+        self.k, self.z = k, z
+
+    def coded(self) -> bool:
+        """9.1: a position is not coded exactly when k = 0, or k = 1 and z = 0."""
+        return not (self.k == 0 or (self.k == 1 and self.z == 0))
+
+    def select(self, t: int):
+        """9.2 step 2: the item digit d = t (C = d, m = 1) if t < k, else the
+        zero symbol (C = k, m = z)."""
+        if t < self.k:
+            return t, t, 1
+        return ZERO, self.k, self.z
+
+
+def decode_sparse_row(lane: Lane, K: int, z: int) -> list[int]:
+    """Section 11a: the trained row as item numbers (ZERO for a zero) of one row
+    with K items and z zeros.  Item digit d takes item a[taken + d], swaps
+    a[taken] and a[taken + d] and advances taken (swap code of Section 10)."""
+    n = K + z
+    left = SparseLeft(K, z)
+    a = list(range(K))
+    taken = 0
+    out = []
+    for p in range(n):
+        Q = n - p  # = k + z
+        if left.coded():
+            d = lane.decode(Q, left.select)
+        else:  # the only possible symbol: a zero when k = 0, else the last item
+            d = ZERO if left.k == 0 else 0
+        if d == ZERO:
+            out.append(ZERO)
+            left.z -= 1
+        else:
+            i = taken + d
+            out.append(a[i])
+            a[taken], a[i] = a[i], a[taken]
+            taken += 1
+            left.k -= 1
+    return out
+
+
+def decode_sparse(where: str, R: int, n: int, initial, params: dict, section: bytes) -> np.ndarray:
+    """Section 11a: zeros (all bits zero) of the initial row as one class, its
+    other elements (items, in position order) by the swap code."""
+    lanes = params["lanes"]
+    if codes_nothing(where, section, lanes, R, n):
+        # n <= 1: one position, one possible symbol, so the rows are the initial ones
+        return initial()
+    init = initial()
+    items = []
+    for r in range(R):
+        row = init[r]
+        items.append(row[row.view(np.uint32) != 0])  # item_0 .. item_{K-1}, position order
+    symbols = decode_lanes(where, section, lanes, R,
+                           lambda lane, r: decode_sparse_row(lane, len(items[r]), n - len(items[r])))
+    out = np.zeros((R, n), dtype=np.float32)  # the zero symbol writes +0.0
+    for r in range(R):
+        e = np.array(symbols[r], dtype=np.int64)
+        placed = e != ZERO
+        out[r, placed] = items[r][e[placed]]
+    return out
+
+
+ROW_DECODERS = {"delta": decode_delta, "exact": decode_exact, "multiset": decode_multiset,
+                "sparse": decode_sparse}
 
 
 # ==========================================================================

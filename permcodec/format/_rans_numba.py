@@ -25,6 +25,7 @@ _LOW_MASK = np.uint64((1 << PROB_BITS) - 1)
 _WORD_MASK = np.uint64(0xFFFFFFFF)
 _L = np.uint64(STATE_LOW)
 _SCALE = float(1 << PROB_BITS)
+_M = np.int64(1 << PROB_BITS)
 SIDE_BY_SIDE = 4  # lanes a thread decodes at once, to hide each one's latency (8: no faster on Conv13)
 
 
@@ -536,6 +537,98 @@ def _decode_class_lanes(words, starts, ends, pool_bits, lanes, out_bits, status,
             status[j] = 3
 
 
+@njit(cache=True, nogil=True)
+def _gather_items(row_bits, items, base):
+    """The row's elements other than zero (bits 0), in position order, at items[base ...], then a 0 after them;
+    returns their count."""
+    k = 0
+    for j in range(row_bits.shape[0]):
+        items[base + k] = row_bits[j]
+        k += row_bits[j] != 0
+    items[base + k] = 0
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _decode_sparse_group(words, starts, ends, row_bits, lanes, first, width, status, whole, extra, inverse, items):
+    """Scheme sparse, lanes first .. first+width-1 side by side (their r-th rows together), each row decoded in
+    place of its initial values; ``items`` holds one scratch row of n + 1 per lane. status as for exact.
+
+    With k items and z zeros left (Q = k + z), a target t < k is the item digit (C = t, m = 1: freq from the
+    digit tables, as exact), and t >= k the zero class (C = k, m = z: freq = M - start, its interval ending at
+    Q). Both take one scaled quotient of C = min(t, k), and both read items[taken + C]: the zero stored after
+    the items is what a zero symbol reads, and its swap moves nothing. A position that is not coded (one
+    item and no zero left, or only zeros) steps with start 0 and freq M, which leaves the state as it is.
+    """
+    # Kept whole: the hot loop of sparse decoding, branch-free but for the renormalization.
+    rows, n = row_bits.shape
+    flat = row_bits.reshape(-1)
+    state = np.empty(width, np.uint64)
+    pointer = np.empty(width, np.int64)
+    k = np.empty(width, np.int64)
+    z = np.empty(width, np.int64)
+    taken = np.empty(width, np.int64)
+    row_at = np.empty(width, np.int64)
+    for w in range(width):
+        state[w] = _initial_state(words, starts[first + w])
+        pointer[w] = starts[first + w] + 2
+        if state[w] < _L:
+            status[first + w] = 1
+    for r in range(lane_rows(rows, lanes, first)):
+        active = width
+        while first + active - 1 + r * lanes >= rows:  # the group's last lanes may have a row fewer
+            active -= 1
+        for w in range(active):
+            row = first + w + r * lanes
+            row_at[w] = row * n
+            taken[w] = w * (n + 1)
+            k[w] = _gather_items(row_bits[row], items, taken[w])
+            z[w] = n - k[w]
+        for p in range(n):
+            left = n - p
+            for w in range(active):
+                x, kw = state[w], k[w]
+                coded = kw > 1 or (kw == 1 and z[w] > 0)
+                y = np.int64(x & _LOW_MASK)
+                t = ((y + 1) * left - 1) >> PROB_BITS
+                zero = t >= kw if coded else kw == 0
+                c = min(t, kw) if coded else 0
+                lo = _scaled_quotient(c, left, inverse[p])
+                f = _M - lo if zero else whole[p] + ((c << PROB_BITS) - lo * left + extra[p] >= left)
+                if not coded:
+                    f, lo = _M, 0
+                x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
+                if x < _L:
+                    if pointer[w] < ends[first + w]:
+                        x = (x << _U32) | np.uint64(words[pointer[w]])
+                        pointer[w] += 1
+                    elif status[first + w] == 0:
+                        status[first + w] = 2
+                state[w] = x
+                source = taken[w] + c
+                target = source if zero else taken[w]
+                value = items[source]
+                items[source] = items[target]
+                items[target] = value
+                flat[row_at[w] + p] = value
+                taken[w] += 1 - zero
+                k[w] = kw - 1 + zero
+                z[w] -= zero
+    for w in range(width):
+        if status[first + w] == 0 and not _ended_cleanly(state[w], pointer[w], ends[first + w]):
+            status[first + w] = 3
+
+
+@njit(cache=True, nogil=True)
+def _decode_sparse_groups(words, starts, ends, row_bits, lanes, status, whole, extra, inverse, width, lo, hi):
+    """Lane groups lo .. hi-1 of one tensor: group g is lanes g*width .. g*width+width-1."""
+    items = np.empty(width * (row_bits.shape[1] + 1), row_bits.dtype)
+    for g in range(lo, hi):
+        first = g * width
+        _decode_sparse_group(words, starts, ends, row_bits, lanes, first, min(width, lanes - first), status, whole,
+                             extra, inverse, items)
+
+
 def decode_onto(words, starts, ends, values, lanes):
     """Scheme exact: (out, status), out[r, j] = values[r, pi[r, j]] for the permutations coded in the words;
     a writeable C-ordered ``values`` is decoded in place."""
@@ -560,6 +653,19 @@ def decode_classes_onto(words, starts, ends, pool_sorted, lanes):
     pool_bits = np.ascontiguousarray(pool_sorted).view(np.int32)
     run_over(_decode_class_lanes, lanes, words, starts, ends, pool_bits, lanes, out.view(np.int32), status,
              work=rows * n)
+    return out, status
+
+
+def decode_sparse_onto(words, starts, ends, values, lanes):
+    """Scheme sparse: (out, status), each row of ``values`` (4-byte elements, zero where all bits are) in its
+    decoded order; a writeable C-ordered ``values`` is decoded in place."""
+    status = np.zeros(lanes, dtype=np.int64)
+    out = values if values.flags.c_contiguous and values.flags.writeable else np.array(values, order="C")
+    rows, n = out.shape
+    whole, extra, inverse = _digit_tables(n)
+    width = SIDE_BY_SIDE
+    run_over(_decode_sparse_groups, (lanes + width - 1) // width, words, starts, ends, out.view(np.int32), lanes,
+             status, whole, extra, inverse, width, work=out.size)
     return out, status
 
 

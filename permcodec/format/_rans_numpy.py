@@ -230,3 +230,47 @@ def decode_onto(words, starts, ends, values, lanes):
     rows, n = values.shape
     digits, status = decode_digits(words, starts, ends, rows, n, lanes)
     return permute_rows(digits, values), status
+
+
+def decode_sparse_onto(words, starts, ends, values, lanes):
+    """Scheme sparse: (out, status), each row of ``values`` (4-byte elements, zero where all bits are) in its
+    decoded order. Each row's items (its other elements, in position order) sit at the front of a scratch row
+    with zeros after them, so a zero symbol reads a zero at items[taken + k] and its swap moves nothing."""
+    rows, n = values.shape
+    bits = np.ascontiguousarray(values).view(np.int32)
+    out = np.empty_like(bits)
+    state, status, pointer = initial_states(words, starts)
+    for first in range(0, rows, lanes):
+        row_ids = np.arange(first, min(rows, first + lanes))
+        lane = row_ids - first
+        local = np.arange(row_ids.size)
+        block = bits[row_ids]
+        order = np.argsort(block == 0, axis=1, kind="stable")
+        items = np.zeros((row_ids.size, n + 1), dtype=np.int32)
+        items[:, :n] = np.take_along_axis(block, order, axis=1)
+        k = np.count_nonzero(block, axis=1).astype(np.int64)
+        z = n - k
+        taken = np.zeros(row_ids.size, dtype=np.int64)
+        for p in range(n):
+            left = np.int64(n - p)
+            coded = (k > 1) | ((k == 1) & (z > 0))
+            x = state[lane]
+            y = (x & np.uint64(PROB_SCALE - 1)).astype(np.int64)
+            t = ((y + 1) * left - 1) >> PROB_BITS
+            zero = np.where(coded, t >= k, k == 0)
+            c = np.where(coded, np.minimum(t, k), 0)
+            lo = quantized(c, left)
+            f = np.where(zero, PROB_SCALE - lo, quantized(c + 1, left) - lo)
+            x = np.where(coded, f.astype(np.uint64) * (x >> np.uint64(PROB_BITS)) + (y - lo).astype(np.uint64), x)
+            state[lane] = _read_words(x, coded & (x < np.uint64(STATE_LOW)) & (status[lane] == 0), lane, pointer,
+                                      ends, words, status)
+            source = taken + c
+            target = np.where(zero, source, taken)
+            value = items[local, source]
+            items[local, source] = items[local, target]
+            items[local, target] = value
+            out[row_ids, p] = value
+            taken += ~zero
+            k -= ~zero
+            z -= zero
+    return out.view(values.dtype), final_status(state, pointer, ends, status)

@@ -1,6 +1,6 @@
 """Arrangement coding with rANS: a row's order near log2(n!/prod m!) bits, decoded lane-parallel.
 
-Two models share one coder:
+Three models share one coder:
 
 - **digits** (scheme "exact"): position ``p`` of a row of ``n`` carries a digit
   ``d_p`` uniform in ``[0, n - p)``. A permutation becomes digits by the swap
@@ -10,6 +10,10 @@ Two models share one coder:
 - **arrangement** (scheme "multiset"): position ``p`` carries the class of its
   value, coded with probability ``left[c] / Q`` (``Q = n - p``): a row costs
   log2(n! / prod m_c!) bits.
+- **sparse** (scheme "sparse"): a row's zeros are one class above its other
+  elements (items), which take swap-code digits among the items left: with k
+  items and z zeros left, an item digit d has [d, d + 1), a zero [k, k + z).
+  A row of z zeros costs log2(n! / z!) bits, decoded with no sort or search.
 
 A symbol of probability ``[C, C + m) / Q`` is quantized to ``M = 2^31`` as
 ``start = floor(C * M / Q)``, ``freq = floor((C + m) * M / Q) - start``: exact,
@@ -17,7 +21,7 @@ monotone, summing to ``M`` without redistribution. Positions with a single
 choice left are not coded. Rows are split into lanes: lane ``j`` codes rows
 ``j, j + lanes, ...`` into its own 64-bit-state rANS stream of 32-bit words.
 The section is ``u32 word_count[lanes]`` then every lane's words, little-endian.
-See specs/format.md, Sections 9-11.
+See specs/format.md, Sections 9-11a.
 
 Two backends give identical words: numba kernels (parallel over lanes and
 rows) when numba is importable, and numpy vectorized across lanes and rows
@@ -125,6 +129,55 @@ def decode_classes_onto(section: bytes, pool_sorted: np.ndarray, lanes: int, wha
     counts of ``PoolClasses`` and the gather of its values, in one compiled pass per row."""
     words, starts, ends = split_lanes(section, lanes, what)
     out, status = kernels("numba").decode_classes_onto(words, starts, ends, pool_sorted, lanes)
+    check_status(status, what)
+    return out
+
+
+def encode_sparse(items: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
+    """Scheme sparse: code ``items`` (int [rows, n]: at each position the index of its item among the row's
+    nonzero initial elements in position order, or -1 for a zero)."""
+    items = np.ascontiguousarray(items, dtype=np.int64)
+    rows, n = items.shape
+    assert 1 <= lanes <= max(rows, 1) and n <= MAX_ROW_LENGTH
+    if rows == 0 or n <= 1:
+        return nothing_coded_section(lanes)
+    start, freq = sparse_intervals(items, backend)
+    return encode_intervals(start, freq, lanes, backend)
+
+
+def sparse_intervals(items: np.ndarray, backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(start, freq) [rows, n] of scheme sparse's symbols: an item's swap-code digit among the items left
+    (C = d, m = 1), or the zero class above them (C = items left, m = zeros left); freq 0: not coded."""
+    rows, n = items.shape
+    is_item = items >= 0
+    count = is_item.sum(axis=1)
+    longest = int(count.max())
+    # each row's item permutation, padded to the longest by fixed points, which cost digits of 0
+    order = np.tile(np.arange(longest, dtype=np.int64), (rows, 1))
+    order[np.arange(longest) < count[:, None]] = items[is_item]
+    digits = np.zeros((rows, n), dtype=np.int64)
+    if longest:
+        digits[is_item] = kernels(backend).permutation_digits(order)[np.arange(longest) < count[:, None]]
+    items_left = count[:, None] - (np.cumsum(is_item, axis=1) - is_item)
+    left = n - np.arange(n, dtype=np.int64)
+    zeros_left = left - items_left
+    cum = np.where(is_item, digits, items_left)
+    width = np.where(is_item, 1, zeros_left)
+    start = quantized(cum, left)
+    freq = np.where(width < left, quantized(cum + width, left) - start, 0)
+    return np.where(freq > 0, start, 0), freq
+
+
+def decode_sparse_onto(section: bytes, values: np.ndarray, lanes: int, what: str,
+                       backend: str | None = None) -> np.ndarray:
+    """Scheme sparse: each row of ``values`` [rows, n] (numpy, 4-byte elements, a zero being all zero bits)
+    in the order coded in ``section``. A writeable C-ordered ``values`` may be decoded in place."""
+    rows, n = values.shape
+    words, starts, ends = split_lanes(section, lanes, what)
+    if rows == 0 or n <= 1:
+        out, status = values.copy(), nothing_coded(words, starts, ends)
+    else:
+        out, status = kernels(backend).decode_sparse_onto(words, starts, ends, values, lanes)
     check_status(status, what)
     return out
 

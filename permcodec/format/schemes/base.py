@@ -63,6 +63,20 @@ class RowsToEncode:
 
         return permutation_bound_bits(self.pool)
 
+    @cached_property
+    def sparse_bits(self) -> float:
+        """sum over rows of log2(n! / z!), z the row's zeros: what sparse codes."""
+        import numpy as np
+
+        from ... import arrays
+
+        initial = self.initial.rows
+        rows, n = initial.shape
+        zeros, how_often = np.unique(np.count_nonzero(arrays.of(initial).to_numpy(initial == 0), axis=1),
+                                     return_counts=True)
+        ties = sum(int(times) * math.lgamma(int(z) + 1) for z, times in zip(zeros, how_often))
+        return (rows * math.lgamma(n + 1) - ties) / math.log(2)
+
 
 class IndexScheme(Protocol):
     id: str
