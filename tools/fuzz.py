@@ -677,13 +677,14 @@ BIG_SHAPES = {
                                 [2**31 - 1, 0, 2**31 - 1], [1] * 9]),
 }
 # Empty tensors with the longest rows, or the most rows, the default limits allow, with every kind and scheme:
-# one of the 8 pairs by a small integer plus the record's seed (hypothesis draws either alone as 0 too often
-# for all 8 to come up in a few hundred files).
+# one of the 10 pairs by a small integer plus the record's seed (hypothesis draws either alone as 0 too often
+# for all 10 to come up in a few hundred files).
 EMPTY_LONG_SHAPES = ([0, 2**31 - 1], [2**31 - 1, 0])
-EMPTY_LONG_KINDS = (("raw", None), ("permuted", "delta"), ("permuted", "exact"), ("permuted", "multiset"))
+ARRANGEMENT_SCHEMES = ("exact", "multiset", "sparse")  # the rANS schemes (format.md Section 9)
+EMPTY_LONG_KINDS = (("raw", None), ("permuted", "delta")) + tuple(("permuted", s) for s in ARRANGEMENT_SCHEMES)
 DISTS = st.sampled_from(distributions.DISTRIBUTIONS)
 FRAMES = st.sampled_from(FRAME_KINDS)
-INDEX_SCHEMES = st.sampled_from(["delta", "delta", "exact", "multiset"])
+INDEX_SCHEMES = st.sampled_from(["delta", "delta", *ARRANGEMENT_SCHEMES])
 ARRANGEMENT_DAMAGE = ("valid", "valid", "flip", "truncate", "random")
 SHA_KINDS = st.sampled_from(["truth"] * 17 + ["random", "short", "junk"])
 # Block records (format rev 1.4): a layout and a block size picked against the row length n (see block_size);
@@ -693,8 +694,9 @@ BLOCK_LAYOUT_NAMES = st.sampled_from(BLOCK_LAYOUTS)
 BLOCK_SIZES = st.sampled_from(["splits", "divides", "1", "n", "over_n", "2", "max"])
 LONG_ROWS = st.sampled_from([[3, 27], [2, 10], [4, 7], [1, 64], [2, 33], [2, 3, 3], [5, 1], [1, 1]])
 BLOCK_SHAPES = st.one_of(LONG_ROWS, LONG_ROWS, SMALL_SHAPES)
-EMPTY_BLOCK_SHAPES = {"lowered": st.sampled_from([[0, 2**20], [2**20, 0], [0, 2**10, 2**10]]),
-                      "default": st.sampled_from([[0, 2**31 - 1], [2**31 - 1, 0], [0, 2**16, 2**15 - 1]])}
+# Picked like EMPTY_LONG_KINDS, by a small draw plus the record's seed: hypothesis alone repeats one too often.
+EMPTY_BLOCK_SHAPES = {"lowered": ([0, 2**20], [2**20, 0], [0, 2**10, 2**10]),
+                      "default": ([0, 2**31 - 1], [2**31 - 1, 0], [0, 2**16, 2**15 - 1])}
 METADATA = st.one_of(st.just({}), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2))
 
 # Faults: one draw per record and one per file picks at most one; None (no fault) is the common draw.
@@ -754,7 +756,7 @@ BLOCK_FAULT_VALUES = {
                          {"layout": "strided", "size": 2, b"size": 2}, ["strided", 2], "strided", 2, None]))),
     "parts_count": or_junk(st.sampled_from(["drop", "repeat", "append", "empty", "three"])),
     "part_key": st.sampled_from(["drop", "extra", "bytes_key", "not_map", "lanes_beside", "block_inside"]),
-    "part_scheme": or_junk(st.sampled_from(["exact", "multiset", "delta", "delta2", "", "DELTA", "shuffle-zstd"])),
+    "part_scheme": or_junk(st.sampled_from([*ARRANGEMENT_SCHEMES, "delta", "delta2", "", "DELTA", "shuffle-zstd"])),
     "part_params": or_junk(st.sampled_from(["over", "zero", "at_most", "huge", "negative", "bool", "float",
                                             "missing", "extra", "delta_lanes", "bytes_key", "empty"])),
     "part_length": st.one_of(st.sampled_from(["shift", "swap", "plus_one", "minus_one", "all_in_one", "zero"]),
@@ -992,11 +994,13 @@ def tensor_records(draw, index: int, size: str = "small", half: str = "lowered")
     seed = draw(SEEDS)
     rng = random.Random(seed)
     if size == "empty_long":
-        pick = (draw(st.integers(0, 7)) + seed) % 8
-        kind, scheme = EMPTY_LONG_KINDS[pick % 4]
-        shape = list(EMPTY_LONG_SHAPES[pick // 4])
+        kinds = len(EMPTY_LONG_KINDS)
+        pick = (draw(st.integers(0, 2 * kinds - 1)) + seed) % (2 * kinds)
+        kind, scheme = EMPTY_LONG_KINDS[pick % kinds]
+        shape = list(EMPTY_LONG_SHAPES[pick // kinds])
     elif size == "empty_block":
-        kind, shape = "block", list(draw(EMPTY_BLOCK_SHAPES[half]))
+        shapes = EMPTY_BLOCK_SHAPES[half]
+        kind, shape = "block", list(shapes[(draw(st.integers(0, len(shapes) - 1)) + seed) % len(shapes)])
     else:
         shape = draw(BIG_SHAPES[half]) if size == "big" else draw(BLOCK_SHAPES) if kind == "block" \
             else draw(SMALL_SHAPES)
@@ -1098,7 +1102,7 @@ def raw_payload(dtype: str, size: int, rng: random.Random) -> bytes:
 
 
 def arrangement_section(record: dict, rng: random.Random):
-    """(section, sha256 or None, how it was made) for scheme exact or multiset: a real encoding of a random
+    """(section, sha256 or None, how it was made) for scheme exact, multiset or sparse: a real encoding of a random
     permutation (its lanes written into the record), damaged or not, or random words."""
     import torch
 
@@ -1233,7 +1237,7 @@ def section_for(record: dict, frame_kind: str, rng: random.Random):
     size = payload_size(record)
     if size == 0:
         return empty_section(record, frame_kind, rng)
-    if record.get("kind") == "permuted" and record.get("scheme") in ("exact", "multiset"):
+    if record.get("kind") == "permuted" and record.get("scheme") in ARRANGEMENT_SCHEMES:
         return arrangement_section(record, rng)
     truth, payload = None, None
     if size is not None and record.get("kind") == "permuted" and size <= 16 << 20:  # up to 2^22 3-byte codes
@@ -1252,9 +1256,9 @@ def section_for(record: dict, frame_kind: str, rng: random.Random):
 def empty_section(record: dict, frame_kind: str, rng: random.Random):
     """(section, sha256 or None, how it was made) of a record with no elements, built without the encoder
     (whose arrays for [2^31 - 1, 0] would have a row each): the empty zstd frame in ``frame_kind``, or for
-    exact and multiset the lanes that code nothing, valid or damaged."""
+    the rANS schemes the lanes that code nothing, valid or damaged."""
     empty = hashlib.sha256(b"").digest()
-    if not (record.get("kind") == "permuted" and record.get("scheme") in ("exact", "multiset")):
+    if not (record.get("kind") == "permuted" and record.get("scheme") in ARRANGEMENT_SCHEMES):
         return frame_for(frame_kind, b"", rng), empty, frame_kind
     params = record.get("scheme_params")
     lanes = params.get("lanes") if isinstance(params, dict) else None
