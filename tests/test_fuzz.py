@@ -118,7 +118,7 @@ def test_default_half_holds_empty_tensors_with_the_longest_rows_of_every_kind_an
         if record.get("shape") in ([0, 2**31 - 1], [2**31 - 1, 0]):
             seen.add((tuple(record["shape"]), record.get("scheme", record.get("kind"))))
     assert seen >= {(shape, kind) for shape in [(0, 2**31 - 1), (2**31 - 1, 0)]
-                    for kind in ("raw", "delta", "exact", "multiset")}
+                    for kind in ("raw", "delta", "exact", "multiset", "sparse")}
 
 
 def test_hostile_files_hold_block_records_of_every_layout_scheme_and_size(hostile_cases):
@@ -138,7 +138,7 @@ def test_hostile_files_hold_block_records_of_every_layout_scheme_and_size(hostil
             elif type(size) is int and size > 0:
                 sizes.add("1" if size == 1 else "n or more" if size >= n else "divides" if n % size == 0
                           else "splits")
-    assert layouts >= set(fuzz.BLOCK_LAYOUTS) and schemes >= {"delta", "exact", "multiset"}
+    assert layouts >= set(fuzz.BLOCK_LAYOUTS) and schemes >= {"delta", "exact", "multiset", "sparse"}
     assert sizes == {"1", "n or more", "divides", "splits"} and runs >= {1, 2}
     assert empty >= {(0, 2**20), (2**20, 0), (0, 2**31 - 1), (2**31 - 1, 0)}
 
