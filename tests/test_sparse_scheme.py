@@ -133,6 +133,13 @@ def test_the_scheme_decodes_alike_on_numpy_and_torch(case):
     assert torch.equal(on_torch.view(torch.int32), torch.from_numpy(trained).view(torch.int32))
 
 
+@pytest.mark.parametrize("shape", [(3, 0), (0, 4), (0, 0)])
+def test_the_torch_path_decodes_tensors_without_elements(shape):
+    section = rans.nothing_coded_section(1)
+    assert tuple(SPARSE.decode({"lanes": 1}, torch.zeros(shape), section, "t").shape) == shape
+    assert SPARSE.decode({"lanes": 1}, np.zeros(shape, np.float32), section, "t").shape == shape
+
+
 def test_the_kernel_decodes_in_place_of_a_writeable_row():
     initial, trained = CASES["70% zeros"]
     values = initial.copy()

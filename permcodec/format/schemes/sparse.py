@@ -39,7 +39,8 @@ class Sparse(LanesScheme):
         rows, n = zero.shape
         keys = np.where(zero, 0, np.arange(1, n + 1, dtype=np.int32))
         decoded = rans.decode_sparse_onto(section, keys, params["lanes"], what).astype(np.int64)
-        index = np.where(decoded > 0, decoded - 1, np.argmax(zero, axis=1)[:, None])
+        first_zero = zero.argmax(axis=1) if n else np.zeros(rows, np.int64)  # argmax of no column fails
+        index = np.where(decoded > 0, decoded - 1, first_zero[:, None])
         return xp.take_rows(initial, xp.from_numpy(index))
 
 
