@@ -133,6 +133,18 @@ def test_the_scheme_decodes_alike_on_numpy_and_torch(case):
     assert torch.equal(on_torch.view(torch.int32), torch.from_numpy(trained).view(torch.int32))
 
 
+def test_the_torch_path_numbers_positions_in_uint32(monkeypatch):
+    """Its keys are position + 1: an int32 key of a row of 2^31 positions would wrap to a negative number."""
+    seen = []
+    real = rans.decode_sparse_onto
+    monkeypatch.setattr(rans, "decode_sparse_onto", lambda section, keys, *rest: seen.append(keys) or
+                        real(section, keys, *rest))
+    initial, trained = CASES["70% zeros"]
+    decoded = SPARSE.decode({"lanes": 1}, torch.from_numpy(initial.copy()), encode(initial, trained, 1), "t")
+    assert torch.equal(decoded.view(torch.int32), torch.from_numpy(trained).view(torch.int32))
+    assert seen[0].dtype == np.uint32
+
+
 @pytest.mark.parametrize("shape", [(3, 0), (0, 4), (0, 0)])
 def test_the_torch_path_decodes_tensors_without_elements(shape):
     section = rans.nothing_coded_section(1)

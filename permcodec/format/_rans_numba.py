@@ -622,7 +622,7 @@ def _decode_sparse_group(words, starts, ends, row_bits, lanes, first, width, sta
 @njit(cache=True, nogil=True)
 def _decode_sparse_groups(words, starts, ends, row_bits, lanes, status, whole, extra, inverse, width, lo, hi):
     """Lane groups lo .. hi-1 of one tensor: group g is lanes g*width .. g*width+width-1."""
-    items = np.empty(width * (row_bits.shape[1] + 1), row_bits.dtype)
+    items = np.empty(min(width, lanes) * (row_bits.shape[1] + 1), row_bits.dtype)  # a scratch row per lane
     for g in range(lo, hi):
         first = g * width
         _decode_sparse_group(words, starts, ends, row_bits, lanes, first, min(width, lanes - first), status, whole,

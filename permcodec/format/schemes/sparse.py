@@ -33,11 +33,11 @@ class Sparse(LanesScheme):
             return rans.decode_sparse_onto(section, initial, params["lanes"], what)
         import numpy as np
 
-        # another device: decode each position's source index on the host (a zero: 0, else its position + 1),
-        # then gather there; a zero position takes the row's first zero
+        # another device: decode each position's source index on the host (a zero: 0, else its position + 1,
+        # as uint32: a row may hold 2^31 positions), then gather there; a zero position takes the row's first zero
         zero = xp.to_numpy(initial == 0)
         rows, n = zero.shape
-        keys = np.where(zero, 0, np.arange(1, n + 1, dtype=np.int32))
+        keys = np.where(zero, np.uint32(0), np.arange(1, n + 1, dtype=np.uint32))
         decoded = rans.decode_sparse_onto(section, keys, params["lanes"], what).astype(np.int64)
         first_zero = zero.argmax(axis=1) if n else np.zeros(rows, np.int64)  # argmax of no column fails
         index = np.where(decoded > 0, decoded - 1, first_zero[:, None])
