@@ -74,12 +74,19 @@ def decode_onto(section: bytes, values: np.ndarray, lanes: int, what: str, backe
     """Each row of ``values`` [rows, n] (numpy) put in the order of the permutation coded in ``section``:
     out[r, j] = values[r, pi[r, j]], what ``decode_permutations`` and a gather give, in one pass. A writeable
     C-ordered ``values`` may be decoded in place: its contents are undefined afterwards."""
+    return rows_in_coded_order("decode_onto", section, values, lanes, what, backend)
+
+
+def rows_in_coded_order(kernel: str, section: bytes, values: np.ndarray, lanes: int, what: str,
+                        backend: str | None = None) -> np.ndarray:
+    """The backend's ``kernel(words, starts, ends, values, lanes)`` -> (out, status) on the checked lanes of
+    ``section``; a tensor with nothing coded only has its lanes checked (and loads no kernel)."""
     rows, n = values.shape
     words, starts, ends = split_lanes(section, lanes, what)
     if rows == 0 or n <= 1:
         out, status = values.copy(), nothing_coded(words, starts, ends)
     else:
-        out, status = kernels(backend).decode_onto(words, starts, ends, values, lanes)
+        out, status = getattr(kernels(backend), kernel)(words, starts, ends, values, lanes)
     check_status(status, what)
     return out
 
@@ -172,14 +179,7 @@ def decode_sparse_onto(section: bytes, values: np.ndarray, lanes: int, what: str
                        backend: str | None = None) -> np.ndarray:
     """Scheme sparse: each row of ``values`` [rows, n] (numpy, 4-byte elements, a zero being all zero bits)
     in the order coded in ``section``. A writeable C-ordered ``values`` may be decoded in place."""
-    rows, n = values.shape
-    words, starts, ends = split_lanes(section, lanes, what)
-    if rows == 0 or n <= 1:
-        out, status = values.copy(), nothing_coded(words, starts, ends)
-    else:
-        out, status = kernels(backend).decode_sparse_onto(words, starts, ends, values, lanes)
-    check_status(status, what)
-    return out
+    return rows_in_coded_order("decode_sparse_onto", section, values, lanes, what, backend)
 
 
 def encode_intervals(start: np.ndarray, freq: np.ndarray, lanes: int, backend: str | None = None) -> bytes:
