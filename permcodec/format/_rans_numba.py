@@ -558,7 +558,8 @@ def _decode_sparse_group(words, starts, ends, row_bits, lanes, first, width, sta
     digit tables, as exact), and t >= k the zero class (C = k, m = z: freq = M - start, its interval ending at
     Q). Both take one scaled quotient of C = min(t, k), and both read items[taken + C]: the zero stored after
     the items is what a zero symbol reads, and its swap moves nothing. A position that is not coded (one
-    item and no zero left, or only zeros) steps with start 0 and freq M, which leaves the state as it is.
+    item and no zero left, or only zeros) needs no case of its own: its one symbol's interval is all of
+    [0, M) (start 0, freq M), so the same step leaves the state as it is.
     """
     # Kept whole: the hot loop of sparse decoding, branch-free but for the renormalization.
     rows, n = row_bits.shape
@@ -588,15 +589,12 @@ def _decode_sparse_group(words, starts, ends, row_bits, lanes, first, width, sta
             left = n - p
             for w in range(active):
                 x, kw = state[w], k[w]
-                coded = kw > 1 or (kw == 1 and z[w] > 0)
                 y = np.int64(x & _LOW_MASK)
                 t = ((y + 1) * left - 1) >> PROB_BITS
-                zero = t >= kw if coded else kw == 0
-                c = min(t, kw) if coded else 0
+                zero = t >= kw
+                c = min(t, kw)
                 lo = _scaled_quotient(c, left, inverse[p])
                 f = _M - lo if zero else whole[p] + ((c << PROB_BITS) - lo * left + extra[p] >= left)
-                if not coded:
-                    f, lo = _M, 0
                 x = np.uint64(f) * (x >> _UPROB) + np.uint64(y - lo)
                 if x < _L:
                     if pointer[w] < ends[first + w]:

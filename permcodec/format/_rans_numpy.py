@@ -235,7 +235,8 @@ def decode_onto(words, starts, ends, values, lanes):
 def decode_sparse_onto(words, starts, ends, values, lanes):
     """Scheme sparse: (out, status), each row of ``values`` (4-byte elements, zero where all bits are) in its
     decoded order. Each row's items (its other elements, in position order) sit at the front of a scratch row
-    with zeros after them, so a zero symbol reads a zero at items[taken + k] and its swap moves nothing."""
+    with zeros after them, so a zero symbol reads a zero at items[taken + k] and its swap moves nothing. A
+    position that is not coded needs no case of its own: its one symbol's interval is all of [0, M)."""
     rows, n = values.shape
     bits = np.ascontiguousarray(values).view(np.int32)
     out = np.empty_like(bits)
@@ -253,17 +254,16 @@ def decode_sparse_onto(words, starts, ends, values, lanes):
         taken = np.zeros(row_ids.size, dtype=np.int64)
         for p in range(n):
             left = np.int64(n - p)
-            coded = (k > 1) | ((k == 1) & (z > 0))
             x = state[lane]
             y = (x & np.uint64(PROB_SCALE - 1)).astype(np.int64)
             t = ((y + 1) * left - 1) >> PROB_BITS
-            zero = np.where(coded, t >= k, k == 0)
-            c = np.where(coded, np.minimum(t, k), 0)
+            zero = t >= k
+            c = np.minimum(t, k)
             lo = quantized(c, left)
             f = np.where(zero, PROB_SCALE - lo, quantized(c + 1, left) - lo)
-            x = np.where(coded, f.astype(np.uint64) * (x >> np.uint64(PROB_BITS)) + (y - lo).astype(np.uint64), x)
-            state[lane] = _read_words(x, coded & (x < np.uint64(STATE_LOW)) & (status[lane] == 0), lane, pointer,
-                                      ends, words, status)
+            x = f.astype(np.uint64) * (x >> np.uint64(PROB_BITS)) + (y - lo).astype(np.uint64)
+            state[lane] = _read_words(x, (x < np.uint64(STATE_LOW)) & (status[lane] == 0), lane, pointer, ends,
+                                      words, status)
             source = taken + c
             target = np.where(zero, source, taken)
             value = items[local, source]
