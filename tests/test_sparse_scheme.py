@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from permcodec import FormatError, arrays, codec, init_
 from permcodec.format import rans
 from permcodec.format.records import record_parts
-from permcodec.format.schemes import INDEX_SCHEMES, encode_best, level_named, schemes_to_try
+from permcodec.format.schemes import INDEX_SCHEMES, RowsToEncode, encode_best, level_named, schemes_to_try
 from permcodec.format.schemes.sparse import item_indices
 from permcodec.perm import SortedRows
 
@@ -98,7 +98,8 @@ def lane_counts(rows):
 
 def encode(initial, trained, lanes):
     """The scheme's own encoder, with its lane count forced."""
-    items = item_indices(SortedRows.of(torch.from_numpy(trained)), SortedRows.of(torch.from_numpy(initial)))
+    tensor = RowsToEncode(SortedRows.of(torch.from_numpy(trained)), SortedRows.of(torch.from_numpy(initial)))
+    items = item_indices(tensor.sources, tensor.initial)
     return rans.encode_sparse(items.numpy(), lanes)
 
 

@@ -171,8 +171,7 @@ def sparse_intervals(items: np.ndarray, backend: str | None = None) -> tuple[np.
     cum = np.where(is_item, digits, items_left)
     width = np.where(is_item, 1, zeros_left)
     start = quantized(cum, left)
-    freq = np.where(width < left, quantized(cum + width, left) - start, 0)
-    return np.where(freq > 0, start, 0), freq
+    return start, np.where(width < left, quantized(cum + width, left) - start, 0)
 
 
 def decode_sparse_onto(section: bytes, values: np.ndarray, lanes: int, what: str,

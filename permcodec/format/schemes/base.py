@@ -37,6 +37,14 @@ class RowsToEncode:
         self.initial = initial
 
     @cached_property
+    def sources(self) -> "torch.Tensor":
+        """pi with trained[j] = initial[pi[j]] per row; ties map the k-th equal value to the k-th, in position
+        order (what exact codes, and what sparse codes among the nonzero elements)."""
+        import torch
+
+        return torch.empty_like(self.trained.order).scatter_(1, self.trained.order, self.initial.order)
+
+    @cached_property
     def pool(self) -> "torch.Tensor":
         """The sorted initial values of each row."""
         return self.initial.pool()
@@ -74,8 +82,8 @@ class RowsToEncode:
         rows, n = initial.shape
         zeros, how_often = np.unique(np.count_nonzero(arrays.of(initial).to_numpy(initial == 0), axis=1),
                                      return_counts=True)
-        ties = sum(int(times) * math.lgamma(int(z) + 1) for z, times in zip(zeros, how_often))
-        return (rows * math.lgamma(n + 1) - ties) / math.log(2)
+        return self.exact_bits - sum(int(times) * math.lgamma(int(z) + 1) for z, times in zip(zeros, how_often)) \
+            / math.log(2)
 
 
 class IndexScheme(Protocol):

@@ -22,13 +22,8 @@ class Exact(LanesScheme):
     id = "exact"
 
     def encode(self, tensor: RowsToEncode, level: "Level") -> tuple[dict, bytes]:
-        """pi with trained[j] = initial[pi[j]]; ties map the k-th equal value to the k-th, in position order."""
-        import torch
-
-        trained, initial = tensor.trained, tensor.initial
-        lanes = lanes_for(tensor.exact_bits, initial.rows.shape[0], level)
-        pi = torch.empty_like(trained.order).scatter_(1, trained.order, initial.order)
-        return {"lanes": lanes}, rans.encode_permutations(pi.numpy(), lanes)
+        lanes = lanes_for(tensor.exact_bits, tensor.initial.rows.shape[0], level)
+        return {"lanes": lanes}, rans.encode_permutations(tensor.sources.numpy(), lanes)
 
     def decode(self, params: dict, initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
         rows, n = initial.shape

@@ -25,7 +25,7 @@ class Sparse(LanesScheme):
 
     def encode(self, tensor: RowsToEncode, level: "Level") -> tuple[dict, bytes]:
         lanes = lanes_for(tensor.multiset_bits, tensor.initial.rows.shape[0], level)
-        return {"lanes": lanes}, rans.encode_sparse(item_indices(tensor.trained, tensor.initial).numpy(), lanes)
+        return {"lanes": lanes}, rans.encode_sparse(item_indices(tensor.sources, tensor.initial).numpy(), lanes)
 
     def decode(self, params: dict, initial: "torch.Tensor", section: bytes, what: str) -> "torch.Tensor":
         xp = arrays.of(initial)
@@ -44,13 +44,11 @@ class Sparse(LanesScheme):
         return xp.take_rows(initial, xp.from_numpy(index))
 
 
-def item_indices(trained: "SortedRows", initial: "SortedRows") -> "torch.Tensor":
+def item_indices(pi: "torch.Tensor", initial: "SortedRows") -> "torch.Tensor":
     """int64 [rows, n]: at each trained position, the index among the initial row's nonzero elements (in
-    position order) of the element exact would take it from (ties: the k-th equal value to the k-th), or -1
-    for a zero."""
+    position order) of its source ``pi`` (``RowsToEncode.sources``), or -1 for a zero."""
     import torch
 
-    pi = torch.empty_like(trained.order).scatter_(1, trained.order, initial.order)
     nonzero = initial.rows != 0
     item_of = torch.cumsum(nonzero, dim=1) - 1
     return torch.where(torch.gather(nonzero, 1, pi), torch.gather(item_of, 1, pi), -1)
