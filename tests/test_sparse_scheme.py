@@ -2,6 +2,7 @@
 the torch path decode alike, the worked example is pinned, damaged sections are refused, and the encoder takes it
 for sparse pools only."""
 
+import io
 import math
 import re
 import struct
@@ -12,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import permcodec
 from permcodec import FormatError, arrays, codec, init_
 from permcodec.format import rans
 from permcodec.format.records import record_parts
@@ -229,14 +231,9 @@ def test_empty_tensors_are_checked_without_walking_rows():
 # ---------------------------------------------------------------- which scheme the encoder takes
 
 def schemes_of(data: bytes) -> dict[str, set]:
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".pc") as f:
-        f.write(data)
-        f.flush()
-        with codec.safe_open(f.name) as pc:
-            return {r["name"]: {part.scheme for part in record_parts(r)} for r in pc.header["tensors"]
-                    if r["kind"] == "permuted"}
+    """Each permuted tensor's schemes, read from the bytes (as test_codec's chosen_schemes, parts included)."""
+    header = permcodec.PCFile(io.BytesIO(data)).header
+    return {r["name"]: {part.scheme for part in record_parts(r)} for r in header["tensors"] if r["kind"] == "permuted"}
 
 
 @pytest.mark.parametrize("level", ["fast", "default", "max"])
