@@ -567,7 +567,6 @@ def _decode_sparse_group(words, starts, ends, row_bits, lanes, first, width, sta
     state = np.empty(width, np.uint64)
     pointer = np.empty(width, np.int64)
     k = np.empty(width, np.int64)
-    z = np.empty(width, np.int64)
     taken = np.empty(width, np.int64)
     row_at = np.empty(width, np.int64)
     for w in range(width):
@@ -584,7 +583,6 @@ def _decode_sparse_group(words, starts, ends, row_bits, lanes, first, width, sta
             row_at[w] = row * n
             taken[w] = w * (n + 1)
             k[w] = _gather_items(row_bits[row], items, taken[w])
-            z[w] = n - k[w]
         for p in range(n):
             left = n - p
             for w in range(active):
@@ -611,7 +609,6 @@ def _decode_sparse_group(words, starts, ends, row_bits, lanes, first, width, sta
                 flat[row_at[w] + p] = value
                 taken[w] += 1 - zero
                 k[w] = kw - 1 + zero
-                z[w] -= zero
     for w in range(width):
         if status[first + w] == 0 and not _ended_cleanly(state[w], pointer[w], ends[first + w]):
             status[first + w] = 3
