@@ -1,18 +1,22 @@
-"""Many small permuted tensors decoded in one compiled call, on the CPU: ``decode_all``'s fast lane.
+"""Many small permuted tensors decoded in two compiled calls, on the CPU: ``decode_all``'s fast lane.
 
 A ResNet's 3x3 convolutions hold a few thousand weights each. Decoded one at a
 time (``decoder.decode_permuted``), such a tensor costs about 100 us of Python
 around 30 us of kernels, and the Python holds the GIL, so a file of many of them
 was bound by it. A batch takes the tensors of the commonest kinds (``exact``
 or ``delta``, whole rows, a uniform-family pool) and draws and decodes them in
-one ``_small_numba`` call; Python only checks each section (and inflates a
-``delta`` one) before, and each hash after. A tensor whose section, lanes or hash fails comes back as None, and the
-caller decodes it the one-tensor way, which raises its error: so the errors,
-and which one a file raises first, are those of one tensor at a time.
+two ``_small_numba`` calls, one on the shared pool and one in the caller (a
+``Pack`` each); Python only checks each section (and inflates a ``delta``
+one) before, and each hash after. The pool's pack is built and started first,
+so the caller builds its own while the pool decodes. A tensor whose section,
+lanes or hash fails comes back as None, and the caller decodes it the
+one-tensor way, which raises its error: so the errors, and which one a file
+raises first, are those of one tensor at a time.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -63,28 +67,25 @@ def compiled_here(elements: int) -> bool:
     return backend.chosen() == "numba" and compiled_kernel(elements // 2 + 1) is not None
 
 
-class Batch:
-    """The batchable tensors of a file, packed for the kernel: ``start`` runs it on the shared pool while the
-    caller goes on; ``finish`` waits and gives each tensor's array (a view of one shared buffer, see
-    ``finish``), or None."""
+class Pack:
+    """Tensors ``slots`` of a batch's items packed for one ``_small_numba.decode_uniform`` call: their tables,
+    rANS words, byte planes and one output buffer. A tensor whose section or lanes fail a check is left out
+    (``members`` lists the others), for the one-tensor path to raise its error."""
 
-    def __init__(self, items: list[tuple[dict, bytes, TensorInit]], verify: bool):
-        self.items, self.verify = items, verify
-        self.members: list[int] = []  # index in ``items`` of each packed tensor
-        self.spans: list[tuple[int, int]] = []  # its first value and value count in the kernel's output
+    def __init__(self, items: list[tuple[dict, bytes, TensorInit]], slots: list[int]):
+        self.members: list[int] = []  # the item index of each packed tensor
+        self.spans: list[tuple[int, int]] = []  # its first value and value count in ``values``
         self.table: list[tuple[int, ...]] = []
         self.bounds: list[tuple[float, float]] = []
         self.word_bytes: list[memoryview] = []  # the exact tensors' rANS words
         self.lane_lengths: list[int] = []  # the word count of each of their lanes, tensor after tensor
         self.plane_bytes: list[bytes] = []  # the delta tensors' byte planes
         self.value_count = self.plane_count = 0
-        self.values = self.kernel_args = self.running = None
+        self.values = self.kernel_args = None
         self.passed: list[bool] = []  # whether each packed tensor passed its decoding and hash checks
-        self.split = 0  # once started, the pool decodes the packed tensors before it, the caller the others
-        self.groups_of: dict[tuple[int, int], tuple[int, int]] = {}  # each share's range of stream groups
-        for index, (record, section, init) in enumerate(items):
+        for index in slots:
             try:
-                self._add(index, record, section, init)
+                self._add(index, *items[index])
             except PermcodecError:
                 pass  # left to the one-tensor path, which raises this error
 
@@ -114,22 +115,16 @@ class Batch:
         self.bounds.append((float(low), float(high) - float(low)))  # the scale in float64, as uniform_values
         self.value_count += rows * n
 
-    def start(self, pool_share: float) -> "Batch":
-        """Start decoding about ``pool_share`` of the values on the shared pool (``pool_first``: the packed tensors
-        are reordered so that the pool's come first); ``finish`` decodes the rest in the caller."""
+    def decode(self, stored_hashes: list[bytes] | None) -> None:
+        """Decode every packed tensor, then check it (``passed``): its kernel verdict and, given the stored
+        SHA-256 of every item (``stored_hashes``, None: no hash check), its hash."""
         from .format import _rans_numba, _small_numba
 
-        global _batch_calls
         if not self.members:
-            return self
-        order, self.split = pool_first([count for _, count in self.spans], pool_share)
-        self.members, self.spans, self.table, self.bounds = (
-            [column[slot] for slot in order] for column in (self.members, self.spans, self.table, self.bounds))
+            return
         table = np.array(self.table, dtype=np.int64)
-        streams, stream_tensor, stream_order, groups, pool_groups = _small_numba.plan_streams(
-            np.array(self.lane_lengths, dtype=np.int64), table, self.split, _rans_numba.SIDE_BY_SIDE)
-        self.groups_of = {(0, self.split): (0, pool_groups),
-                          (self.split, len(self.members)): (pool_groups, len(groups))}
+        streams, stream_tensor, stream_order, groups = _small_numba.plan_streams(
+            np.array(self.lane_lengths, dtype=np.int64), table, _rans_numba.SIDE_BY_SIDE)
         words = np.frombuffer(b"".join(self.word_bytes), dtype="<u4")
         self.values = np.empty(self.value_count, dtype=np.float32)
         self.kernel_args = (table, np.array(self.bounds, dtype=np.float64),
@@ -138,41 +133,70 @@ class Batch:
                             np.frombuffer(b"".join(self.plane_bytes), dtype=np.uint8), self.values,
                             np.zeros(len(streams), dtype=np.int64),  # each stream's status
                             np.zeros(len(self.members), dtype=np.bool_))  # the kernel's verdict per tensor
-        self.passed = [False] * len(self.members)
-        self.running = parallel.start_over(self._decode, [(0, self.split)] if self.split else [])
+        _small_numba.decode_uniform(*self.kernel_args, 0, len(self.members), 0, len(groups))
+        decoded_cleanly = self.kernel_args[-1]
+        self.passed = [bool(decoded_cleanly[slot]) and not (
+            stored_hashes is not None and sha256_of(self.values[first:first + count]) != stored_hashes[index])
+            for slot, (index, (first, count)) in enumerate(zip(self.members, self.spans))]
+
+    def arrays(self, items: list[tuple[dict, bytes, TensorInit]]):
+        """(item index, its array) of each packed tensor that passed: views of ``values``, without overlap."""
+        for index, (first, count), passed in zip(self.members, self.spans, self.passed):
+            if passed:
+                yield index, self.values[first:first + count].reshape(items[index][0]["shape"])
+
+
+class Batch:
+    """The batchable tensors of a file in two packs: ``start`` packs the pool's share and runs it on the shared
+    pool, so that it decodes while the caller packs and decodes its own share (``decode_rest``); ``finish``
+    waits and gives each tensor's array (a view of its pack's buffer, see ``finish``), or None."""
+
+    def __init__(self, items: list[tuple[dict, bytes, TensorInit]], verify: bool):
+        self.items, self.verify = items, verify
+        self.pool_pack: Pack | None = None
+        self.caller_slots: list[int] = []  # the items the caller packs and decodes, largest first
+        self.caller_pack: Pack | None = None  # once decoded
+        self.rest_taken = False  # whether ``decode_rest`` ran
+        self.running = None
+
+    def start(self, pool_share: float) -> "Batch":
+        """Pack about ``pool_share`` of the values (``pool_first``) and start decoding them on the shared pool."""
+        global _batch_calls
+        if not self.items:
+            return self
+        order, split = pool_first([math.prod(record["shape"]) for record, _, _ in self.items], pool_share)
+        self.pool_pack, self.caller_slots = Pack(self.items, order[:split]), order[split:]
+        self.running = parallel.start_over(self._decode_pool_pack, [(0, 1)] if self.pool_pack.members else [])
         with _count_lock:
             _batch_calls += 1
         return self
 
-    def _decode(self, lo: int, hi: int) -> None:
-        """Packed tensors ``lo .. hi-1`` decoded, then checked (``passed``). The thread that decoded them hashes
-        them too: the pool's thread while the caller is still in its own kernel call, so the two hash side by
-        side."""
-        from .format import _small_numba
+    def _decode_pool_pack(self, lo: int, hi: int) -> None:
+        """The pool's pack, as ``parallel.start_over``'s one piece (``lo``, ``hi``: 0, 1)."""
+        self._decode(self.pool_pack)
 
-        _small_numba.decode_uniform(*self.kernel_args, lo, hi, *self.groups_of[(lo, hi)])
-        decoded_cleanly = self.kernel_args[-1]
-        for slot in range(lo, hi):
-            first, count = self.spans[slot]
-            stored = self.items[self.members[slot]][0]["sha256"]
-            self.passed[slot] = bool(decoded_cleanly[slot]) and not (
-                self.verify and sha256_of(self.values[first:first + count]) != stored)
+    def _decode(self, pack: Pack) -> None:
+        """``pack`` decoded and checked. The thread that decoded it hashes it too: the pool's thread while the
+        caller is still in its own kernel call, so the two hash side by side."""
+        pack.decode([record["sha256"] for record, _, _ in self.items] if self.verify else None)
 
     def decode_rest(self) -> None:
-        """Decode, in the caller, the packed tensors the pool was not given (once; ``finish`` does it if need be).
-        Should the kernel fail there (out of memory), they stay undecoded: ``finish`` gives None for them, and
-        each is decoded alone, whose error names it."""
-        if self.running is not None and self.split < len(self.members):
-            rest, self.split = (self.split, len(self.members)), len(self.members)
+        """Pack and decode, in the caller, the tensors the pool was not given (once; ``finish`` does it if need
+        be). Should that fail (out of memory), they stay undecoded: ``finish`` gives None for them, and each is
+        decoded alone, whose error names it."""
+        if self.running is not None and not self.rest_taken:
+            self.rest_taken = True
             try:
-                self._decode(*rest)
-            except Exception:  # no memory, or anything else the kernel raised: their ``passed`` stay False
+                pack = Pack(self.items, self.caller_slots)
+                self._decode(pack)
+                self.caller_pack = pack
+            except Exception:  # no memory, or anything else the kernel raised: their arrays stay None
                 pass
 
     def finish(self) -> list[np.ndarray | None]:
         """Each tensor's float32 array, or None for one whose section, decoding or (if ``verify``) SHA-256 failed.
-        The arrays are views of one buffer, without overlap: torch and safetensors see each as a tensor of its
-        own, but the buffer lives as long as any of them."""
+        The arrays are views of their pack's buffer, without overlap: torch and safetensors see each as a tensor
+        of its own, but the buffer lives as long as any of them."""
         results: list[np.ndarray | None] = [None] * len(self.items)
         if self.running is None:
             return results
@@ -181,9 +205,9 @@ class Batch:
             self.running.wait()
         except Exception:  # the pool's share failed (out of memory): each tensor alone, then, whose error names it
             return results
-        for slot, (index, (first, count)) in enumerate(zip(self.members, self.spans)):
-            if self.passed[slot]:
-                results[index] = self.values[first:first + count].reshape(self.items[index][0]["shape"])
+        for pack in filter(None, (self.pool_pack, self.caller_pack)):
+            for index, array in pack.arrays(self.items):
+                results[index] = array
         return results
 
 

@@ -269,12 +269,32 @@ def test_the_pool_takes_its_share_of_the_values_largest_first(data):
     names = [name for name in f.keys() if f._batchable(name)]
     batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
     batch.start(0.5)
-    pool, caller = batch.members[:batch.split], batch.members[batch.split:]
     assert all(array is not None for array in batch.finish())
+    pool, caller = batch.pool_pack.members, batch.caller_pack.members
     # wide.weight holds 65,536 of the 80,088 values: the pool takes it, the caller all the others, largest first
     assert [names[slot] for slot in pool] == ["wide.weight"]
     assert [names[slot] for slot in caller] == [
         "convs.4.weight", "convs.2.weight", "convs.3.weight", "convs.1.weight", "convs.0.weight", "scalar_bias.weight"]
+
+
+def test_the_pool_decodes_its_share_while_the_caller_packs_its_own(data, monkeypatch):
+    """The pool's pack is built and handed to the pool first; the caller's is built after, while the pool runs."""
+    events = []
+    real_start, real_pack = parallel.start_over, small_tensors.Pack.__init__
+    monkeypatch.setattr(parallel, "start_over", lambda *args: events.append("pool started") or real_start(*args))
+
+    def pack(self, items, slots):
+        events.append(f"pack of {len(slots)}")
+        real_pack(self, items, slots)
+
+    monkeypatch.setattr(small_tensors.Pack, "__init__", pack)
+    f = permcodec.PCFile(data)
+    names = [name for name in f.keys() if f._batchable(name)]
+    batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
+    batch.start(0.5)
+    assert events == ["pack of 1", "pool started"]  # wide.weight
+    assert all(array is not None for array in batch.finish())
+    assert events == ["pack of 1", "pool started", "pack of 6"]
 
 
 @pytest.mark.parametrize(("share", "order", "split"), [
@@ -350,8 +370,8 @@ def test_lanes_of_different_tensors_decode_side_by_side():
     batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
     batch.start(0.0)  # every tensor to the caller
     arrays = batch.finish()
-    streams, stream_tensor, order, groups = (batch.kernel_args[i] for i in (3, 4, 5, 6))
-    tensor_names = [names[batch.members[int(tensor)]] for tensor in stream_tensor]
+    streams, stream_tensor, order, groups = (batch.caller_pack.kernel_args[i] for i in (3, 4, 5, 6))
+    tensor_names = [names[batch.caller_pack.members[int(tensor)]] for tensor in stream_tensor]
     rows_of = streams[:, _rans_numba.COUNT]
     grouped = [[int(s) for s in order[at:at + width]] for at, width in groups]
     assert [[(tensor_names[s], int(rows_of[s])) for s in group] for group in grouped] == [
@@ -372,7 +392,7 @@ def test_groups_of_any_width_decode_the_same_bits(width, monkeypatch):
     names = list(f.keys())
     batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
     arrays = batch.start(0.0).finish()
-    assert max(batch.kernel_args[6][:, 1]) == min(width, 9)  # 9 lanes of rows of 72: 4 one-lane tensors and 5
+    assert max(batch.caller_pack.kernel_args[6][:, 1]) == min(width, 9)  # 9 lanes of rows of 72: four of 1, one of 5
     assert all(np.array_equal(array.view(np.int32), f.get_array(name).view(np.int32))
                for name, array in zip(names, arrays))
 
@@ -389,8 +409,8 @@ from test_small_tensors import mixed_lanes_bytes
 f = permcodec.PCFile(mixed_lanes_bytes())
 _rans_numba.SIDE_BY_SIDE = 64
 batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in f.keys()], True).start(0.0)
-batch._decode(0, len(batch.members))
-print(batch.kernel_args[6].tolist(), batch.kernel_args[-1].all())
+batch.decode_rest()
+print(batch.caller_pack.kernel_args[6].tolist(), batch.caller_pack.kernel_args[-1].all())
 """)
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path), "PERMCODEC_BACKEND": "numba"}
     child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
@@ -414,9 +434,9 @@ def test_one_worker_decodes_the_batch_in_the_caller(data, monkeypatch):
     monkeypatch.setattr(parallel, "WORKERS", 1)
     threads, real = set(), small_tensors.Batch._decode
 
-    def recorded(self, lo, hi):
+    def recorded(self, pack):
         threads.add(threading.current_thread())
-        return real(self, lo, hi)
+        return real(self, pack)
 
     monkeypatch.setattr(small_tensors.Batch, "_decode", recorded)
     assert bits(permcodec.decode(data)) == bits(one_at_a_time(data))

@@ -58,30 +58,17 @@ def side_by_side(row_lengths, rows, width):
 
 
 @njit(cache=True, nogil=True)
-def plan_streams(lane_lengths, table, split, width):
-    """(streams, stream_tensor, order, groups, pool_groups) for ``decode_uniform``: the stream table of the
-    ``exact`` tensors of ``table`` (their lanes' word counts in ``lane_lengths``, in the order their FIRST
-    columns give), each stream's tensor, and each share's streams ``side_by_side`` (the pool's tensors are the
-    table's first ``split``), the pool's groups first (``pool_groups`` of them)."""
+def plan_streams(lane_lengths, table, width):
+    """(streams, stream_tensor, order, groups) for ``decode_uniform``: the stream table of the ``exact`` tensors
+    of ``table`` (their lanes' word counts in ``lane_lengths``, in the order their FIRST columns give), each
+    stream's tensor, and the streams ``side_by_side``."""
     exact = np.flatnonzero(table[:, SCHEME] == EXACT)
     exact = exact[np.argsort(table[exact, FIRST])]  # their lanes' order in lane_lengths and in the words
     streams, tensor_of = tensor_streams(lane_lengths, table[exact, SIZE], table[exact, ROWS], table[exact, ROW_LENGTH],
                                         table[exact, FIRST_VALUE])
     stream_tensor = exact[tensor_of]
-    order = np.empty(streams.shape[0], np.int64)
-    groups = np.empty((streams.shape[0], 2), np.int64)
-    placed = grouped = pool_groups = 0
-    for in_pool in (True, False):
-        ids = np.flatnonzero((stream_tensor < split) == in_pool)
-        share_order, share_groups = side_by_side(table[stream_tensor[ids], ROW_LENGTH], streams[ids, COUNT], width)
-        order[placed:placed + ids.shape[0]] = ids[share_order]
-        groups[grouped:grouped + share_groups.shape[0], AT] = share_groups[:, AT] + placed
-        groups[grouped:grouped + share_groups.shape[0], WIDTH] = share_groups[:, WIDTH]
-        placed += ids.shape[0]
-        grouped += share_groups.shape[0]
-        if in_pool:
-            pool_groups = grouped
-    return streams, stream_tensor, order, groups[:grouped], pool_groups
+    order, groups = side_by_side(table[stream_tensor, ROW_LENGTH], streams[:, COUNT], width)
+    return streams, stream_tensor, order, groups
 
 
 @njit(cache=True, nogil=True)
