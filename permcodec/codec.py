@@ -84,7 +84,7 @@ def decode(data: bytes, device="cpu", verify: bool = True, limits: Limits | None
 
 def load(path, device="cpu", verify: bool = True, limits: Limits | None = None, progress: bool = False) -> dict:
     """All tensors of the .pc file at ``path``, rebuilt bit-exactly on ``device``. On the CPU, small tensors
-    decoded together are views of one buffer, without overlap: keeping one keeps that buffer's memory."""
+    decoded together are views of shared buffers, without overlap: keeping one keeps its buffer's memory."""
     with safe_open(path, device, verify, limits) as f:
         return decode_all(f, progress)
 

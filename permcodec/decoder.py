@@ -344,8 +344,8 @@ class PCFile:
             small_tensors.batchable(self.record(name), self._tensor_init(name))
 
     def _start_batch(self, names: list[str], pool_share: float) -> "small_tensors.Batch | None":
-        """``batchable`` tensors ``names`` decoding in one compiled call, about ``pool_share`` of their values on the
-        shared pool (``small_tensors``; the caller decodes the rest in ``decode_rest`` or ``finish``), or None
+        """``batchable`` tensors ``names`` decoding in two compiled calls, about ``pool_share`` of their values on
+        the shared pool (``small_tensors``; the caller decodes the rest in ``decode_rest`` or ``finish``), or None
         where their sections cannot be read or there is not the memory for them at once; its ``finish`` gives
         their numpy arrays, None for each that failed a check, for ``get_tensor`` or ``get_array`` to raise its
         error."""

@@ -162,18 +162,16 @@ class Batch:
     def start(self, pool_share: float) -> "Batch":
         """Pack about ``pool_share`` of the values (``pool_first``) and start decoding them on the shared pool."""
         global _batch_calls
-        if not self.items:
+        if not self.items or self.pool_pack is not None:  # nothing to decode, or started already
             return self
         order, split = pool_first([math.prod(record["shape"]) for record, _, _ in self.items], pool_share)
-        self.pool_pack, self.caller_slots = Pack(self.items, order[:split]), order[split:]
-        self.running = parallel.start_over(self._decode_pool_pack, [(0, 1)] if self.pool_pack.members else [])
+        pack = Pack(self.items, order[:split])
+        self.pool_pack, self.caller_slots = pack, order[split:]
+        # the piece is handed its pack, not self.pool_pack read when it runs
+        self.running = parallel.start_over(lambda lo, hi: self._decode(pack), [(0, 1)] if pack.members else [])
         with _count_lock:
             _batch_calls += 1
         return self
-
-    def _decode_pool_pack(self, lo: int, hi: int) -> None:
-        """The pool's pack, as ``parallel.start_over``'s one piece (``lo``, ``hi``: 0, 1)."""
-        self._decode(self.pool_pack)
 
     def _decode(self, pack: Pack) -> None:
         """``pack`` decoded and checked. The thread that decoded it hashes it too: the pool's thread while the
@@ -203,11 +201,11 @@ class Batch:
         try:
             self.decode_rest()
             self.running.wait()
-        except Exception:  # the pool's share failed (out of memory): each tensor alone, then, whose error names it
-            return results
-        for pack in filter(None, (self.pool_pack, self.caller_pack)):
-            for index, array in pack.arrays(self.items):
-                results[index] = array
+            for pack in filter(None, (self.pool_pack, self.caller_pack)):
+                for index, array in pack.arrays(self.items):
+                    results[index] = array
+        except Exception:  # the pool's share failed, or no memory for the views: each tensor alone, then,
+            return [None] * len(self.items)  # whose error names it
         return results
 
 

@@ -130,7 +130,7 @@ def test_decode_all_arrays_gives_the_bits_and_dtypes_of_get_array(data, monkeypa
 
 
 def test_batched_tensors_are_tensors_of_their_own(data, tmp_path):
-    """Views of one buffer, without overlap: writing one leaves the others, and safetensors saves them all."""
+    """Views of shared buffers, without overlap: writing one leaves the others, and safetensors saves them all."""
     decoded = permcodec.decode(data)
     before = bits(decoded)
     decoded["convs.0.weight"].fill_(7.0)
@@ -662,3 +662,69 @@ def test_a_hash_that_runs_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get
     gets = one_at_a_time_calls(monkeypatch)
     assert bits(permcodec.decode(data)) == expected
     assert "wide.bias" in gets and hashed[0] == 1024 * 4
+
+
+def started_batch(data: bytes, share: float):
+    f = permcodec.PCFile(data)
+    names = [name for name in f.keys() if f._batchable(name)]
+    batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
+    return f, names, batch.start(share)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_running_out_of_memory_packing_the_callers_share_leaves_only_it_to_one_at_a_time(data, monkeypatch,
+                                                                                         workers):
+    """The caller's pack is built in decode_rest, after the pool started: should it fail, only the caller's
+    tensors go one at a time, and the pool's still come from the batch."""
+    expected = bits(one_at_a_time(data))
+    real, built = small_tensors.Pack.__init__, []
+
+    def pack(self, items, slots):
+        built.append(len(slots))
+        if len(built) == 2:  # the caller's
+            raise MemoryError("Allocation failed (probably too large).")
+        real(self, items, slots)
+
+    monkeypatch.setattr(parallel, "WORKERS", workers)
+    monkeypatch.setattr(small_tensors, "POOL_SHARE", 0.5)  # the pool decodes wide.weight, the caller the others
+    monkeypatch.setattr(small_tensors.Pack, "__init__", pack)
+    gets = one_at_a_time_calls(monkeypatch)
+    assert bits(permcodec.decode(data)) == expected
+    assert built == [1, 6]
+    callers = ["convs.0.weight", "convs.1.weight", "convs.2.weight", "convs.3.weight", "convs.4.weight",
+               "scalar_bias.weight"]
+    assert sorted(gets) == sorted(["column.weight", "normal.weight", *callers])
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_start_decode_rest_and_finish_may_be_called_again(data, share):
+    f, names, batch = started_batch(data, share)
+    expected = [f.get_array(name).view(np.uint8).tobytes() for name in names]
+    pool_pack = batch.pool_pack
+    assert batch.start(share).pool_pack is pool_pack  # started once
+    batch.decode_rest()
+    caller_pack = batch.caller_pack
+    batch.decode_rest()
+    assert batch.caller_pack is caller_pack  # packed and decoded once
+    for _ in range(2):
+        assert [array.view(np.uint8).tobytes() for array in batch.finish()] == expected
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.5, 0.6, 1.0])
+def test_the_two_packs_share_no_tensor_and_miss_none(data, share):
+    _, names, batch = started_batch(data, share)
+    batch.finish()
+    pool, caller = set(batch.pool_pack.members), set(batch.caller_pack.members)
+    assert not pool & caller and pool | caller == set(range(len(names)))
+
+
+def test_running_out_of_memory_making_the_views_falls_back_to_one_at_a_time(data, monkeypatch):
+    """Like every other failure of the batch: the tensors are decoded alone, which names the one that fails."""
+    expected = bits(one_at_a_time(data))
+
+    def arrays(self, items):
+        raise MemoryError("Allocation failed (probably too large).")
+        yield  # a generator, as Pack.arrays is
+
+    monkeypatch.setattr(small_tensors.Pack, "arrays", arrays)
+    assert bits(permcodec.decode(data)) == expected
