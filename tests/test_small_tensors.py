@@ -264,11 +264,15 @@ def test_threads_decoding_at_once_see_single_threaded_bits(data, monkeypatch):
         assert all(all(results) for results in pool.map(worker, range(THREADS)))
 
 
-def test_the_pool_takes_its_share_of_the_values_largest_first(data):
+def started_batch(data: bytes, share: float):
     f = permcodec.PCFile(data)
     names = [name for name in f.keys() if f._batchable(name)]
     batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
-    batch.start(0.5)
+    return f, names, batch.start(share)
+
+
+def test_the_pool_takes_its_share_of_the_values_largest_first(data):
+    _, names, batch = started_batch(data, 0.5)
     assert all(array is not None for array in batch.finish())
     pool, caller = batch.pool_pack.members, batch.caller_pack.members
     # wide.weight holds 65,536 of the 80,088 values: the pool takes it, the caller all the others, largest first
@@ -288,10 +292,7 @@ def test_the_pool_decodes_its_share_while_the_caller_packs_its_own(data, monkeyp
         real_pack(self, items, slots)
 
     monkeypatch.setattr(small_tensors.Pack, "__init__", pack)
-    f = permcodec.PCFile(data)
-    names = [name for name in f.keys() if f._batchable(name)]
-    batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
-    batch.start(0.5)
+    _, _, batch = started_batch(data, 0.5)
     assert events == ["pack of 1", "pool started"]  # wide.weight
     assert all(array is not None for array in batch.finish())
     assert events == ["pack of 1", "pool started", "pack of 6"]
@@ -662,13 +663,6 @@ def test_a_hash_that_runs_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get
     gets = one_at_a_time_calls(monkeypatch)
     assert bits(permcodec.decode(data)) == expected
     assert "wide.bias" in gets and hashed[0] == 1024 * 4
-
-
-def started_batch(data: bytes, share: float):
-    f = permcodec.PCFile(data)
-    names = [name for name in f.keys() if f._batchable(name)]
-    batch = small_tensors.Batch([(f.record(n), f.read_section(n), f._tensor_init(n)) for n in names], verify=True)
-    return f, names, batch.start(share)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
