@@ -1,7 +1,7 @@
 """What two parts of a CPU decode cost, as ratios measured in one process: the SHA-256 check, and one record
 per small raw tensor.
 
-    python tools/bench_decode_parts.py --cache runs/bench-cache      # about 3 minutes on 2 cores
+    python tools/bench_decode_parts.py --cache runs/bench-cache      # about 4 minutes on 2 cores
     python tools/bench_decode_parts.py --cases resnet50 --rounds 25
 
 Each case (tools/bench_codec.py's) is encoded at level default and decoded with the check on and off,
