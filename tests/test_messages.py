@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import random
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import permcodec
 from permcodec import FormatError, NotAPermutationError
 from permcodec.cli import main
 from permcodec.inspection import bit_difference
+from permcodec.weightsonly import load_weights_only
 
 CONFIG = {"model": "net", "epochs": 2, "keep": "last", "baseline": False}
 METRICS = [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.75}, {"final": True, "test_acc": 0.75}]
@@ -95,6 +97,30 @@ def test_bit_difference(a, b, expected):
 
 class Custom:
     pass
+
+
+@pytest.mark.parametrize("content, tripped", [(b"abc", "pop from empty list"), (b"hello\n", "101"),
+                                              (b"J\x01", "unpack requires a buffer of 4 bytes")])
+def test_a_file_that_trips_the_unpickler_gets_one_plain_line(capsys, tmp_path, content, tripped):
+    # torch's weights-only unpickler raises IndexError, KeyError or struct.error on such bytes, not UnpicklingError
+    (tmp_path / "junk.pt").write_bytes(content)
+    assert main(["encode", str(tmp_path / "junk.pt"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"permcodec encode: error: {tmp_path / 'junk.pt'} is not a weights-only torch checkpoint: "
+                   f"{tripped}\n")
+    assert not (tmp_path / "junk.pc").exists()
+
+
+def test_damaged_pickles_are_format_errors(tmp_path):
+    rng = random.Random(0)
+    whole = pickle.dumps({"state_dict": {"w": [1.0, 2.0]}, "init": {"seed": 1}}, protocol=4)
+    for _ in range(300):
+        damaged = bytearray(whole)
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        (tmp_path / "damaged.pt").write_bytes(bytes(damaged[:rng.randint(1, len(damaged))]))
+        with pytest.raises(FormatError, match="is not a weights-only torch checkpoint"):
+            load_weights_only(tmp_path / "damaged.pt")
 
 
 def test_a_custom_class_in_the_pickle_gets_one_plain_line(capsys, tmp_path):
