@@ -167,6 +167,16 @@ def test_an_existing_output_is_refused_without_overwrite(tmp_path):
     assert html.read_text().startswith("<!DOCTYPE html>")
 
 
+def test_a_log_that_is_not_text_has_no_epoch_records(tmp_path, capsys):
+    (tmp_path / "model.pt").write_bytes(b"PK\x03\x04\x80\xff\xfe binary")
+    html = tmp_path / "r.html"
+    assert main(["report", str(FIXTURE), "--log", str(tmp_path / "model.pt"), "-o", str(html)]) == 1
+    assert capsys.readouterr().err == (f"permcodec report: error: log {tmp_path / 'model.pt'} has no epoch records "
+                                       f"(JSON lines with keys epoch, step, train_loss, train_acc, test_loss, "
+                                       f"test_acc)\n")
+    assert not html.exists()
+
+
 def test_the_default_html_lies_beside_the_file(tmp_path):
     copy = tmp_path / "c.pc"
     copy.write_bytes(FIXTURE.read_bytes())

@@ -17,9 +17,10 @@ EPOCH_KEYS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc
 
 
 def read_log(log) -> list[dict]:
-    """The JSON objects of a ``permcodec train`` log, one per line (blank lines and non-JSON lines skipped)."""
+    """The JSON objects of a ``permcodec train`` log, one per line (blank and non-JSON lines skipped; a byte that
+    is not UTF-8 reads as U+FFFD, so a binary file given by mistake has no records instead of a decode error)."""
     records = []
-    for line in Path(log).read_text(encoding="utf-8").splitlines():
+    for line in Path(log).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             value = json.loads(line)
         except json.JSONDecodeError:
