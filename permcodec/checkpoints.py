@@ -123,8 +123,9 @@ def carried_metadata(ckpt: dict, path: Path) -> dict[str, str]:
     return {f"permcodec.{key}": json.dumps(ckpt[key]) for key in ("config", "metrics") if key in ckpt}
 
 
-def read_tensors(path) -> dict[str, torch.Tensor]:
-    """Just the named tensors of a .safetensors file, a .pt dict of tensors, or a checkpoint's state_dict."""
+def read_tensors(path, notes: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Just the named tensors of a .safetensors file, a .pt dict of tensors, or a checkpoint's state_dict: for one
+    written mid-run, its synced view, as ``read_model`` gives it to the encoder (and says so in ``notes``)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -135,7 +136,10 @@ def read_tensors(path) -> dict[str, torch.Tensor]:
             raise FormatError(f"{path} is not a valid safetensors file: {err}") from None
     obj = _load_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+        if obj.get("synced") is False and obj.get("init") is not None:
+            obj = synced_view(obj, InitSpec.from_dict(obj["init"]), str(path), notes if notes is not None else [])
+        else:
+            obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise FormatError(f"{path} holds neither a dict of tensors nor a checkpoint with a 'state_dict'")
     return obj

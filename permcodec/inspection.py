@@ -109,7 +109,8 @@ def verify(path, against=None, device="cpu", limits: Limits | None = None) -> di
     tensors = codec.load(path, device=device, verify=True, limits=limits)
     report = {"tensors": len(tensors), "hashes": "ok"}
     if against is not None:
-        expected = read_tensors(against)
+        notes: list[str] = []
+        expected = read_tensors(against, notes)
         if set(expected) != set(tensors):
             only_file = sorted(set(tensors) - set(expected))
             only_model = sorted(set(expected) - set(tensors))
@@ -119,7 +120,8 @@ def verify(path, against=None, device="cpu", limits: Limits | None = None) -> di
             difference = bit_difference(tensor.cpu(), expected[name])
             if difference:
                 raise IntegrityError(f"tensor {name!r} differs from {against}: {difference}")
-        report["against"] = str(against)
+        report["against"] = f"{against}'s synced view (it was written mid-run, between two syncs)" if notes \
+            else str(against)
     return report
 
 

@@ -139,6 +139,11 @@ def test_encoding_a_mid_run_checkpoint_encodes_its_synced_view_and_says_so(capsy
     assert f"{cut} was written mid-run, between two syncs: encoding its synced view" in capsys.readouterr().err
     synced = synced_state_dict(checkpoint["state_dict"], permcodec.InitSpec.from_dict(checkpoint["init"]))
     assert state_digest(permcodec.load(tmp_path / "cut.pc")) == state_digest(synced)
+    # verify --against compares with what encode stored, the synced view, and says so
+    assert main(["verify", str(tmp_path / "cut.pc"), "--against", str(cut)]) == 0
+    assert capsys.readouterr().out == (f"{tmp_path / 'cut.pc'}: OK, {len(synced)} tensors, checksums and hashes "
+                                       f"match, bit-identical to {cut}'s synced view (it was written mid-run, "
+                                       f"between two syncs)\n")
     with pytest.warns(UserWarning, match="this checkpoint was written mid-run"):
         data = permcodec.encode(checkpoint)
     assert state_digest(permcodec.decode(data)) == state_digest(synced)
