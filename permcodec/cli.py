@@ -55,10 +55,10 @@ def run_encode(args) -> None:
     from .encoder import refuse_baseline
     from .inspection import describe, json_value
 
+    notes = []
+    state, spec, metadata = read_model(args.input, notes)  # first: what is wrong with the input comes before -f
     output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"),
                                (".pc",), "encode writes a .pc file: the output", args.force)
-    notes = []
-    state, spec, metadata = read_model(args.input, notes)
     for note in notes:
         print(note, file=sys.stderr)
     refuse_baseline(json_value(metadata, "permcodec.config"), args.input, args.raw_fallback)

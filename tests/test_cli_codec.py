@@ -260,6 +260,12 @@ def test_verify_against_plain_weight_files(capsys, tmp_path, model_pt):
 def test_wrong_kind_of_input_is_named(capsys, tmp_path, model_pt):
     (tmp_path / "t.pc").write_bytes(tiny_bytes())
     assert "is already a .pc file" in one_line_error(capsys, "encode", tmp_path / "t.pc", "-o", tmp_path / "x.pc")
+    # without -o the default output is the input itself: the input's problem is named, not "pass -f"
+    assert "is already a .pc file" in one_line_error(capsys, "encode", tmp_path / "t.pc")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "junk.pc").write_bytes(b"keep")
+    assert "is not a weights-only torch checkpoint" in one_line_error(capsys, "encode", tmp_path / "junk.pt")
+    assert (tmp_path / "junk.pc").read_bytes() == b"keep"
     assert "it looks like a torch checkpoint" in one_line_error(capsys, "info", model_pt)
 
 
