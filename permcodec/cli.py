@@ -256,13 +256,21 @@ def what_an_interrupt_kept(args, started: float) -> str:
     return "nothing written"
 
 
+def error_line(err: Exception) -> str:
+    """The error as the one line a user reads: an OSError about a file as 'no such file or directory: PATH', not
+    Python's "[Errno 2] No such file or directory: 'PATH'"."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        return f"{err.strerror[:1].lower()}{err.strerror[1:]}: {err.filename}"
+    return str(err)
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     started = time.time()
     try:
         args.run(args)
     except (PermcodecError, OSError) as err:
-        print(f"permcodec {args.command}: error: {err}", file=sys.stderr)
+        print(f"permcodec {args.command}: error: {error_line(err)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"permcodec {args.command}: interrupted; {what_an_interrupt_kept(args, started)}", file=sys.stderr)

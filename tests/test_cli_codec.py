@@ -257,6 +257,15 @@ def test_verify_against_plain_weight_files(capsys, tmp_path, model_pt):
         assert code == 0 and "bit-identical" in stdout
 
 
+@pytest.mark.parametrize("command", ["decode", "info", "verify", "report"])
+def test_a_missing_or_unreadable_input_is_one_plain_line(capsys, tmp_path, command):
+    missing, folder = tmp_path / "missing.pc", tmp_path / "folder.pc"
+    folder.mkdir()
+    assert one_line_error(capsys, command, missing) == \
+        f"permcodec {command}: error: no such file or directory: {missing}\n"
+    assert one_line_error(capsys, command, folder) == f"permcodec {command}: error: is a directory: {folder}\n"
+
+
 def test_wrong_kind_of_input_is_named(capsys, tmp_path, model_pt):
     (tmp_path / "t.pc").write_bytes(tiny_bytes())
     assert "is already a .pc file" in one_line_error(capsys, "encode", tmp_path / "t.pc", "-o", tmp_path / "x.pc")
