@@ -233,7 +233,7 @@ def parser() -> argparse.ArgumentParser:
         description="Train LaPerm models and store them as an RNG spec plus one permutation per weight row.",
         epilog="start with 'permcodec demo' (train -> encode -> decode -> verify on data that ships with the "
                "install),\nthen 'permcodec COMMAND --help'. The format is defined in specs/format.md and "
-               "specs/rng.md.")
+               "specs/rng.md\nof permcodec's source tree (not part of the installed package).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train(sub)

@@ -27,7 +27,7 @@ def add_train(sub) -> None:
                "  permcodec train --model conv7 --epochs 10 --k 20 --seed 0 -o model.pt\n"
                "  permcodec train --model conv13 --data cifar10 --data-dir ~/data/cifar-10-batches-bin -o c13.pt\n"
                "  torchrun --standalone --nproc_per_node=2 -m permcodec train --model mlp --steps 100 -o m.pt\n"
-               "  permcodec train --dist sparse --density 0.3 -o sparse.pt         # 70 % zeros: scheme multiset\n"
+               "  permcodec train --dist sparse --density 0.3 -o sparse.pt         # 70 % zeros: scheme sparse\n"
                "  permcodec train --dist shared --value 0.05 --density 0.08 -o shared.pt\n"
                "  permcodec train --save-every 2 --epochs 10 -o run.pt; permcodec train --resume run.pt --epochs 20 "
                "-o run.pt\n"
