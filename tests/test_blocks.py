@@ -380,6 +380,18 @@ def test_a_block_layout_needs_a_block_size():
         check_config(TrainConfig(block_layout="strided"))
 
 
+def test_training_refuses_blocks_of_one(capsys, tmp_path):
+    from permcodec.cli import main
+    from permcodec.train.config import TrainConfig, check_config
+
+    with pytest.raises(SpecError, match=r"^block 1 leaves nothing to permute \(each block holds one position"):
+        check_config(TrainConfig(block=1))
+    assert check_config(TrainConfig(block=2)).block == 2
+    assert main(["train", "--model", "mlp", "--steps", "1", "--block", "1", "-o", str(tmp_path / "m.pt")]) == 1
+    assert capsys.readouterr().err.startswith("permcodec train: error: block 1 leaves nothing to permute")
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_0d_records_sample_and_refuse_blocks_and_levels():
     record = TensorInit.from_dict({"name": "s", "shape": [], "seed": 1, "stream": 0, "dist": "uniform",
                                    "params": {"low": 0.0, "high": 1.0}})

@@ -78,6 +78,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
     check_dist(config.dist, config.dist_params)
     if config.block is not None:
         BlockLayout(config.block_layout, config.block)
+        if config.block == 1:  # valid in the format (init_ takes it), but a run of it could never move a weight
+            raise SpecError("block 1 leaves nothing to permute (each block holds one position, so training could "
+                            "not change a weight); use a block of 2 or more")
     elif config.block_layout != DEFAULT_BLOCK_LAYOUT:
         raise SpecError(f"block_layout {config.block_layout!r} needs a block size (--block B)")
     return config
