@@ -11,6 +11,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -385,8 +386,24 @@ def test_not_a_pc_file(data, error, message):
 def test_wrong_version():
     data = bytearray(tiny_bytes())
     data[8:10] = struct.pack("<H", 2)
-    with pytest.raises(UnsupportedVersionError, match="format version 2 is not supported"):
+    with pytest.raises(UnsupportedVersionError) as err:
         permcodec.decode(bytes(data))
+    assert str(err.value) == "format version 2 is not supported (this decoder reads version 1); a newer permcodec " \
+                             "may read it"
+    data[8:10] = struct.pack("<H", 0)
+    with pytest.raises(UnsupportedVersionError) as err:
+        permcodec.decode(bytes(data))
+    assert str(err.value) == "format version 0 is not supported (this decoder reads version 1)"
+
+
+def test_an_empty_or_safetensors_file_is_named():
+    with pytest.raises(FormatError) as err:
+        permcodec.decode(b"")
+    assert str(err.value) == "not a permcodec file: bad magic (the file is empty)"
+    with pytest.raises(FormatError) as err:
+        permcodec.decode(safetensors.torch.save({"w": torch.zeros(2)}))
+    assert str(err.value).endswith("; it looks like a safetensors file: 'permcodec encode' turns it into one if its "
+                                   "metadata holds the init spec ('permcodec.init')")
 
 
 def test_nonzero_flags():

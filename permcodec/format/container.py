@@ -65,23 +65,35 @@ def pack(tensors: list[dict], sections: list[bytes], metadata: dict[str, str] | 
 def parse_preamble(data: bytes, limits: Limits | None = None) -> tuple[int, int]:
     """(header_length, header_crc32) from the first 20 bytes."""
     if len(data) < PREAMBLE_SIZE:
-        if not MAGIC.startswith(bytes(data[:len(MAGIC)])) or len(data) == 0:
+        if len(data) == 0:
+            raise FormatError("not a permcodec file: bad magic (the file is empty)")
+        if not MAGIC.startswith(bytes(data[:len(MAGIC)])):
             raise FormatError("not a permcodec file: bad magic")
         raise FormatError(f"truncated file: {len(data)} bytes, the preamble alone is {PREAMBLE_SIZE}")
     limits = limits_or_default(limits)
     magic, version, flags, header_length, header_crc = PREAMBLE.unpack(bytes(data[:PREAMBLE_SIZE]))
     if magic != MAGIC:
-        hint = "; it looks like a torch checkpoint: 'permcodec encode' turns it into one" \
-            if magic.startswith(b"PK\x03\x04") else ""
+        hint = foreign_file_hint(bytes(data[:PREAMBLE_SIZE]))
         raise FormatError(f"not a permcodec file: bad magic {magic!r}, expected {MAGIC!r}{hint}")
     if version != FORMAT_VERSION:
+        newer = "; a newer permcodec may read it" if version > FORMAT_VERSION else ""
         raise UnsupportedVersionError(f"format version {version} is not supported (this decoder reads "
-                                      f"version {FORMAT_VERSION})")
+                                      f"version {FORMAT_VERSION}){newer}")
     if flags != 0:
         raise FormatError(f"preamble flags must be 0, found {flags:#06x}")
     if header_length > limits.max_header_bytes:
         raise LimitError(f"header_length {header_length} exceeds the limit of {limits.max_header_bytes} bytes")
     return header_length, header_crc
+
+
+def foreign_file_hint(preamble: bytes) -> str:
+    """What a file that is not a .pc file seems to be, from its first bytes, and what reads it ('' if unknown)."""
+    if preamble.startswith(b"PK\x03\x04"):
+        return "; it looks like a torch checkpoint: 'permcodec encode' turns it into one"
+    if preamble[8:9] == b"{":  # a safetensors file: a u64 header length, then its JSON header
+        return ("; it looks like a safetensors file: 'permcodec encode' turns it into one if its metadata holds "
+                "the init spec ('permcodec.init')")
+    return ""
 
 
 def _unique_map(pairs):
