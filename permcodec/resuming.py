@@ -55,9 +55,15 @@ def merged_config(saved: dict | None, asked: TrainConfig) -> TrainConfig:
         return asked
     base = config_from_dict(saved)
     defaults = TrainConfig()
-    clashes = [f"{name}={getattr(asked, name)!r} (the file's run: {getattr(base, name)!r})" for name in MUST_MATCH
+    clashes = [f"{name}={getattr(asked, name)!r} (the file's run: {_setting(getattr(base, name))})"
+               for name in MUST_MATCH
                if getattr(asked, name) != getattr(defaults, name) and getattr(asked, name) != getattr(base, name)]
     if clashes:
         raise SpecError(f"--resume continues the file's run with its settings; these flags ask for others: "
                         f"{', '.join(clashes)} (only {', '.join(MAY_CHANGE)} may change)")
     return dataclasses.replace(base, **{name: getattr(asked, name) for name in MAY_CHANGE})
+
+
+def _setting(value) -> str:
+    """A saved run's setting as a message shows it: None, a setting left unset, as 'the default'."""
+    return "the default" if value is None else repr(value)

@@ -367,7 +367,7 @@ def test_resume_refuses_a_block_setting_the_run_did_not_have(tmp_path):
     from permcodec.train.config import TrainConfig
 
     saved = {"model": "mlp", "epochs": 1}  # a run of whole rows, written before blocks existed
-    with pytest.raises(SpecError, match=r"these flags ask for others: block=8 \(the file's run: None\), "
+    with pytest.raises(SpecError, match=r"these flags ask for others: block=8 \(the file's run: the default\), "
                                         r"block_layout='strided' \(the file's run: 'shuffled'\)"):
         merged_config(saved, TrainConfig(model="mlp", block=8, block_layout="strided"))
     assert merged_config(saved, TrainConfig(model="mlp", epochs=3)).block is None

@@ -124,7 +124,7 @@ def test_resume_refuses_flags_that_change_the_run(capsys, tmp_path):
     capsys.readouterr()
     assert main(["train", *QUICK, "--epochs", "2", "--lr", "0.1", "--resume", str(tmp_path / "m.pt"),
                  "-o", str(tmp_path / "n.pt")]) == cli.EXIT_ERROR
-    assert "these flags ask for others: lr=0.1 (the file's run: None)" in one_line_error(capsys)
+    assert "these flags ask for others: lr=0.1 (the file's run: the default)" in one_line_error(capsys)
 
 
 def test_encoding_a_mid_run_checkpoint_encodes_its_synced_view_and_says_so(capsys, monkeypatch, tmp_path):
