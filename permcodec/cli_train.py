@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 
@@ -103,7 +104,7 @@ def run_train(args) -> None:
     # before training, so that a finished run is never lost
     check_output_path(args.output, (".pt", ".pth"), "train writes a torch checkpoint: the output",
                       args.force or in_place)
-    config, resume = train_config(args), None
+    config, resume = checked_flags(train_config(args)), None
     if args.resume is not None:
         from .resuming import resume_point
 
@@ -114,6 +115,31 @@ def run_train(args) -> None:
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
         save_checkpoint(state, args.output)
         print(f"saved {args.output}", file=sys.stderr)
+
+
+def checked_flags(config):
+    """``config`` once its flags check out, else a SpecError that names init_'s arguments as the flags a user
+    typed: "argument 'num_levels'" as --num-levels, "unexpected argument(s) low" as a flag --dist does not take."""
+    from .errors import SpecError
+    from .train.config import check_config
+
+    try:
+        return check_config(config)
+    except SpecError as err:
+        raise SpecError(as_flags(str(err))) from None
+
+
+def as_flags(message: str) -> str:
+    """init_'s argument names in ``message`` written as train's flags."""
+    def flag(name: str) -> str:
+        return "--" + name.strip().replace("_", "-")
+
+    message = re.sub(r"argument '(\w+)' is required", lambda m: f"{flag(m.group(1))} is required", message)
+    message = re.sub(r"argument '(\w+)' must be (.*), found None$", lambda m: f"{flag(m.group(1))} is required "
+                     f"(it must be {m.group(2)})", message)
+    message = re.sub(r"argument '(\w+)'", lambda m: flag(m.group(1)), message)
+    return re.sub(r"unexpected argument\(s\) ([\w, ]+)$",
+                  lambda m: f"it takes no {', '.join(flag(n) for n in m.group(1).split(','))}", message)
 
 
 def train_config(args):

@@ -43,9 +43,9 @@ def test_every_distribution_trains_from_the_cli_and_encodes(capsys, tmp_path, fl
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--dist", "sparse"], "dist='sparse': argument 'density' is required"),
-    (["--dist", "he_uniform", "--density", "0.3"], "dist='he_uniform': unexpected argument(s) density"),
-    (["--dist", "shared", "--density", "0.1"], "dist='shared': argument 'value' is required"),
+    (["--dist", "sparse"], "dist='sparse': --density is required"),
+    (["--dist", "he_uniform", "--density", "0.3"], "dist='he_uniform': it takes no --density"),
+    (["--dist", "shared", "--density", "0.1"], "dist='shared': --value is required"),
     (["--dist", "uniform", "--low", "1", "--high", "0"], "uniform needs low < high"),
     (["--k-schedule", "5-100"], "k schedule must be EPOCH:K pairs separated by commas"),
 ])
@@ -147,3 +147,15 @@ def test_encoding_a_mid_run_checkpoint_encodes_its_synced_view_and_says_so(capsy
     with pytest.warns(UserWarning, match="this checkpoint was written mid-run"):
         data = permcodec.encode(checkpoint)
     assert state_digest(permcodec.decode(data)) == state_digest(synced)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dist", "levels"], "dist='levels': --num-levels is required (it must be an integer in [1, 65536])"),
+    (["--dist", "he_uniform", "--low", "0.1", "--mean", "0"], "dist='he_uniform': it takes no --low, --mean"),
+    (["--dist", "levels", "--num-levels", "0"],
+     "dist='levels': --num-levels must be an integer in [1, 65536], found 0"),
+])
+def test_distribution_flags_are_named_as_flags(capsys, tmp_path, flags, message):
+    assert main(["train", *QUICK, "--steps", "1", *flags, "-o", str(tmp_path / "m.pt")]) == cli.EXIT_ERROR
+    assert one_line_error(capsys) == f"permcodec train: error: {message}"
+    assert not (tmp_path / "m.pt").exists()
