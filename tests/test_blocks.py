@@ -349,8 +349,8 @@ def test_cli_trains_block_and_level_models_and_info_shows_them(tmp_path, capsys)
         assert ("shuffled 16" if name == "b" else "strided 8") in shown
     assert main(["train", "--model", "mlp", "--dist", "levels", "--steps", "1", "-q", "-o",
                  str(tmp_path / "x.pt")]) == 1
-    assert capsys.readouterr().err == ("permcodec train: error: dist='levels': argument 'num_levels' must be an "
-                                       "integer in [1, 65536], found None\n")
+    assert capsys.readouterr().err == ("permcodec train: error: dist='levels': --num-levels is required (it must be "
+                                       "an integer in [1, 65536])\n")
 
 
 @pytest.mark.parametrize("value", [2**53 + 1, 2**64 - 1, 16777217])
