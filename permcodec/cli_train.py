@@ -104,29 +104,33 @@ def run_train(args) -> None:
     # before training, so that a finished run is never lost
     check_output_path(args.output, (".pt", ".pth"), "train writes a torch checkpoint: the output",
                       args.force or in_place)
-    config, resume = checked_flags(train_config(args)), None
-    if args.resume is not None:
-        from .resuming import resume_point
+    with flags_named():  # the flags are checked on the config they make, merged with a resumed file's
+        config, resume = train_config(args), None
+        if args.resume is not None:
+            from .resuming import resume_point
 
-        config, resume, told = resume_point(args.resume, config)
-        print(told, file=sys.stderr)
-    state = train(config, progress=not args.quiet, resume=resume,
-                  checkpoint_path=args.output if config.save_every else None)
+            config, resume, told = resume_point(args.resume, config)
+            print(told, file=sys.stderr)
+        state = train(config, progress=not args.quiet, resume=resume,
+                      checkpoint_path=args.output if config.save_every else None)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
         save_checkpoint(state, args.output)
         print(f"saved {args.output}", file=sys.stderr)
 
 
-def checked_flags(config):
-    """``config`` once its flags check out, else a SpecError that names init_'s arguments as the flags a user
-    typed: "argument 'num_levels'" as --num-levels, "unexpected argument(s) low" as a flag --dist does not take."""
-    from .errors import SpecError
-    from .train.config import check_config
+class flags_named:  # noqa: N801 - used as a context manager
+    """A SpecError raised inside, reworded so that init_'s argument names read as the flags a user typed:
+    "argument 'num_levels'" as --num-levels, "unexpected argument(s) low" as a flag that --dist does not take."""
 
-    try:
-        return check_config(config)
-    except SpecError as err:
-        raise SpecError(as_flags(str(err))) from None
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, traceback) -> bool:
+        from .errors import SpecError
+
+        if isinstance(err, SpecError) and as_flags(str(err)) != str(err):
+            raise SpecError(as_flags(str(err))) from None
+        return False
 
 
 def as_flags(message: str) -> str:

@@ -159,3 +159,15 @@ def test_distribution_flags_are_named_as_flags(capsys, tmp_path, flags, message)
     assert main(["train", *QUICK, "--steps", "1", *flags, "-o", str(tmp_path / "m.pt")]) == cli.EXIT_ERROR
     assert one_line_error(capsys) == f"permcodec train: error: {message}"
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_resume_takes_flags_that_repeat_part_of_the_files_run(capsys, tmp_path):
+    # --density alone is no valid distribution, but with the file's --dist sparse it is the same run
+    assert main(["train", *QUICK, "--steps", "2", "--dist", "sparse", "--density", "0.3",
+                 "-o", str(tmp_path / "s.pt")]) == 0
+    assert main(["train", *QUICK, "--steps", "3", "--density", "0.3", "--resume", str(tmp_path / "s.pt"),
+                 "-o", str(tmp_path / "more.pt")]) == 0
+    capsys.readouterr()
+    assert main(["train", *QUICK, "--steps", "3", "--density", "0.5", "--resume", str(tmp_path / "s.pt"),
+                 "-o", str(tmp_path / "other.pt")]) == cli.EXIT_ERROR
+    assert "these flags ask for others" in one_line_error(capsys)
