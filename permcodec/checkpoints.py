@@ -94,10 +94,26 @@ def synced_view(ckpt: dict, spec: InitSpec, where: str, notes: list[str]) -> dic
     """A checkpoint's weights; for one written mid-run (between two syncs), what a sync would write now."""
     if ckpt.get("synced") is not False:
         return ckpt["state_dict"]
+    check_syncable(ckpt, spec, where)
     notes.append(f"{where} was written mid-run, between two syncs: encoding its synced view (what a sync would "
                  f"write now)")
     reset_bn = bool((ckpt.get("config") or {}).get("reset_bn", False))
     return perm.synced_state_dict(ckpt["state_dict"], spec, reset_bn=reset_bn)
+
+
+def check_syncable(ckpt: dict, spec: InitSpec, where: str) -> None:
+    """FormatError unless a sync can run on the checkpoint: tensors only, a config map, and each tensor of the
+    spec a float32 tensor of its record's shape (a sync draws the record's whole pool, whatever the tensor)."""
+    state, config = ckpt["state_dict"], ckpt.get("config")
+    if not all(isinstance(tensor, torch.Tensor) for tensor in state.values()):
+        raise FormatError(f"{where}: its state_dict holds values that are not tensors")
+    if config is not None and not isinstance(config, dict):
+        raise FormatError(f"{where}: its config must be a map of settings, found {type(config).__name__}")
+    for record in spec:
+        tensor = state.get(record.name)
+        if tensor is not None and (tensor.dtype != torch.float32 or tuple(tensor.shape) != record.shape):
+            raise FormatError(f"{where}: tensor {record.name!r} is {tensor.dtype} of shape {tuple(tensor.shape)}, "
+                              f"its init record says float32 of shape {record.shape}")
 
 
 NOT_LAPERM = ("{path} holds weights without an init spec, so they are not a LaPerm model: permcodec stores "

@@ -184,3 +184,29 @@ def test_other_files_get_plain_format_errors(tmp_path):
     assert str(err.value).endswith("raw.pt is not a weights-only torch checkpoint: torch cannot read it "
                                    "weights-only (as tensors and plain containers), and permcodec never unpickles "
                                    "anything else")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda ckpt: ckpt["state_dict"].update({"1.bias": [0.0, 1.0, 2.0]}), "its state_dict holds values that are not "
+                                                                          "tensors"),
+    (lambda ckpt: ckpt.update({"config": ["not", "a", "map"]}), "its config must be a map of settings, found list"),
+    (lambda ckpt: ckpt["state_dict"].update({"0.weight": torch.zeros(5, 40)}),
+     "tensor '0.weight' is torch.float32 of shape (5, 40), its init record says float32 of shape (10, 20)"),
+    (lambda ckpt: ckpt["state_dict"].update({"0.weight": torch.zeros(10, 20, dtype=torch.complex64)}),
+     "tensor '0.weight' is torch.complex64 of shape (10, 20), its init record says float32 of shape (10, 20)"),
+    # a record that claims a huge tensor: refused by its shape before a sync would draw 4e10 values
+    (lambda ckpt: ckpt["init"]["tensors"][0].update({"shape": [400000, 100000]}),
+     "tensor '0.weight' is torch.float32 of shape (10, 20), its init record says float32 of shape (400000, 100000)"),
+])
+def test_a_damaged_mid_run_checkpoint_is_one_plain_line(capsys, checkpoint, tmp_path, damage, message):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["synced"] = False
+    damage(ckpt)
+    torch.save(ckpt, tmp_path / "cut.pt")
+    assert main(["encode", str(checkpoint), "-q"]) == 0
+    capsys.readouterr()
+    for argv in (["encode", str(tmp_path / "cut.pt"), "-q"], ["verify", str(tmp_path / "model.pc"), "--against",
+                                                              str(tmp_path / "cut.pt")]):
+        assert main(argv) == 1
+        assert capsys.readouterr().err == f"permcodec {argv[0]}: error: {tmp_path / 'cut.pt'}: {message}\n"
+    assert not (tmp_path / "cut.pc").exists()
