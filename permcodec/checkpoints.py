@@ -8,7 +8,9 @@ A .safetensors input carries its init spec as JSON under the metadata key
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import safetensors
@@ -29,12 +31,24 @@ def read_model(path, notes: list[str] | None = None) -> tuple[dict[str, torch.Te
     A mid-run checkpoint (``--save-every``) gives its synced view, what a sync would write now, and says so
     in ``notes``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
+    path = check_model_file(path)
     if path.suffix.lower() == ".safetensors":
         return _read_safetensors(path)
     return _read_checkpoint(path, notes if notes is not None else [])
+
+
+def check_model_file(path) -> Path:
+    """``path`` as a Path, once it names a readable file that is not a .pc file: what is wrong with an input,
+    said before anything is read in full."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            raise FormatError(f"{path} is already a .pc file; 'permcodec decode' or 'info' reads it")
+    return path
 
 
 def _read_safetensors(path: Path):
@@ -68,15 +82,8 @@ def in_stored_order(state: dict, order_json: str | None, path: Path) -> dict:
     return {name: state[name] for name in order}
 
 
-def _load_weights_only(path: Path):
-    with open(path, "rb") as f:
-        if f.read(len(MAGIC)) == MAGIC:
-            raise FormatError(f"{path} is already a .pc file; 'permcodec decode' or 'info' reads it")
-    return load_weights_only(path)
-
-
 def _read_checkpoint(path: Path, notes: list[str]):
-    ckpt = _load_weights_only(path)
+    ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict):
         raise FormatError(f"{path} is not a permcodec checkpoint: it holds a {type(ckpt).__name__}, not a dict "
                           f"with 'state_dict' and 'init'")
@@ -142,15 +149,13 @@ def carried_metadata(ckpt: dict, path: Path) -> dict[str, str]:
 def read_tensors(path, notes: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Just the named tensors of a .safetensors file, a .pt dict of tensors, or a checkpoint's state_dict: for one
     written mid-run, its synced view, as ``read_model`` gives it to the encoder (and says so in ``notes``)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
+    path = check_model_file(path)
     if path.suffix.lower() == ".safetensors":
         try:
             return safetensors.torch.load_file(str(path))
         except (safetensors.SafetensorError, ValueError) as err:
             raise FormatError(f"{path} is not a valid safetensors file: {err}") from None
-    obj = _load_weights_only(path)
+    obj = load_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         if obj.get("synced") is False and obj.get("init") is not None:
             obj = synced_view(obj, InitSpec.from_dict(obj["init"]), str(path), notes if notes is not None else [])

@@ -51,14 +51,15 @@ def run_encode(args) -> None:
 
     from . import codec
     from .atomicfile import check_output_path
-    from .checkpoints import read_model
+    from .checkpoints import check_model_file, read_model
     from .encoder import refuse_baseline
     from .inspection import describe, json_value
 
-    notes = []
-    state, spec, metadata = read_model(args.input, notes)  # first: what is wrong with the input comes before -f
+    check_model_file(args.input)  # what is wrong with the input comes before -f, and before the input is read
     output = check_output_path(Path(args.output) if args.output else Path(args.input).with_suffix(".pc"),
                                (".pc",), "encode writes a .pc file: the output", args.force)
+    notes = []
+    state, spec, metadata = read_model(args.input, notes)
     for note in notes:
         print(note, file=sys.stderr)
     refuse_baseline(json_value(metadata, "permcodec.config"), args.input, args.raw_fallback)

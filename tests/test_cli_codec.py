@@ -266,15 +266,33 @@ def test_a_missing_or_unreadable_input_is_one_plain_line(capsys, tmp_path, comma
     assert one_line_error(capsys, command, folder) == f"permcodec {command}: error: is a directory: {folder}\n"
 
 
+def test_a_missing_model_file_reads_alike_in_encode_and_verify(capsys, tmp_path):
+    missing = tmp_path / "missing.pt"
+    assert one_line_error(capsys, "encode", missing) == \
+        f"permcodec encode: error: no such file or directory: {missing}\n"
+    pc = tmp_path / "t.pc"
+    pc.write_bytes(tiny_bytes())
+    assert one_line_error(capsys, "verify", pc, "--against", missing) == \
+        f"permcodec verify: error: no such file or directory: {missing}\n"
+
+
 def test_wrong_kind_of_input_is_named(capsys, tmp_path, model_pt):
     (tmp_path / "t.pc").write_bytes(tiny_bytes())
     assert "is already a .pc file" in one_line_error(capsys, "encode", tmp_path / "t.pc", "-o", tmp_path / "x.pc")
     # without -o the default output is the input itself: the input's problem is named, not "pass -f"
     assert "is already a .pc file" in one_line_error(capsys, "encode", tmp_path / "t.pc")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    (tmp_path / "junk.pc").write_bytes(b"keep")
-    assert "is not a weights-only torch checkpoint" in one_line_error(capsys, "encode", tmp_path / "junk.pt")
-    assert (tmp_path / "junk.pc").read_bytes() == b"keep"
+    assert one_line_error(capsys, "encode", tmp_path) == f"permcodec encode: error: is a directory: {tmp_path}\n"
+
+
+def test_encode_refuses_an_existing_output_before_reading_the_model(capsys, monkeypatch, tmp_path, model_pt):
+    (tmp_path / "model.pc").write_bytes(b"keep")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was read before the output was checked")
+
+    monkeypatch.setattr("permcodec.checkpoints.read_model", never)
+    assert "model.pc already exists; pass -f/--force" in one_line_error(capsys, "encode", model_pt)
+    assert (tmp_path / "model.pc").read_bytes() == b"keep"
     assert "it looks like a torch checkpoint" in one_line_error(capsys, "info", model_pt)
 
 
