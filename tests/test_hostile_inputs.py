@@ -37,7 +37,10 @@ def test_sync_ticks_are_not_sized_by_a_claimed_step_count():
 
 @pytest.mark.parametrize("metadata,message", [
     ({"permcodec.config": json.dumps([1, 2])}, "the stored config must be a map of settings, found list"),
-    ({"permcodec.config": json.dumps({"k": "x"})}, "the stored config holds a setting of the wrong type"),
+    ({"permcodec.config": json.dumps({"k": "x"})}, "the stored config holds a setting this version does not accept"),
+    # a run written before blocks of one were refused: it could never move a weight
+    ({"permcodec.config": json.dumps({"model": "mlp", "block": 1})}, "does not accept (block 1 leaves nothing to "
+                                                                     "permute"),
     ({"permcodec.metrics": json.dumps([{"epoch": 1}])}, "an epoch record needs whole-number epoch and step"),
     ({"permcodec.metrics": json.dumps(5)}, "metrics must be a list of records, found int"),
 ])

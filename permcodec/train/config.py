@@ -146,5 +146,5 @@ def config_from_dict(saved: dict) -> TrainConfig:
         config = TrainConfig(**saved)
         check_config(replace(config, device="auto"))  # the device may change on resume: checked then, not here
         return config
-    except (TypeError, ValueError) as err:
-        raise FormatError(f"the stored config holds a setting of the wrong type ({err})") from None
+    except (TypeError, ValueError) as err:  # SpecError is a ValueError: a setting check_config refuses
+        raise FormatError(f"the stored config holds a setting this version does not accept ({err})") from None
