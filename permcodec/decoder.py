@@ -25,7 +25,7 @@ import numpy as np
 from . import arrays, parallel, perm, small_tensors
 from .bits import NUMPY_DTYPES, array_from_bytes, sha256_of, tensor_from_bytes
 from .devices import checked_device
-from .errors import FormatError, IntegrityError, MemoryLimitError, PermcodecError, SpecError
+from .errors import FormatError, IntegrityError, MemoryLimitError, PermcodecError, SpecError, is_out_of_memory
 from .format import container, records, schemes
 from .format.container import Limits
 from .init.initspec import InitSpec, TensorInit
@@ -202,14 +202,6 @@ class memory_errors_named:  # noqa: N801 - used as a context manager, like conte
                                    f"{math.prod(self.record['shape']):,} elements ({type(err).__name__}: "
                                    f"{detail})") from None
         return False
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """numpy's and Python's MemoryError, torch's CPU allocator failure, or CUDA's out-of-memory error."""
-    torch = sys.modules.get("torch")  # a torch error can only come from a process that imported torch
-    if torch is not None and isinstance(err, torch.OutOfMemoryError):
-        return True
-    return isinstance(err, MemoryError) or "can't allocate memory" in str(err)
 
 
 # ---------------------------------------------------------------- reading a file

@@ -4,6 +4,8 @@ Every error that bad input can cause is a ``PermcodecError``; anything else
 escaping permcodec is a bug.
 """
 
+import sys
+
 
 class PermcodecError(Exception):
     """Base class of every error permcodec raises on bad input."""
@@ -35,3 +37,11 @@ class IntegrityError(PermcodecError):
 
 class NotAPermutationError(PermcodecError):
     """A tensor that is not a per-row permutation of its initial pool."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """numpy's and Python's MemoryError, torch's CPU allocator failure, or CUDA's out-of-memory error."""
+    torch = sys.modules.get("torch")  # a torch error can only come from a process that imported torch
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, MemoryError) or "can't allocate memory" in str(err)

@@ -99,15 +99,16 @@ class Custom:
     pass
 
 
-@pytest.mark.parametrize("content, tripped", [(b"abc", "pop from empty list"), (b"hello\n", "101"),
-                                              (b"J\x01", "unpack requires a buffer of 4 bytes")])
+@pytest.mark.parametrize("content, tripped", [
+    (b"abc", "IndexError: pop from empty list"), (b"hello\n", "KeyError: 101"),
+    (b"J\x01", "error: unpack requires a buffer of 4 bytes")])
 def test_a_file_that_trips_the_unpickler_gets_one_plain_line(capsys, tmp_path, content, tripped):
     # torch's weights-only unpickler raises IndexError, KeyError or struct.error on such bytes, not UnpicklingError
     (tmp_path / "junk.pt").write_bytes(content)
     assert main(["encode", str(tmp_path / "junk.pt"), "-q"]) == 1
     err = capsys.readouterr().err
     assert err == (f"permcodec encode: error: {tmp_path / 'junk.pt'} is not a weights-only torch checkpoint: "
-                   f"{tripped}\n")
+                   f"its pickle is malformed ({tripped})\n")
     assert not (tmp_path / "junk.pc").exists()
 
 
@@ -210,3 +211,17 @@ def test_a_damaged_mid_run_checkpoint_is_one_plain_line(capsys, checkpoint, tmp_
         assert main(argv) == 1
         assert capsys.readouterr().err == f"permcodec {argv[0]}: error: {tmp_path / 'cut.pt'}: {message}\n"
     assert not (tmp_path / "cut.pc").exists()
+
+
+def test_running_out_of_memory_while_loading_a_checkpoint_says_so(monkeypatch, tmp_path):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] DefaultCPUAllocator: can't allocate memory")
+
+    (tmp_path / "big.pt").write_bytes(b"whatever")
+    monkeypatch.setattr(torch, "load", no_memory)
+    with pytest.raises(permcodec.MemoryLimitError) as err:
+        load_weights_only(tmp_path / "big.pt")
+    assert str(err.value) == f"{tmp_path / 'big.pt'}: not enough memory to load it (RuntimeError)"
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: open(tmp_path / "missing.pt", "rb"))
+    with pytest.raises(FileNotFoundError):  # a file that cannot be read is not a statement about its bytes
+        load_weights_only(tmp_path / "big.pt")
