@@ -167,8 +167,9 @@ def test_an_existing_output_is_refused_without_overwrite(tmp_path):
     assert html.read_text().startswith("<!DOCTYPE html>")
 
 
-def test_a_log_that_is_not_text_has_no_epoch_records(tmp_path, capsys):
-    (tmp_path / "model.pt").write_bytes(b"PK\x03\x04\x80\xff\xfe binary")
+@pytest.mark.parametrize("content", [b"PK\x03\x04\x80\xff\xfe binary", b"[" * 200_000, b"1" * 5_000])
+def test_a_log_that_is_not_text_has_no_epoch_records(tmp_path, capsys, content):
+    (tmp_path / "model.pt").write_bytes(content)
     html = tmp_path / "r.html"
     assert main(["report", str(FIXTURE), "--log", str(tmp_path / "model.pt"), "-o", str(html)]) == 1
     assert capsys.readouterr().err == (f"permcodec report: error: log {tmp_path / 'model.pt'} has no epoch records "

@@ -23,7 +23,7 @@ def read_log(log) -> list[dict]:
     for line in Path(log).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             value = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, a number past int's digit limit, or nested too deep
             continue
         if isinstance(value, dict):
             records.append(value)
