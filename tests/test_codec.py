@@ -402,8 +402,12 @@ def test_an_empty_or_safetensors_file_is_named():
     assert str(err.value) == "not a permcodec file: bad magic (the file is empty)"
     with pytest.raises(FormatError) as err:
         permcodec.decode(safetensors.torch.save({"w": torch.zeros(2)}))
-    assert str(err.value).endswith("; it looks like a safetensors file: 'permcodec encode' turns it into one if its "
-                                   "metadata holds the init spec ('permcodec.init')")
+    assert str(err.value).endswith("; it looks like a safetensors file: 'permcodec encode' turns one named "
+                                   "*.safetensors into a .pc file if its metadata holds the init spec "
+                                   "('permcodec.init')")
+    with pytest.raises(FormatError) as err:  # a text file whose ninth byte is a brace
+        permcodec.decode(b"weights {1: 2}\n" * 2)
+    assert "safetensors" not in str(err.value)
 
 
 def test_nonzero_flags():

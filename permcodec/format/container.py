@@ -90,9 +90,9 @@ def foreign_file_hint(preamble: bytes) -> str:
     """What a file that is not a .pc file seems to be, from its first bytes, and what reads it ('' if unknown)."""
     if preamble.startswith(b"PK\x03\x04"):
         return "; it looks like a torch checkpoint: 'permcodec encode' turns it into one"
-    if preamble[8:9] == b"{":  # a safetensors file: a u64 header length, then its JSON header
-        return ("; it looks like a safetensors file: 'permcodec encode' turns it into one if its metadata holds "
-                "the init spec ('permcodec.init')")
+    if preamble[8:10] == b'{"':  # a safetensors file: a u64 header length, then its JSON header
+        return ("; it looks like a safetensors file: 'permcodec encode' turns one named *.safetensors into a .pc "
+                "file if its metadata holds the init spec ('permcodec.init')")
     return ""
 
 
