@@ -261,7 +261,8 @@ def error_line(err: Exception) -> str:
     """The error as the one line a user reads: an OSError about a file as 'no such file or directory: PATH', not
     Python's "[Errno 2] No such file or directory: 'PATH'"."""
     if isinstance(err, OSError) and err.strerror and err.filename is not None:
-        return f"{err.strerror[:1].lower()}{err.strerror[1:]}: {err.filename}"
+        target = f" -> {err.filename2}" if err.filename2 is not None else ""  # a rename, e.g. across devices
+        return f"{err.strerror[:1].lower()}{err.strerror[1:]}: {err.filename}{target}"
     return str(err)
 
 

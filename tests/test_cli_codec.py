@@ -1,5 +1,6 @@
 """permcodec encode / decode / info / verify from the command line: outputs and one-line errors."""
 
+import errno
 import json
 import os
 import pickle
@@ -14,7 +15,7 @@ import torch
 from test_codec import make_fixtures, tiny_bytes
 from torch import nn
 
-from permcodec import IntegrityError, codec, init_
+from permcodec import IntegrityError, cli, codec, init_
 from permcodec.checkpoints import SAFETENSORS_INIT_KEY
 from permcodec.cli import main
 
@@ -264,6 +265,11 @@ def test_a_missing_or_unreadable_input_is_one_plain_line(capsys, tmp_path, comma
     assert one_line_error(capsys, command, missing) == \
         f"permcodec {command}: error: no such file or directory: {missing}\n"
     assert one_line_error(capsys, command, folder) == f"permcodec {command}: error: is a directory: {folder}\n"
+
+
+def test_an_os_error_of_two_paths_names_both():
+    failed_rename = OSError(errno.EXDEV, os.strerror(errno.EXDEV), "/a/.x.pc.tmp", None, "/b/x.pc")
+    assert cli.error_line(failed_rename) == "invalid cross-device link: /a/.x.pc.tmp -> /b/x.pc"
 
 
 def test_a_missing_model_file_reads_alike_in_encode_and_verify(capsys, tmp_path):
