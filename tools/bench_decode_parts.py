@@ -10,8 +10,8 @@ weights are also encoded with every small raw tensor (at most decoder.SMALL_RAW_
 weights and statistics) concatenated into one float32 tensor of as many elements, decoded interleaved with the
 file as it is: a bound on what storing those tensors as one record could gain. Such a record would still be split
 into its tensors, each hashed: the row "as one, split and hashed" adds that work (a view, a SHA-256 and a torch
-tensor for each, and the dict in file order) to the joined file's decode. Baselines in the same process: torch.rand of each case's element
-count, and SHA-256 and CRC-32 of 64 MB.
+tensor for each, and the dict in file order) to the joined file's decode. Baselines in the same process:
+torch.rand of each case's element count, and SHA-256 and CRC-32 of 64 MB.
 """
 
 from __future__ import annotations
@@ -49,15 +49,15 @@ def interleaved_medians(decodes: dict, rounds: int) -> dict[str, float]:
     return {label: statistics.median(seconds) for label, seconds in times.items()}
 
 
-def small_raw_as_one(data: bytes) -> tuple[bytes, int, list[tuple[str, list[int]]]]:
-    """(file, records, (name, shape) of each small raw tensor joined): ``data``'s weights with its small raw
-    tensors as one float32."""
+def small_raw_as_one(data: bytes) -> tuple[bytes, int, list[tuple[str, list[int]]], list[str]]:
+    """(file, records, (name, shape) of each small raw tensor joined, ``data``'s tensor names in file order):
+    ``data``'s weights with its small raw tensors as one float32."""
     f = decoder.PCFile(io.BytesIO(data))
     state, spec = codec.decode(data), f.init_spec()
     small = [(name, f.record(name)["shape"]) for name in f.keys() if f._small_raw(name)]
     joined = {name: tensor for name, tensor in state.items() if name not in dict(small)}
     joined["small_raw_tensors"] = torch.cat([state[name].reshape(-1).double() for name, _ in small]).float()
-    return codec.encode(joined, spec), len(joined), small
+    return codec.encode(joined, spec), len(joined), small, f.keys()
 
 
 def split_and_hashed(joined: bytes, small: list[tuple[str, list[int]]], order: list[str]) -> dict:
@@ -108,8 +108,7 @@ def main() -> None:
         decodes = {"check on": lambda: codec.decode(data), "check off": lambda: codec.decode(data, verify=False),
                    "torch.rand": lambda: torch.rand(elements)}
         if case == "resnet50":
-            joined, joined_records, small = small_raw_as_one(data)
-            order = decoder.PCFile(io.BytesIO(data)).keys()
+            joined, joined_records, small, order = small_raw_as_one(data)
             decodes["one record"] = lambda: codec.decode(joined)
             decodes["one record, split"] = lambda: split_and_hashed(joined, small, order)
         for decode in decodes.values():
