@@ -128,8 +128,10 @@ class flags_named:  # noqa: N801 - used as a context manager
     def __exit__(self, kind, err, traceback) -> bool:
         from .errors import SpecError
 
-        if isinstance(err, SpecError) and as_flags(str(err)) != str(err):
-            raise SpecError(as_flags(str(err))) from None
+        if isinstance(err, SpecError):
+            reworded = as_flags(str(err))
+            if reworded != str(err):
+                raise SpecError(reworded) from None
         return False
 
 
