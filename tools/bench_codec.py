@@ -18,6 +18,9 @@ bytes (size, decompression), and torch.rand of as many values. Decode speeds
 include the SHA-256 check of every tensor; encode runs once (it is slow at
 default and max, after a warm-up encode at fast), decode is the median of --repeat after one warm-up decode;
 "x rand" is decode's speed over torch.rand's for the same count, timed alike in the same process.
+"cores" (CPU only) is the process's CPU time over the wall time of those timed calls: torch.rand draws on one
+thread at any count (about 1), decode on up to two, so a run in which a busy neighbour left decode one core shows
+it there, and its "x rand" falls with it while torch.rand's speed does not.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 import zstandard
-from benchutil import median_seconds
+from benchutil import median_seconds_and_cores
 
 from permcodec import codec, init_, perm
 from permcodec.checkpoints import read_model
@@ -100,8 +103,9 @@ def level_row(state, spec, level: str, devices, repeat: int, bound: float, weigh
            "bits": 8 * permuted_bytes / weights, "ratio": 8 * permuted_bytes / bound,
            "file_bytes": len(data), "encode": elements / encode_seconds / 1e6}
     for device in devices:
-        row[f"decode_{device}"] = elements / median_seconds(lambda: codec.decode(data, device=device), repeat,
-                                                            device) / 1e6
+        seconds, row[f"cores_{device}"] = median_seconds_and_cores(lambda: codec.decode(data, device=device),
+                                                                   repeat, device)
+        row[f"decode_{device}"] = elements / seconds / 1e6
     return row
 
 
@@ -116,24 +120,27 @@ def baseline_rows(state, devices, repeat: int, weights: int, elements: int) -> l
     for device in devices:
         def load_fp32():
             return {k: v.to(device) for k, v in safetensors.torch.load(fp32).items()}
-        rows[0][f"decode_{device}"] = elements / median_seconds(load_fp32, repeat, device) / 1e6
-        rows[1][f"decode_{device}"] = elements / median_seconds(
-            lambda: torch.frombuffer(bytearray(decompressor.decompress(zstd_fp32)), dtype=torch.float32).to(device),
-            repeat, device) / 1e6
-        rows[2][f"decode_{device}"] = elements / median_seconds(lambda: torch.rand(elements, device=device),
-                                                                repeat, device) / 1e6
+        loads = [load_fp32,
+                 lambda: torch.frombuffer(bytearray(decompressor.decompress(zstd_fp32)), dtype=torch.float32).to(device),
+                 lambda: torch.rand(elements, device=device)]
+        for row, load in zip(rows, loads):
+            seconds, row[f"cores_{device}"] = median_seconds_and_cores(load, repeat, device)
+            row[f"decode_{device}"] = elements / seconds / 1e6
     return rows
 
 
 def print_table(rows: list[dict], devices) -> None:
-    decode_heads = "".join(f" {'decode ' + d:>12} | {'x rand':>6} |" for d in devices)
+    decode_heads = "".join(f" {'decode ' + d:>12} | {'x rand':>6} |" + (f" {'cores':>5} |" if d == "cpu" else "")
+                           for d in devices)
     print(f"| {'level / baseline':<17} | {'schemes':<30} | {'bits/weight':>11} | {'x bound':>7} | "
           f"{'file bytes':>11} | {'encode':>7} |{decode_heads}")
-    print(f"|{'-' * 19}|{'-' * 32}|{'-' * 13}|{'-' * 9}|{'-' * 13}|{'-' * 9}|" + "".join(f"{'-' * 14}|{'-' * 8}|" for _ in devices))
+    print(f"|{'-' * 19}|{'-' * 32}|{'-' * 13}|{'-' * 9}|{'-' * 13}|{'-' * 9}|" + "".join(f"{'-' * 14}|{'-' * 8}|" + ("-" * 7 + "|" if d == "cpu" else "")
+                                                           for d in devices))
     for row in rows:
         def cell(key, fmt, width):
             return f"{row[key]:{width}{fmt}}" if key in row else " " * width
-        decodes = "".join(f" {cell('decode_' + d, '.2f', 12)} | {cell('rand_' + d, '.3f', 6)} |" for d in devices)
+        decodes = "".join(f" {cell('decode_' + d, '.2f', 12)} | {cell('rand_' + d, '.3f', 6)} |" +
+                          (f" {cell('cores_' + d, '.2f', 5)} |" if d == "cpu" else "") for d in devices)
         print(f"| {row['level']:<17} | {row.get('schemes', ''):<30} | {cell('bits', '.3f', 11)} | "
               f"{cell('ratio', '.4f', 7)} | {cell('file_bytes', ',', 11)} | {cell('encode', '.2f', 7)} |{decodes}",
               flush=True)

@@ -30,12 +30,21 @@ def best_seconds(fn, repeat: int, device="cpu") -> float:
 def median_seconds(fn, repeat: int, device="cpu") -> float:
     """The median of ``repeat`` timed calls of ``fn``, after one untimed warm-up call (so caches and numba's
     kernels are warm)."""
+    return median_seconds_and_cores(fn, repeat, device)[0]
+
+
+def median_seconds_and_cores(fn, repeat: int, device="cpu") -> tuple[float, float]:
+    """(``median_seconds``, cores): the CPU time this process spent in the timed calls, all its threads
+    together, over their wall time. Two threads that each had a core of their own give up to 2; a program
+    on one thread, or two threads that a busy neighbour left one core, about 1."""
     fn()
-    times = []
+    times, cpu, wall = [], 0.0, 0.0
     for _ in range(repeat):
         wait(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         wait(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        cpu += time.process_time() - start_cpu
+        wall += times[-1]
+    return statistics.median(times), cpu / wall
