@@ -7,6 +7,12 @@ operations; these tests are the proof, not the assumption. The reference is the 
 with PERMCODEC_BACKEND=numpy (the torch Philox and torch float operations: what CUDA runs).
 """
 
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -52,6 +58,43 @@ def test_fused_uniform_equals_the_torch_path_on_ten_million_values(monkeypatch, 
     seed, stream = 0x9E3779B97F4A7C15, 4
     assert_ten_million_equal(monkeypatch, lambda start, count: _uniform_numba.uniform_values(
         seed, stream, start, count, low, high), "uniform", {"low": low, "high": high}, seed, stream)
+
+
+CHUNK_EDGES = {"starts": (0, 1, 2046, 2047, 2048, 2049, START), "counts": (1, 2, 3, 2047, 2048, 2049, 4096, 6145)}
+
+
+def chunk_edge_draws() -> list:
+    """``uniform_values`` of every start and count of CHUNK_EDGES: ranges that start and end on either side of a
+    word chunk's edge (1,024 Philox blocks, 2,048 values) and of a block's."""
+    from permcodec.init import _uniform_numba
+
+    low, high = map(stored, UNIFORM_CASES["he_uniform"])
+    return [(start, count, _uniform_numba.uniform_values(11, 12, start, count, low, high))
+            for start in CHUNK_EDGES["starts"] for count in CHUNK_EDGES["counts"]]
+
+
+def test_fused_uniform_equals_the_torch_path_at_every_edge_of_a_word_chunk(monkeypatch):
+    """The kernel converts a chunk in one vectorized loop where all of it lands in the output, else value by
+    value."""
+    low, high = map(stored, UNIFORM_CASES["he_uniform"])
+    monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
+    for start, count, fused in chunk_edge_draws():
+        reference = D.sample("uniform", {"low": low, "high": high}, 11, 12, start, count, TORCH_CPU)
+        assert tensor_bytes(fused) == tensor_bytes(reference), f"start {start}, count {count}"
+
+
+def test_the_fused_uniform_draw_stays_within_its_output(tmp_path):
+    """Out-of-bounds writes need not show in the bits: a child process compiles the kernel with numba's bounds
+    checks (and a cache of its own) and draws every range of CHUNK_EDGES, which must give the same bytes."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n" + """
+import hashlib
+from test_kernels import chunk_edge_draws
+print(hashlib.sha256(b"".join(values.tobytes() for _, _, values in chunk_edge_draws())).hexdigest())
+""")
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path), "PERMCODEC_BACKEND": "numba"}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == [hashlib.sha256(b"".join(v.tobytes() for _, _, v in chunk_edge_draws())).hexdigest()]
 
 
 NORMAL_CASES = {  # (mean, std) as stored float32

