@@ -141,17 +141,24 @@ def decode_small_raw(items: list[tuple[dict, bytes]], verify: bool) -> list[np.n
     return decoded
 
 
+# A callback this thread runs once a tensor's values are rebuilt, before they are hashed (``_take_in_parallel``
+# waits for it), or none. Thread-local, so that ``get_tensor`` keeps its one argument.
+_rebuilt = threading.local()
+
+
 def decode_checked(record: dict, section: bytes, xp, verify: bool, init: TensorInit | None = None):
     """A permuted record's values (an ``xp`` array) or a raw record's element bytes, once the section's CRC-32
     and, if ``verify``, the SHA-256 of the result have been checked."""
     container.check_section(record, section)
     with memory_errors_named(record):
-        if record["kind"] == "permuted":
-            decoded = decode_permuted(record, section, xp, init)
-            digest = sha256_of(decoded) if verify else None
+        decoded = decode_permuted(record, section, xp, init) if record["kind"] == "permuted" \
+            else decode_raw(record, section)
+        if getattr(_rebuilt, "callback", None) is not None:
+            _rebuilt.callback()
+        if not verify:
+            digest = None
         else:
-            decoded = decode_raw(record, section)
-            digest = hashlib.sha256(decoded).digest() if verify else None
+            digest = sha256_of(decoded) if record["kind"] == "permuted" else hashlib.sha256(decoded).digest()
     if verify and digest != record["sha256"]:
         raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
     return decoded
@@ -446,12 +453,14 @@ def _batched(f: PCFile, elements: dict[str, int]) -> list[str]:
 class _Job(NamedTuple):
     """What one thread decodes in one go: ``run()`` gives the outcome of each of ``names`` (a name it leaves
     out is decoded at the end, one at a time, to raise its error in file order). A helper thread takes it only
-    if ``for_a_helper``: its kernels are long enough to run beside the caller's Python."""
+    if ``for_a_helper``: its kernels are long enough to run beside the caller's Python. ``fills_the_cores``:
+    its kernels run in pieces on the shared pool, one per core (``parallel.run_over``)."""
 
     names: list[str]
     elements: int
     run: Callable[[], dict]
     for_a_helper: bool
+    fills_the_cores: bool = False
 
 
 def _jobs(f: PCFile, names: list[str], elements: dict[str, int], get: Callable, from_array: Callable) -> list[_Job]:
@@ -459,8 +468,11 @@ def _jobs(f: PCFile, names: list[str], elements: dict[str, int], get: Callable, 
     the caller takes it first)."""
     tiny = [name for name in names if f._small_raw(name)]
     apart = set(tiny)
+    on_cpu = engine_for(f._device) is arrays.NUMPY
     jobs = sorted((_Job([name], elements[name], lambda name=name: {name: _Outcome.of(get, name)},
-                        elements[name] >= HELPER_MIN_ELEMENTS) for name in names if name not in apart),
+                        elements[name] >= HELPER_MIN_ELEMENTS,
+                        on_cpu and f.record(name)["kind"] == "permuted" and elements[name] >= parallel.PARALLEL_MIN)
+                   for name in names if name not in apart),
                   key=lambda job: job.elements, reverse=True)
     if tiny:
         jobs.append(_Job(tiny, sum(elements[name] for name in tiny),
@@ -503,9 +515,27 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
     the helper threads take from the large end while the next is ``for_a_helper``, the caller from the small end.
     So the helpers spend their time in long GIL-free kernels while the caller runs the small tensors' Python,
     instead of both threads trading the GIL back and forth over small tensors. The caller runs
-    ``when_none_left`` once it finds no job left, before it waits for the helpers' last ones."""
+    ``when_none_left`` once it finds no job left, before it waits for the helpers' last ones.
+
+    Where the largest job ``fills_the_cores`` and holds at least half the jobs' elements, the caller starts only
+    once a helper has rebuilt its values: its SHA-256 is one thread's work, and the caller's jobs run beside that
+    instead of slowing its kernels. Done the other way, that hash ran last and alone (a sparse Conv4, whose
+    classifier holds 2.1 M of its 2.4 M weights, took as long as its largest tensor and then the others one at
+    a time). Where the rest is larger (Conv13: 2.4 M of 15 M), the caller has enough to do beside the hashes,
+    and waiting only left its core idle where the largest tensor's kernels did not fill it."""
     left, lock, stop = deque(jobs), threading.Lock(), threading.Event()
     done: dict[str, _Outcome] = {}
+    largest, largest_rebuilt = (jobs[0] if jobs else None), threading.Event()
+
+    def run(job: _Job) -> dict:
+        if job is not largest:
+            return job.run()
+        _rebuilt.callback = largest_rebuilt.set
+        try:
+            return job.run()
+        finally:
+            _rebuilt.callback = None
+            largest_rebuilt.set()
 
     def take(from_large_end: bool) -> None:
         try:
@@ -514,7 +544,7 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
                     if not left or (from_large_end and not left[0].for_a_helper):
                         return
                     job = left.popleft() if from_large_end else left.pop()
-                outcomes = job.run()
+                outcomes = run(job)
                 done.update(outcomes)
                 if any(outcome.error is not None for outcome in outcomes.values()):
                     stop.set()
@@ -523,8 +553,17 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
         except BaseException:  # e.g. KeyboardInterrupt in the caller: no thread takes another tensor
             stop.set()
             raise
+        finally:
+            if from_large_end:  # a helper that ends never leaves the caller waiting
+                largest_rebuilt.set()
 
     def take_then_rest() -> None:
+        if futures and largest.fills_the_cores and 2 * largest.elements >= sum(job.elements for job in jobs):
+            try:
+                largest_rebuilt.wait()
+            except BaseException:  # KeyboardInterrupt: no thread takes another tensor
+                stop.set()
+                raise
         take(from_large_end=False)
         if when_none_left is not None and not stop.is_set():
             when_none_left()

@@ -5,6 +5,7 @@ split their work across the shared pool (``parallel.PARALLEL_MIN``), so the
 parallel path runs under contention too; the test asserts that it did.
 """
 
+import _thread
 import hashlib
 import random
 import threading
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 import permcodec
-from permcodec import parallel, perm
+from permcodec import decoder, parallel, perm
 from permcodec.format import rans
 
 THREADS = 8
@@ -236,6 +237,73 @@ def test_decode_all_decodes_tensors_side_by_side_and_keeps_file_order(monkeypatc
     one_at_a_time = permcodec.PCFile(data)
     for name, tensor in decoded.items():
         assert torch.equal(tensor.view(torch.int32), real(one_at_a_time, name).view(torch.int32))
+
+
+def one_dominant_tensor() -> bytes:
+    model = nn.Sequential(nn.Linear(1024, 512), nn.Linear(512, 16))  # 2^19, 512, 8,192 and 16 elements
+    permcodec.init_(model, 5)
+    return permcodec.encode(model, level="fast")
+
+
+def slowed_rebuild(monkeypatch, name: str, events: list, seconds: float = 0.3):
+    """``decoder.decode_permuted`` with tensor ``name``'s rebuild held for ``seconds``; ``events`` records
+    ("rebuilt", name) as it returns, and ("small raw", thread) as the small raw tensors' loop starts."""
+    real_permuted, real_raw = decoder.decode_permuted, decoder.PCFile._decode_small_raw
+
+    def permuted(record, *args):
+        values = real_permuted(record, *args)
+        if record["name"] == name:
+            time.sleep(seconds)
+            events.append(("rebuilt", name))
+        return values
+
+    def small_raw(self, names):
+        events.append(("small raw", threading.current_thread() is threading.main_thread()))
+        return real_raw(self, names)
+
+    monkeypatch.setattr(decoder, "decode_permuted", permuted)
+    monkeypatch.setattr(decoder.PCFile, "_decode_small_raw", small_raw)
+
+
+def test_the_caller_waits_for_a_dominant_tensor_to_be_rebuilt_and_works_beside_its_hash(monkeypatch):
+    """A tensor holding half a file's elements, or more, is rebuilt with every core (its kernels run in pieces
+    on the pool); the caller takes the other tensors only then, beside that tensor's SHA-256."""
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    data, events = one_dominant_tensor(), []
+    slowed_rebuild(monkeypatch, "0.weight", events)
+    decoded = permcodec.decode(data)
+    assert events == [("rebuilt", "0.weight"), ("small raw", True)]
+    one_at_a_time = permcodec.PCFile(data)
+    assert all(torch.equal(tensor.view(torch.int32), one_at_a_time.get_tensor(name).view(torch.int32))
+               for name, tensor in decoded.items())
+
+
+def test_the_caller_does_not_wait_where_the_largest_tensor_holds_less_than_half(monkeypatch):
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    events = []
+    slowed_rebuild(monkeypatch, "0.weight", events)
+    permcodec.decode(large_and_small_tensors())  # 2^18 of 2^19 + 1,280 elements
+    assert events[0] == ("small raw", True)
+
+
+def test_a_dominant_tensor_that_fails_before_its_rebuild_leaves_the_caller_to_raise_in_file_order(monkeypatch):
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    f = permcodec.PCFile(one_dominant_tensor())
+    f.record("0.weight")["crc32"] ^= 1
+    f.record("1.weight")["sha256"] = bytes(32)
+    with pytest.raises(permcodec.IntegrityError, match=r"^tensor '0\.weight': section CRC-32 mismatch"):
+        permcodec.codec.decode_all(f)
+
+
+def test_an_interrupt_while_the_caller_waits_stops_every_thread_taking(monkeypatch):
+    """Ctrl-C while the caller waits for the dominant tensor: it is raised, and no thread takes another job."""
+    monkeypatch.setattr(parallel, "WORKERS", 2)
+    data, events = one_dominant_tensor(), []
+    slowed_rebuild(monkeypatch, "0.weight", events, seconds=1.0)
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        permcodec.decode(data)
+    assert events == [("rebuilt", "0.weight")]  # the helper ended its tensor and took no other job
 
 
 def test_decode_all_raises_the_first_failure_in_file_order():
