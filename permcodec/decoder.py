@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from . import arrays, parallel, perm, small_tensors
+from . import arrays, backend, parallel, perm, small_tensors
 from .bits import NUMPY_DTYPES, array_from_bytes, sha256_of, tensor_from_bytes
 from .devices import checked_device
 from .errors import FormatError, IntegrityError, MemoryLimitError, PermcodecError, SpecError, is_out_of_memory
@@ -468,16 +468,25 @@ def _jobs(f: PCFile, names: list[str], elements: dict[str, int], get: Callable, 
     the caller takes it first)."""
     tiny = [name for name in names if f._small_raw(name)]
     apart = set(tiny)
-    on_cpu = engine_for(f._device) is arrays.NUMPY
+    in_pieces = _kernels_run_in_pieces(f)
     jobs = sorted((_Job([name], elements[name], lambda name=name: {name: _Outcome.of(get, name)},
                         elements[name] >= HELPER_MIN_ELEMENTS,
-                        on_cpu and f.record(name)["kind"] == "permuted" and elements[name] >= parallel.PARALLEL_MIN)
+                        in_pieces and f.record(name)["kind"] == "permuted" and elements[name] >= parallel.PARALLEL_MIN)
                    for name in names if name not in apart),
                   key=lambda job: job.elements, reverse=True)
     if tiny:
         jobs.append(_Job(tiny, sum(elements[name] for name in tiny),
                          lambda: _outcomes(tiny, f._decode_small_raw(tiny), from_array), False))
     return jobs
+
+
+def _kernels_run_in_pieces(f: PCFile) -> bool:
+    """Whether a large permuted tensor's compiled kernels run in pieces on the shared pool here: on the CPU,
+    with the numba backend."""
+    try:
+        return engine_for(f._device) is arrays.NUMPY and backend.chosen() == "numba"
+    except SpecError:  # an unknown PERMCODEC_BACKEND: the tensors that consult it raise it, in file order
+        return False
 
 
 def _outcomes(names: list[str], arrays: list, from_array: Callable) -> dict:
@@ -517,15 +526,14 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
     instead of both threads trading the GIL back and forth over small tensors. The caller runs
     ``when_none_left`` once it finds no job left, before it waits for the helpers' last ones.
 
-    Where the largest job ``fills_the_cores`` and holds at least half the jobs' elements, the caller starts only
-    once a helper has rebuilt its values: its SHA-256 is one thread's work, and the caller's jobs run beside that
-    instead of slowing its kernels. Done the other way, that hash ran last and alone (a sparse Conv4, whose
-    classifier holds 2.1 M of its 2.4 M weights, took as long as its largest tensor and then the others one at
-    a time). Where the rest is larger (Conv13: 2.4 M of 15 M), the caller has enough to do beside the hashes,
-    and waiting only left its core idle where the largest tensor's kernels did not fill it."""
+    Where the largest job ``fills_the_cores`` and holds at least half the jobs' elements, the caller starts once
+    a helper has rebuilt that tensor's values (``_rebuilt``): its jobs then run beside the tensor's SHA-256, one
+    thread's work that otherwise ran last and alone, instead of slowing its kernels. Where the rest is larger,
+    the caller has enough to do beside the hashes, and waiting only idled its core."""
     left, lock, stop = deque(jobs), threading.Lock(), threading.Event()
     done: dict[str, _Outcome] = {}
     largest, largest_rebuilt = (jobs[0] if jobs else None), threading.Event()
+    largest_taken = False
 
     def run(job: _Job) -> dict:
         if job is not largest:
@@ -538,12 +546,16 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
             largest_rebuilt.set()
 
     def take(from_large_end: bool) -> None:
+        nonlocal largest_taken
         try:
+            if not from_large_end and caller_waits:
+                largest_rebuilt.wait()
             while not stop.is_set():
                 with lock:
                     if not left or (from_large_end and not left[0].for_a_helper):
                         return
                     job = left.popleft() if from_large_end else left.pop()
+                    largest_taken = largest_taken or job is largest
                 outcomes = run(job)
                 done.update(outcomes)
                 if any(outcome.error is not None for outcome in outcomes.values()):
@@ -554,16 +566,11 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
             stop.set()
             raise
         finally:
-            if from_large_end:  # a helper that ends never leaves the caller waiting
-                largest_rebuilt.set()
+            with lock:
+                if from_large_end and not largest_taken:  # no helper will take it now: the caller waits no more
+                    largest_rebuilt.set()
 
     def take_then_rest() -> None:
-        if futures and largest.fills_the_cores and 2 * largest.elements >= sum(job.elements for job in jobs):
-            try:
-                largest_rebuilt.wait()
-            except BaseException:  # KeyboardInterrupt: no thread takes another tensor
-                stop.set()
-                raise
         take(from_large_end=False)
         if when_none_left is not None and not stop.is_set():
             when_none_left()
@@ -576,6 +583,8 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
             futures = [pool.submit(take, True) for _ in range(helpers)]
         except RuntimeError:  # no thread to be had (a thread limit, the interpreter shutting down): the caller
             pass              # takes every job that no helper took
+    caller_waits = bool(futures) and largest.fills_the_cores and \
+        2 * largest.elements >= sum(job.elements for job in jobs)
     try:
         take_then_rest()
         for future in futures:

@@ -5,9 +5,9 @@ split their work across the shared pool (``parallel.PARALLEL_MIN``), so the
 parallel path runs under contention too; the test asserts that it did.
 """
 
-import _thread
 import hashlib
 import random
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -247,32 +247,52 @@ def one_dominant_tensor() -> bytes:
 
 def slowed_rebuild(monkeypatch, name: str, events: list, seconds: float = 0.3):
     """``decoder.decode_permuted`` with tensor ``name``'s rebuild held for ``seconds``; ``events`` records
-    ("rebuilt", name) as it returns, and ("small raw", thread) as the small raw tensors' loop starts."""
+    ("rebuilt", each name) as its rebuild returns, and "small raw" as the small raw tensors' loop starts."""
     real_permuted, real_raw = decoder.decode_permuted, decoder.PCFile._decode_small_raw
 
     def permuted(record, *args):
         values = real_permuted(record, *args)
         if record["name"] == name:
             time.sleep(seconds)
-            events.append(("rebuilt", name))
+        events.append(("rebuilt", record["name"]))
         return values
 
     def small_raw(self, names):
-        events.append(("small raw", threading.current_thread() is threading.main_thread()))
+        events.append("small raw")
         return real_raw(self, names)
 
     monkeypatch.setattr(decoder, "decode_permuted", permuted)
     monkeypatch.setattr(decoder.PCFile, "_decode_small_raw", small_raw)
 
 
+def within(seconds: float, work):
+    """``work()``'s result or error, run on a thread of its own: a wait that never ends fails the test instead of
+    hanging the suite."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def test_the_caller_waits_for_a_dominant_tensor_to_be_rebuilt_and_works_beside_its_hash(monkeypatch):
-    """A tensor holding half a file's elements, or more, is rebuilt with every core (its kernels run in pieces
-    on the pool); the caller takes the other tensors only then, beside that tensor's SHA-256."""
+    """A tensor holding half the elements of the tensors decoded one by one, or more, is rebuilt with every core
+    (its kernels run in pieces on the pool); the caller takes the other tensors only then, beside its SHA-256."""
     monkeypatch.setattr(parallel, "WORKERS", 2)
     data, events = one_dominant_tensor(), []
     slowed_rebuild(monkeypatch, "0.weight", events)
-    decoded = permcodec.decode(data)
-    assert events == [("rebuilt", "0.weight"), ("small raw", True)]
+    decoded = within(60, lambda: permcodec.decode(data))
+    assert events == [("rebuilt", "0.weight"), "small raw"]
     one_at_a_time = permcodec.PCFile(data)
     assert all(torch.equal(tensor.view(torch.int32), one_at_a_time.get_tensor(name).view(torch.int32))
                for name, tensor in decoded.items())
@@ -282,8 +302,21 @@ def test_the_caller_does_not_wait_where_the_largest_tensor_holds_less_than_half(
     monkeypatch.setattr(parallel, "WORKERS", 2)
     events = []
     slowed_rebuild(monkeypatch, "0.weight", events)
-    permcodec.decode(large_and_small_tensors())  # 2^18 of 2^19 + 1,280 elements
-    assert events[0] == ("small raw", True)
+    within(60, lambda: permcodec.decode(large_and_small_tensors()))  # 2^18 of 2^19 + 1,280 elements
+    assert events[0] == "small raw"
+
+
+@pytest.mark.parametrize("workers", [3, 4])
+def test_a_helper_that_ends_first_does_not_release_the_waiting_caller(monkeypatch, workers):
+    """With more helpers, one takes the second tensor (sparse pools: no small-tensor batch takes it) and ends
+    long before the dominant tensor is rebuilt; the caller still waits for that rebuild."""
+    monkeypatch.setattr(parallel, "WORKERS", workers)
+    model = nn.Sequential(nn.Linear(1024, 512), nn.Linear(512, 16))  # 2^19 and 8,192 weights, two raw biases
+    permcodec.init_(model, 5, dist="sparse", density=0.3)
+    data, events = permcodec.encode(model, level="fast"), []
+    slowed_rebuild(monkeypatch, "0.weight", events)
+    within(60, lambda: permcodec.decode(data))
+    assert events.index(("rebuilt", "1.weight")) < events.index(("rebuilt", "0.weight")) < events.index("small raw")
 
 
 def test_a_dominant_tensor_that_fails_before_its_rebuild_leaves_the_caller_to_raise_in_file_order(monkeypatch):
@@ -292,18 +325,25 @@ def test_a_dominant_tensor_that_fails_before_its_rebuild_leaves_the_caller_to_ra
     f.record("0.weight")["crc32"] ^= 1
     f.record("1.weight")["sha256"] = bytes(32)
     with pytest.raises(permcodec.IntegrityError, match=r"^tensor '0\.weight': section CRC-32 mismatch"):
-        permcodec.codec.decode_all(f)
+        within(60, lambda: permcodec.codec.decode_all(f))
 
 
 def test_an_interrupt_while_the_caller_waits_stops_every_thread_taking(monkeypatch):
-    """Ctrl-C while the caller waits for the dominant tensor: it is raised, and no thread takes another job."""
+    """Ctrl-C (SIGINT) while the caller waits for the dominant tensor: it is raised, and the helper, once that
+    tensor is done, takes no other job (here the second large tensor)."""
     monkeypatch.setattr(parallel, "WORKERS", 2)
-    data, events = one_dominant_tensor(), []
+    model = nn.Sequential(nn.Linear(2048, 1024), nn.Linear(1024, 256), nn.Linear(256, 16))  # 2^21, 2^18, 4,096
+    permcodec.init_(model, 5)
+    data, events = permcodec.encode(model, level="fast"), []
     slowed_rebuild(monkeypatch, "0.weight", events, seconds=1.0)
-    threading.Timer(0.3, _thread.interrupt_main).start()
-    with pytest.raises(KeyboardInterrupt):
-        permcodec.decode(data)
-    assert events == [("rebuilt", "0.weight")]  # the helper ended its tensor and took no other job
+    ctrl_c = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    ctrl_c.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            permcodec.decode(data)
+    finally:
+        ctrl_c.cancel()
+    assert events == [("rebuilt", "0.weight")]
 
 
 def test_decode_all_raises_the_first_failure_in_file_order():
