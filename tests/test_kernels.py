@@ -60,12 +60,14 @@ def test_fused_uniform_equals_the_torch_path_on_ten_million_values(monkeypatch, 
         seed, stream, start, count, low, high), "uniform", {"low": low, "high": high}, seed, stream)
 
 
-CHUNK_EDGES = {"starts": (0, 1, 2046, 2047, 2048, 2049, START), "counts": (1, 2, 3, 2047, 2048, 2049, 4096, 6145)}
+# Word chunks (1,024 Philox blocks, 2,048 values) are counted from a range's first block: the counts end a range on
+# either side of a chunk's edge and of a block's, from an even and an odd start; 2^18 + 3 values are drawn in pieces
+# on the pool (``parallel.run_over``), each piece from its own first block.
+CHUNK_EDGES = {"starts": (0, 1, 2048, START), "counts": (1, 2, 3, 2047, 2048, 2049, 4096, 6145, 2**18 + 3)}
 
 
 def chunk_edge_draws() -> list:
-    """``uniform_values`` of every start and count of CHUNK_EDGES: ranges that start and end on either side of a
-    word chunk's edge (1,024 Philox blocks, 2,048 values) and of a block's."""
+    """``uniform_values`` of every start and count of CHUNK_EDGES."""
     from permcodec.init import _uniform_numba
 
     low, high = map(stored, UNIFORM_CASES["he_uniform"])
@@ -91,7 +93,7 @@ import hashlib
 from test_kernels import chunk_edge_draws
 print(hashlib.sha256(b"".join(values.tobytes() for _, _, values in chunk_edge_draws())).hexdigest())
 """)
-    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path), "PERMCODEC_BACKEND": "numba"}
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
     child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.split() == [hashlib.sha256(b"".join(v.tobytes() for _, _, v in chunk_edge_draws())).hexdigest()]

@@ -44,15 +44,21 @@ def _scaled(k, low, scale):
     return canonical(np.float64(k) * TWO_POW_MINUS_53 * scale + low)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _value(words, half, t, low, scale):
+    """The value of element ``half`` (0 or 1) of the chunk's block t: words 2 half and 2 half + 1."""
+    return _scaled(k53(np.uint64(words[2 * half, t]), np.uint64(words[2 * half + 1, t])), low, scale)
+
+
 @njit(cache=True, nogil=True)
 def _scaled_pairs(words, count, dest, low, scale):
     """dest[2t], dest[2t+1] = the values of the chunk's block t, for t < count. The indices are unsigned, so numba
-    tests none for wraparound, and LLVM vectorizes the loop (ResNet-50's draw: 2.0 -> 0.8 ms)."""
+    tests none for wraparound, and LLVM vectorizes the loop (ResNet-50's draw: 1.6 -> 0.8 ms)."""
     two, one = np.uint64(2), np.uint64(1)
     for t in range(count):
         u = np.uint64(t)
-        dest[two * u] = _scaled(k53(np.uint64(words[0, u]), np.uint64(words[1, u])), low, scale)
-        dest[two * u + one] = _scaled(k53(np.uint64(words[2, u]), np.uint64(words[3, u])), low, scale)
+        dest[two * u] = _value(words, 0, u, low, scale)
+        dest[two * u + one] = _value(words, 1, u, low, scale)
 
 
 @njit(cache=True, nogil=True)
@@ -67,9 +73,9 @@ def _uniform_values(k0, k1, stream, start, low, scale, out, lo, hi):
         for t in range(count):
             even = 2 * (first + chunk + t) - start
             if even >= 0:
-                out[even] = _scaled(k53(np.uint64(words[0, t]), np.uint64(words[1, t])), low, scale)
+                out[even] = _value(words, 0, t, low, scale)
             if even + 1 < out.shape[0]:
-                out[even + 1] = _scaled(k53(np.uint64(words[2, t]), np.uint64(words[3, t])), low, scale)
+                out[even + 1] = _value(words, 1, t, low, scale)
 
 
 def uniform_values(seed: int, stream: int, start: int, count: int, low: float, high: float) -> np.ndarray:
