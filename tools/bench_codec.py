@@ -19,8 +19,8 @@ include the SHA-256 check of every tensor; encode runs once (it is slow at
 default and max, after a warm-up encode at fast), decode is the median of --repeat after one warm-up decode;
 "x rand" is decode's speed over torch.rand's for the same count, timed alike in the same process.
 "cores" (CPU only) is the process's CPU time over the wall time of those timed calls: torch.rand draws on one
-thread at any count (about 1), decode on up to two, so a run in which a busy neighbour left decode one core shows
-it there, and its "x rand" falls with it while torch.rand's speed does not.
+thread at any count (about 1), decode on every core (parallel.WORKERS), so a run in which a busy neighbour left
+decode one core shows it there, and its "x rand" falls with it while torch.rand's speed does not.
 """
 
 from __future__ import annotations
@@ -120,27 +120,34 @@ def baseline_rows(state, devices, repeat: int, weights: int, elements: int) -> l
     for device in devices:
         def load_fp32():
             return {k: v.to(device) for k, v in safetensors.torch.load(fp32).items()}
-        loads = [load_fp32,
-                 lambda: torch.frombuffer(bytearray(decompressor.decompress(zstd_fp32)), dtype=torch.float32).to(device),
-                 lambda: torch.rand(elements, device=device)]
+
+        def load_zstd():
+            return torch.frombuffer(bytearray(decompressor.decompress(zstd_fp32)), dtype=torch.float32).to(device)
+        loads = [load_fp32, load_zstd, lambda: torch.rand(elements, device=device)]
         for row, load in zip(rows, loads):
             seconds, row[f"cores_{device}"] = median_seconds_and_cores(load, repeat, device)
             row[f"decode_{device}"] = elements / seconds / 1e6
     return rows
 
 
+def decode_columns(device: str) -> list[tuple[str, str, int, str]]:
+    """(heading, row key, width, format) of each decode column of ``device``: cores only on the CPU, where other
+    threads compete for them."""
+    columns = [(f"decode {device}", f"decode_{device}", 12, ".2f"), ("x rand", f"rand_{device}", 6, ".3f")]
+    return columns + ([("cores", "cores_cpu", 5, ".2f")] if device == "cpu" else [])
+
+
 def print_table(rows: list[dict], devices) -> None:
-    decode_heads = "".join(f" {'decode ' + d:>12} | {'x rand':>6} |" + (f" {'cores':>5} |" if d == "cpu" else "")
-                           for d in devices)
+    columns = [column for device in devices for column in decode_columns(device)]
+    decode_heads = "".join(f" {heading:>{width}} |" for heading, _, width, _ in columns)
     print(f"| {'level / baseline':<17} | {'schemes':<30} | {'bits/weight':>11} | {'x bound':>7} | "
           f"{'file bytes':>11} | {'encode':>7} |{decode_heads}")
-    print(f"|{'-' * 19}|{'-' * 32}|{'-' * 13}|{'-' * 9}|{'-' * 13}|{'-' * 9}|" + "".join(f"{'-' * 14}|{'-' * 8}|" + ("-" * 7 + "|" if d == "cpu" else "")
-                                                           for d in devices))
+    print(f"|{'-' * 19}|{'-' * 32}|{'-' * 13}|{'-' * 9}|{'-' * 13}|{'-' * 9}|" +
+          "".join(f"{'-' * (width + 2)}|" for _, _, width, _ in columns))
     for row in rows:
         def cell(key, fmt, width):
             return f"{row[key]:{width}{fmt}}" if key in row else " " * width
-        decodes = "".join(f" {cell('decode_' + d, '.2f', 12)} | {cell('rand_' + d, '.3f', 6)} |" +
-                          (f" {cell('cores_' + d, '.2f', 5)} |" if d == "cpu" else "") for d in devices)
+        decodes = "".join(f" {cell(key, fmt, width)} |" for _, key, width, fmt in columns)
         print(f"| {row['level']:<17} | {row.get('schemes', ''):<30} | {cell('bits', '.3f', 11)} | "
               f"{cell('ratio', '.4f', 7)} | {cell('file_bytes', ',', 11)} | {cell('encode', '.2f', 7)} |{decodes}",
               flush=True)
