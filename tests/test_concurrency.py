@@ -336,6 +336,8 @@ def test_an_interrupt_while_the_caller_waits_stops_every_thread_taking(monkeypat
     permcodec.init_(model, 5)
     data, events = permcodec.encode(model, level="fast"), []
     slowed_rebuild(monkeypatch, "0.weight", events, seconds=1.0)
+    # Python's own handler: a shell starts a background job (as CI may run the suite) with SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     ctrl_c = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     ctrl_c.start()
     try:
@@ -343,6 +345,7 @@ def test_an_interrupt_while_the_caller_waits_stops_every_thread_taking(monkeypat
             permcodec.decode(data)
     finally:
         ctrl_c.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert events == [("rebuilt", "0.weight")]
 
 
