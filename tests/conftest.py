@@ -8,6 +8,10 @@ peak RSS would be a sum of leftovers rather than what any test needs.
 
 import ctypes
 import ctypes.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +37,19 @@ def _give_freed_heap_back_after_each_module():
     yield
     if MALLOC_TRIM is not None:
         MALLOC_TRIM(0)
+
+
+@pytest.fixture
+def bounds_checked(tmp_path):
+    """``run(code, **env)``: Python ``code`` in a child process that compiles numba's kernels with bounds checks, in
+    a cache of its own, with this folder's test modules importable; its stdout, once it exited cleanly. Out-of-bounds
+    writes need not show in the bits; there they raise IndexError."""
+    def run(code: str, **env: str) -> str:
+        child_env = {**os.environ, **env, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+        prefix = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        child = subprocess.run([sys.executable, "-c", prefix + code], env=child_env, capture_output=True, text=True,
+                               timeout=600)
+        assert child.returncode == 0, child.stderr[-2000:]
+        return child.stdout
+
+    return run

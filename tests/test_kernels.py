@@ -8,10 +8,6 @@ with PERMCODEC_BACKEND=numpy (the torch Philox and torch float operations: what 
 """
 
 import hashlib
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,18 +81,14 @@ def test_fused_uniform_equals_the_torch_path_at_every_edge_of_a_word_chunk(monke
         assert tensor_bytes(fused) == tensor_bytes(reference), f"start {start}, count {count}"
 
 
-def test_the_fused_uniform_draw_stays_within_its_output(tmp_path):
-    """Out-of-bounds writes need not show in the bits: a child process compiles the kernel with numba's bounds
-    checks (and a cache of its own) and draws every range of CHUNK_EDGES, which must give the same bytes."""
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n" + """
-import hashlib
-from test_kernels import chunk_edge_draws
-print(hashlib.sha256(b"".join(values.tobytes() for _, _, values in chunk_edge_draws())).hexdigest())
-""")
-    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
-    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert child.returncode == 0, child.stderr[-2000:]
-    assert child.stdout.split() == [hashlib.sha256(b"".join(v.tobytes() for _, _, v in chunk_edge_draws())).hexdigest()]
+def chunk_edge_digest() -> str:
+    return hashlib.sha256(b"".join(values.tobytes() for _, _, values in chunk_edge_draws())).hexdigest()
+
+
+def test_the_fused_uniform_draw_stays_within_its_output(bounds_checked):
+    """The kernel compiled with numba's bounds checks draws every range of CHUNK_EDGES to the same bytes."""
+    stdout = bounds_checked("from test_kernels import chunk_edge_digest\nprint(chunk_edge_digest())")
+    assert stdout.split() == [chunk_edge_digest()]
 
 
 NORMAL_CASES = {  # (mean, std) as stored float32
