@@ -2,6 +2,7 @@
 
     python tools/bench_rng.py                 # CPU, and CUDA when present
     python tools/bench_rng.py --size 4194304 --repeat 3
+    python tools/bench_rng.py --size 763931 --repeat 20     # ResNet-50's element count (tools/bench_codec.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ DIST_ARGS = {
 }
 
 
+def on_one_thread(fn):
+    """``fn()`` with torch limited to one CPU thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def rows_for(device: str, size: int, repeat: int):
     blocks = size // 4
     yield "philox words (torch int64)", size / best_seconds(
@@ -32,6 +43,9 @@ def rows_for(device: str, size: int, repeat: int):
         yield dist, size / best_seconds(lambda: D.sample(dist, params, 1, 2, 0, size, device), repeat, device)
     yield "baseline: torch.rand (float32)", size / best_seconds(
         lambda: torch.rand(size, device=device), repeat, device)
+    if device == "cpu":  # the same speed on one thread: the CPU torch.rand runs on one, however many torch has
+        yield "baseline: torch.rand, 1 thread", size / on_one_thread(
+            lambda: best_seconds(lambda: torch.rand(size), repeat, device))
     yield "baseline: torch.randn (float32)", size / best_seconds(
         lambda: torch.randn(size, device=device), repeat, device)
 
