@@ -313,9 +313,10 @@ class PCFile:
 
     def record(self, name: str) -> dict:
         """The header record of tensor ``name`` (checked at open), as a dict: see specs/format.md Section 6."""
-        if name not in self._records:
-            raise KeyError(f"no tensor {name!r} in this file")
-        return self._records[name]
+        try:
+            return self._records[name]
+        except KeyError:
+            raise KeyError(f"no tensor {name!r} in this file") from None
 
     def read_section(self, name: str) -> bytes:
         """The raw section bytes of tensor ``name`` (not yet checked: ``get_tensor`` checks them)."""
@@ -339,8 +340,9 @@ class PCFile:
 
     def _batchable(self, name: str) -> bool:
         """Whether ``_start_batch`` can take tensor ``name``: on the CPU, of the kind ``small_tensors`` takes."""
-        return engine_for(self._device) is arrays.NUMPY and \
-            small_tensors.batchable(self.record(name), self._tensor_init(name))
+        record = self.record(name)  # kind first: most records of a file of many small tensors are raw
+        return record["kind"] == "permuted" and engine_for(self._device) is arrays.NUMPY and \
+            small_tensors.batchable(record, self._tensor_init(name))
 
     def _start_batch(self, names: list[str], pool_share: float) -> "small_tensors.Batch | None":
         """``batchable`` tensors ``names`` decoding in two compiled calls, about ``pool_share`` of their values on
@@ -356,7 +358,7 @@ class PCFile:
 
     def _small_raw(self, name: str) -> bool:
         """Whether ``decode_small_raw`` can take tensor ``name``: a ``small_raw`` record, rebuilt on the CPU."""
-        return engine_for(self._device) is arrays.NUMPY and small_raw(self.record(name))
+        return small_raw(self.record(name)) and engine_for(self._device) is arrays.NUMPY
 
     def _decode_small_raw(self, names: list[str]) -> list[np.ndarray | None]:
         """The numpy arrays of ``small_raw`` tensors ``names`` (see ``decode_small_raw``); all None where their

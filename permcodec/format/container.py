@@ -155,12 +155,16 @@ def parse_header(raw: bytes, header_crc: int, limits: Limits | None = None) -> d
 
 def unpack_header(raw: bytes, limits: Limits):
     """The msgpack object of the header: strict, no extension types, nothing sized by a claimed count."""
-    budget = _ContainerBudget(CONTAINERS_PER_TENSOR * limits.max_tensors + 16)
+    cap = CONTAINERS_PER_TENSOR * limits.max_tensors + 16
+    if len(raw) <= cap:  # each array or map takes a byte at least: the count cannot pass the cap, so is not kept
+        hooks = {"object_pairs_hook": _unique_map}
+    else:
+        budget = _ContainerBudget(cap)
+        hooks = {"object_pairs_hook": budget.map, "list_hook": budget.array}
     try:
         # unpackb caps every string and map length at len(raw); arrays are capped lower, at the longest
         # a valid header holds, so that a claimed count never sizes an allocation.
-        return msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext,
-                               object_pairs_hook=budget.map, list_hook=budget.array,
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext, **hooks,
                                max_array_len=min(len(raw), max(limits.max_tensors, limits.max_dims, MAX_LEVELS) + 1))
     except msgpack.ExtraData as err:
         raise FormatError(f"header holds {len(err.extra)} bytes after its map, within header_length") from None
