@@ -65,11 +65,15 @@ def test_the_array_philox_on_numpy_gives_the_compiled_bits(monkeypatch, dist, us
     assert bits(D.sample(dist, params, 3, 9, 17, 20_001, arrays.NUMPY, row_length=ROW)) == bits(compiled)
 
 
-def test_a_large_draw_crosses_chunks_identically():
-    params = D.make_params("he_normal", (4096, 300))
+@pytest.mark.parametrize("dist,user", [("he_normal", {}), ("sparse", {"density": 0.3})])
+def test_a_large_draw_in_one_compiled_pass_matches_the_chunked_array_path(monkeypatch, dist, user):
+    """The compiled kernels draw a tensor past CHUNK_ELEMENTS at once; the array path draws it chunk by chunk."""
+    params = D.make_params(dist, (4096, 300), **user)
     count = D.CHUNK_ELEMENTS + 12_345
-    assert bits(D.sample("he_normal", params, 1, 2, 3, count, arrays.NUMPY)) == \
-        bits(D.sample("he_normal", params, 1, 2, 3, count, TORCH_CPU))
+    compiled = bits(D.sample(dist, params, 1, 2, 3, count, arrays.NUMPY))
+    assert compiled == bits(D.sample(dist, params, 1, 2, 3, count, TORCH_CPU))
+    monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
+    assert bits(D.sample(dist, params, 1, 2, 3, count, arrays.NUMPY)) == compiled
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "shuffled"])
