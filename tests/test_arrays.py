@@ -70,6 +70,8 @@ def test_a_large_draw_in_one_compiled_pass_matches_the_chunked_array_path(monkey
     """The compiled kernels draw a tensor past CHUNK_ELEMENTS at once; the array path draws it chunk by chunk."""
     params = D.make_params(dist, (4096, 300), **user)
     count = D.CHUNK_ELEMENTS + 12_345
+    # Numba loaded, as a decoder has it by then: else a draw this small stays on the chunked array path.
+    assert D.compiled_kernel() is not None and D.compiled_kernel(count // 2 + 1) is not None
     compiled = bits(D.sample(dist, params, 1, 2, 3, count, arrays.NUMPY))
     assert compiled == bits(D.sample(dist, params, 1, 2, 3, count, TORCH_CPU))
     monkeypatch.setenv("PERMCODEC_BACKEND", "numpy")
