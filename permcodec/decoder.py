@@ -150,15 +150,15 @@ def decode_checked(record: dict, section: bytes, xp, verify: bool, init: TensorI
     """A permuted record's values (an ``xp`` array) or a raw record's element bytes, once the section's CRC-32
     and, if ``verify``, the SHA-256 of the result have been checked."""
     container.check_section(record, section)
+    permuted = record["kind"] == "permuted"
     with memory_errors_named(record):
-        decoded = decode_permuted(record, section, xp, init) if record["kind"] == "permuted" \
-            else decode_raw(record, section)
+        decoded = decode_permuted(record, section, xp, init) if permuted else decode_raw(record, section)
         if getattr(_rebuilt, "callback", None) is not None:
             _rebuilt.callback()
         if not verify:
             digest = None
         else:
-            digest = sha256_of(decoded) if record["kind"] == "permuted" else hashlib.sha256(decoded).digest()
+            digest = sha256_of(decoded) if permuted else hashlib.sha256(decoded).digest()
     if verify and digest != record["sha256"]:
         raise IntegrityError(f"tensor {record['name']!r}: decoded bits do not match the stored SHA-256")
     return decoded
