@@ -269,7 +269,8 @@ def test_delta_sort_keys_give_the_stable_argsort(special):
                                               (2, 70000, 2 ** 32)])
 def test_the_radix_sort_of_delta_keys_equals_numpys_sort(rows, n, distinct):
     """``sort_key_rows`` (the batch kernel's sort) gives numpy's sorted keys: ties in value stay in position
-    order, whatever bytes of the value differ, for rows of 2 to 70,000."""
+    order, whatever bytes of the value differ, for rows of 2 to 70,000. These keys are not the values of a
+    pool (NaN bit patterns, few distinct values): they take the radix sort, not the bucket sort."""
     from permcodec.format import _delta_numba
 
     rng = np.random.default_rng(n)
@@ -280,6 +281,67 @@ def test_the_radix_sort_of_delta_keys_equals_numpys_sort(rows, n, distinct):
     expected = np.sort(keys, axis=1)
     _delta_numba.sort_key_rows(keys)
     assert np.array_equal(keys, expected)
+
+
+def bucket_sorted(keys: np.ndarray) -> list[bool]:
+    """Whether ``_bucket_sort_row`` sorted each row of ``keys`` in place (else left it as it was)."""
+    from permcodec.format import _delta_numba
+
+    rows, n = keys.shape
+    scratch, counts = np.empty(n, np.uint64), np.empty(max(n, 256), np.int64)
+    bits, buckets = np.empty(n + 2, np.uint32), np.empty(n, np.int64)
+    return [_delta_numba._bucket_sort_row(keys[r], scratch, counts, bits, buckets) for r in range(rows)]
+
+
+def spread_rows(case: str, rows: int, n: int) -> np.ndarray:
+    """float32 rows of one kind: ``uniform`` (a batch's pools: ties, -0.0 and +0.0 planted), a ``huge`` or a
+    ``subnormal`` range, a ``lopsided`` row (one value far from a cluster), ``equal`` or ``two``-valued rows, or a
+    row with an ``inf``."""
+    rng = np.random.default_rng(n)
+    bounds = {"huge": (-3e38, 3e38), "subnormal": (-3e-40, 2e-40)}.get(case, (-0.0589, 0.0589))
+    values = rng.uniform(*bounds, (rows, n)).astype(np.float32)
+    if case == "uniform":
+        values[:, ::97] = values[:, 1:2]
+        values[:, 2], values[:, 3] = -0.0, 0.0
+    elif case == "lopsided":
+        values[:, 0] = 1e30
+    elif case in ("equal", "two"):
+        values[:] = np.float32(0.5)
+        values[:, ::2] = np.float32(0.5 if case == "equal" else -0.25)
+    elif case == "inf":
+        values[:, -1] = np.inf
+    return values
+
+
+@pytest.mark.parametrize("case,served", [("uniform", True), ("huge", True), ("subnormal", True), ("lopsided", False),
+                                         ("equal", False), ("two", False), ("inf", False)])
+@pytest.mark.parametrize("n", [144, 577, 3000])
+def test_the_bucket_sort_of_delta_keys_equals_numpys_sort(case, served, n):
+    """The batch kernel sorts a row's keys by buckets between its least and greatest value where that serves (a
+    row of about uniform values), else it leaves the row to the radix sort: either way numpy's sorted keys."""
+    from permcodec.format import _delta_numba
+
+    values = spread_rows(case, 6, n)
+    keys, has_nan = _delta_numba.sort_keys(values)
+    expected = np.sort(keys, axis=1)
+    attempt = keys.copy()
+    assert bucket_sorted(attempt) == [served] * 6
+    assert np.array_equal(attempt, expected if served else keys)
+    _delta_numba.sort_key_rows(keys)
+    assert not has_nan and np.array_equal(keys, expected)
+
+
+def test_the_bucket_sort_of_short_rows_equals_numpys_sort():
+    """Rows of 2 to 9 keys, most of them sorted by buckets: numpy's sorted keys."""
+    from permcodec.format import _delta_numba
+
+    for n in range(2, 10):
+        values = np.random.default_rng(n).uniform(-1.0, 1.0, (500, n)).astype(np.float32)
+        keys, _ = _delta_numba.sort_keys(values)
+        expected = np.sort(keys, axis=1)
+        assert sum(bucket_sorted(keys.copy())) > 250
+        _delta_numba.sort_key_rows(keys)
+        assert np.array_equal(keys, expected)
 
 
 @pytest.mark.parametrize("dist,rows,n", [("sparse", 12, 400), ("shared", 4, 1500), ("ties", 50, 64), ("ties", 3, 2)])
