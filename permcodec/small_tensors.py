@@ -115,13 +115,13 @@ class Pack:
         self.bounds.append((float(low), float(high) - float(low)))  # the scale in float64, as uniform_values
         self.value_count += rows * n
 
-    def decode(self, stored_hashes: list[bytes] | None) -> None:
-        """Decode every packed tensor, then check it (``passed``): its kernel verdict and, given the stored
-        SHA-256 of every item (``stored_hashes``, None: no hash check), its hash."""
+    def prepare(self) -> "Pack":
+        """The kernel's arguments (once): the thread that starts the pool's pack builds them, so that the pool
+        thread enters its kernel at once instead of waiting for the GIL while the caller runs Python."""
         from .format import _rans_numba, _small_numba
 
-        if not self.members:
-            return
+        if self.kernel_args is not None or not self.members:
+            return self
         table = np.array(self.table, dtype=np.int64)
         streams, stream_tensor, stream_order, groups = _small_numba.plan_streams(
             np.array(self.lane_lengths, dtype=np.int64), table, _rans_numba.SIDE_BY_SIDE)
@@ -133,6 +133,17 @@ class Pack:
                             np.frombuffer(b"".join(self.plane_bytes), dtype=np.uint8), self.values,
                             np.zeros(len(streams), dtype=np.int64),  # each stream's status
                             np.zeros(len(self.members), dtype=np.bool_))  # the kernel's verdict per tensor
+        return self
+
+    def decode(self, stored_hashes: list[bytes] | None) -> None:
+        """Decode every packed tensor, then check it (``passed``): its kernel verdict and, given the stored
+        SHA-256 of every item (``stored_hashes``, None: no hash check), its hash."""
+        from .format import _small_numba
+
+        if not self.members:
+            return
+        self.prepare()
+        groups = self.kernel_args[6]
         _small_numba.decode_uniform(*self.kernel_args, 0, len(self.members), 0, len(groups))
         decoded_cleanly = self.kernel_args[-1]
         self.passed = [bool(decoded_cleanly[slot]) and not (
@@ -165,7 +176,7 @@ class Batch:
         if not self.items or self.pool_pack is not None:  # nothing to decode, or started already
             return self
         order, split = pool_first([math.prod(record["shape"]) for record, _, _ in self.items], pool_share)
-        pack = Pack(self.items, order[:split])
+        pack = Pack(self.items, order[:split]).prepare()
         self.pool_pack, self.caller_slots = pack, order[split:]
         # the piece is handed its pack, not self.pool_pack read when it runs
         self.running = parallel.start_over(lambda lo, hi: self._decode(pack), [(0, 1)] if pack.members else [])
