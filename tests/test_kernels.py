@@ -283,8 +283,9 @@ def test_the_radix_sort_of_delta_keys_equals_numpys_sort(rows, n, distinct):
     assert np.array_equal(keys, expected)
 
 
-def bucket_sorted(keys: np.ndarray) -> list[bool]:
-    """Whether ``_bucket_sort_row`` sorted each row of ``keys`` in place (else left it as it was)."""
+def bucket_moves(keys: np.ndarray) -> list[int]:
+    """The insertion moves ``_bucket_sort_row`` made to sort each row of ``keys`` in place, or -1 where it left
+    the row as it was."""
     from permcodec.format import _delta_numba
 
     rows, n = keys.shape
@@ -294,15 +295,17 @@ def bucket_sorted(keys: np.ndarray) -> list[bool]:
 
 
 def spread_rows(case: str, rows: int, n: int) -> np.ndarray:
-    """float32 rows of one kind: ``uniform`` (a batch's pools: ties, -0.0 and +0.0 planted), a ``huge`` or a
-    ``subnormal`` range, a ``lopsided`` row (one value far from a cluster), ``equal`` or ``two``-valued rows, or a
-    row with an ``inf``."""
+    """float32 rows of one kind: ``uniform`` (a batch's pools: ties, -0.0 and +0.0 planted), ``descending``, a
+    ``huge`` or a ``subnormal`` range, a ``lopsided`` row (one value far from a cluster), ``equal`` or
+    ``two``-valued rows, or a row with an ``inf``."""
     rng = np.random.default_rng(n)
     bounds = {"huge": (-3e38, 3e38), "subnormal": (-3e-40, 2e-40)}.get(case, (-0.0589, 0.0589))
     values = rng.uniform(*bounds, (rows, n)).astype(np.float32)
     if case == "uniform":
         values[:, ::97] = values[:, 1:2]
         values[:, 2], values[:, 3] = -0.0, 0.0
+    elif case == "descending":
+        values = -np.sort(-values, axis=1)
     elif case == "lopsided":
         values[:, 0] = 1e30
     elif case in ("equal", "two"):
@@ -313,22 +316,38 @@ def spread_rows(case: str, rows: int, n: int) -> np.ndarray:
     return values
 
 
-@pytest.mark.parametrize("case,served", [("uniform", True), ("huge", True), ("subnormal", True), ("lopsided", False),
-                                         ("equal", False), ("two", False), ("inf", False)])
-@pytest.mark.parametrize("n", [144, 577, 3000])
+@pytest.mark.parametrize("case,served", [("uniform", True), ("descending", True), ("huge", True), ("subnormal", True),
+                                         ("lopsided", False), ("equal", False), ("two", False), ("inf", False)])
+@pytest.mark.parametrize("n", [144, 577, 4096])
 def test_the_bucket_sort_of_delta_keys_equals_numpys_sort(case, served, n):
     """The batch kernel sorts a row's keys by buckets between its least and greatest value where that serves (a
-    row of about uniform values), else it leaves the row to the radix sort: either way numpy's sorted keys."""
+    row of about uniform values), moving each key at most 2 n times in all, else it leaves the row to the
+    radix sort: either way numpy's sorted keys."""
     from permcodec.format import _delta_numba
 
     values = spread_rows(case, 6, n)
     keys, has_nan = _delta_numba.sort_keys(values)
     expected = np.sort(keys, axis=1)
     attempt = keys.copy()
-    assert bucket_sorted(attempt) == [served] * 6
+    moves = bucket_moves(attempt)
+    assert all(0 <= count <= 2 * n for count in moves) if served else moves == [-1] * 6
+    assert case != "descending" or min(moves) > 0  # keys sharing a bucket came in descending order
     assert np.array_equal(attempt, expected if served else keys)
     _delta_numba.sort_key_rows(keys)
     assert not has_nan and np.array_equal(keys, expected)
+
+
+def test_rows_past_the_bucket_sorts_limit_take_the_radix_sort():
+    """A row of BUCKET_SORT_MAX keys is sorted by buckets, one key longer by the radix sort (the bucket sort is
+    no faster there): numpy's sorted keys either way."""
+    from permcodec.format import _delta_numba
+
+    for n, served in ((_delta_numba.BUCKET_SORT_MAX, True), (_delta_numba.BUCKET_SORT_MAX + 1, False)):
+        keys, _ = _delta_numba.sort_keys(spread_rows("uniform", 3, n))
+        expected = np.sort(keys, axis=1)
+        assert (min(bucket_moves(keys.copy())) >= 0) == served
+        _delta_numba.sort_key_rows(keys)
+        assert np.array_equal(keys, expected)
 
 
 def test_the_bucket_sort_of_short_rows_equals_numpys_sort():
@@ -339,7 +358,7 @@ def test_the_bucket_sort_of_short_rows_equals_numpys_sort():
         values = np.random.default_rng(n).uniform(-1.0, 1.0, (500, n)).astype(np.float32)
         keys, _ = _delta_numba.sort_keys(values)
         expected = np.sort(keys, axis=1)
-        assert sum(bucket_sorted(keys.copy())) > 250
+        assert sum(count >= 0 for count in bucket_moves(keys.copy())) > 250
         _delta_numba.sort_key_rows(keys)
         assert np.array_equal(keys, expected)
 
