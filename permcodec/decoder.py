@@ -473,7 +473,7 @@ def _jobs(f: PCFile, names: list[str], elements: dict[str, int], get: Callable, 
     in_pieces = _kernels_run_in_pieces(f)
     jobs = sorted((_Job([name], elements[name], lambda name=name: {name: _Outcome.of(get, name)},
                         elements[name] >= HELPER_MIN_ELEMENTS,
-                        in_pieces and f.record(name)["kind"] == "permuted" and elements[name] >= parallel.PARALLEL_MIN)
+                        in_pieces and f.record(name)["kind"] == "permuted" and parallel.splits(elements[name]))
                    for name in names if name not in apart),
                   key=lambda job: job.elements, reverse=True)
     if tiny:

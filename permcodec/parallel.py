@@ -66,6 +66,11 @@ def pieces(count: int, parts: int) -> list[tuple[int, int]]:
     return [(count * i // parts, count * (i + 1) // parts) for i in range(parts) if count]
 
 
+def splits(work: int) -> bool:
+    """Whether ``run_over`` hands out ``work`` elements' kernel in pieces (given at least two to hand out)."""
+    return WORKERS > 1 and work >= PARALLEL_MIN
+
+
 def run_over(kernel, count: int, *args, work: int | None = None) -> None:
     """``kernel(*args, lo, hi)`` over ``[0, count)``; in pieces on the pool when ``work`` (elements,
     default ``count``) is large enough to pay for the hand-out.
@@ -78,7 +83,7 @@ def run_over(kernel, count: int, *args, work: int | None = None) -> None:
     raises the first error once no piece runs."""
     global _split_calls
     work = count if work is None else work
-    if WORKERS == 1 or count < 2 or work < PARALLEL_MIN:
+    if count < 2 or not splits(work):
         if count:
             kernel(*args, 0, count)
         return
