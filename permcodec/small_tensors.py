@@ -82,6 +82,7 @@ class Pack:
         self.plane_bytes: list[bytes] = []  # the delta tensors' byte planes
         self.value_count = self.plane_count = 0
         self.values = self.kernel_args = None
+        self.group_count = 0  # the kernel's stream groups, once ``prepare`` planned them
         self.passed: list[bool] = []  # whether each packed tensor passed its decoding and hash checks
         for index in slots:
             try:
@@ -126,6 +127,7 @@ class Pack:
         streams, stream_tensor, stream_order, groups = _small_numba.plan_streams(
             np.array(self.lane_lengths, dtype=np.int64), table, _rans_numba.SIDE_BY_SIDE)
         words = np.frombuffer(b"".join(self.word_bytes), dtype="<u4")
+        self.group_count = len(groups)
         self.values = np.empty(self.value_count, dtype=np.float32)
         self.kernel_args = (table, np.array(self.bounds, dtype=np.float64),
                             words if words.dtype.isnative else words.astype(np.uint32),
@@ -143,8 +145,7 @@ class Pack:
         if not self.members:
             return
         self.prepare()
-        groups = self.kernel_args[6]
-        _small_numba.decode_uniform(*self.kernel_args, 0, len(self.members), 0, len(groups))
+        _small_numba.decode_uniform(*self.kernel_args, 0, len(self.members), 0, self.group_count)
         decoded_cleanly = self.kernel_args[-1]
         self.passed = [bool(decoded_cleanly[slot]) and not (
             stored_hashes is not None and sha256_of(self.values[first:first + count]) != stored_hashes[index])

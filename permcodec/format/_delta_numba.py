@@ -137,8 +137,8 @@ def sort_key_rows(keys):
     (``_small_numba``)."""
     rows, n = keys.shape
     scratch = np.empty(n, np.uint64)
-    counts = np.empty(max(n, 256), np.int64)
     bucketed = n if n <= BUCKET_SORT_MAX else 0  # the rows ``_bucket_sort_row`` takes
+    counts = np.empty(max(bucketed, 256), np.int64)  # a bucket's count, or a radix digit's
     bits = np.empty(bucketed + 2, np.uint32)
     buckets = np.empty(bucketed, np.int64)
     for r in range(rows):
