@@ -68,8 +68,8 @@ def _radix_sort_row(row, scratch, counts):
 
 _SIGN, _ALL_ONES = np.uint32(0x80000000), np.uint32(0xFFFFFFFF)
 # The longest row ``_bucket_sort_row`` takes: past it, its four arrays of a row leave the core's fast caches and
-# it sorts no faster than the radix sort (he_uniform rows: 4.9-5.4 against 6.0-7.2 ns a key from 576 to 4,096
-# keys, even at 8,192, slower from 16,384 on).
+# it sorts no faster than the radix sort (``python tools/bench_delta_sort.py``: he_uniform rows, 5.2-5.9 against
+# 6.1-8.6 ns a key from 144 to 4,096 keys; a review helper's script found it slower from 16,384 on).
 BUCKET_SORT_MAX = 1 << 12
 
 
@@ -83,8 +83,8 @@ def _float_bits(ordered):
 def _bucket_sort_row(row, scratch, counts, bits, buckets):
     """The moves an insertion sort made to sort ``row`` in place after its keys were spread over n buckets
     evenly spaced between its least and greatest value, or -1 with the row untouched. A key's bucket is
-    non-decreasing in its value, so the insertion sort moves keys only within a bucket: 4.8-5.4 ns a key for a
-    batch's he_uniform pools, against 6.0-7.2 for the radix sort. The insertion sort runs over the whole row, so the
+    non-decreasing in its value, so the insertion sort moves keys only within a bucket: 5.2-5.9 ns a key for a
+    batch's he_uniform pools, against 6.1-8.6 for the radix sort (``tools/bench_delta_sort.py``). The insertion sort runs over the whole row, so the
     order is right whatever the buckets. -1 where the row is longer than BUCKET_SORT_MAX, where its values do
     not span a finite, nonzero range (all equal, an infinity or a NaN bit pattern at either end), or where
     its bucket counts foresee more than 2 n moves (many ties, values far from uniform)."""
