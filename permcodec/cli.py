@@ -42,6 +42,10 @@ def add_encode(sub) -> None:
                    help=f"how hard to try, see 'levels' below (default: {DEFAULT_LEVEL})")
     p.add_argument("--scheme", choices=list(SCHEMES),
                    help="store every permuted tensor with this scheme instead of the smallest the level tries")
+    p.add_argument("--no-raw-groups", dest="raw_groups", action="store_false",
+                   help="give every raw tensor a record of its own, as files before format revision 1.7 did, so "
+                        "that decoders of earlier revisions read the file (default: small raw tensors of one dtype "
+                        "share a group record)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_encode)
 
@@ -65,7 +69,7 @@ def run_encode(args) -> None:
     refuse_baseline(json_value(metadata, "permcodec.config"), args.input, args.raw_fallback)
     fallbacks = []
     codec.save(state, output, init=spec, raw_fallback=args.raw_fallback, level=args.level, scheme=args.scheme,
-               metadata=metadata, progress=not args.quiet, fallbacks=fallbacks)
+               metadata=metadata, progress=not args.quiet, fallbacks=fallbacks, raw_groups=args.raw_groups)
     for f in fallbacks:
         print(f"stored {f.name!r} losslessly (raw): row {f.row} is not a permutation ({f.reason})", file=sys.stderr)
     totals = describe(output)["totals"]
@@ -134,9 +138,12 @@ def run_info(args) -> None:
           f"{'x fp32':>7}")
     for t in info["tensors"]:
         print(f"{t['name']:<28} {str(tuple(t['shape'])):<18} {t['scheme']:<13} {_block(t['block']):<14} "
-              f"{t['bytes']:>10,} "
+              f"{_stored(t):>10} "
               f"{_number(t['bits_per_weight'], '.2f'):>7} {_number(t['bound_bits_per_weight'], '.2f'):>7} "
               f"{_number(t['ratio_to_fp32'], '.3f'):>7}")
+    for index, group in enumerate(info["groups"]):
+        print(f"group {index}: {len(group['names'])} {group['dtype']} tensors, {group['elements']:,} elements in "
+              f"{group['bytes']:,} bytes ({_number(group['bits_per_element'], '.2f')} bits/element)")
     tot = info["totals"]
     print(f"{tot['tensors']} tensors, {tot['elements']:,} elements, file {info['file_bytes']:,} bytes "
           f"({_number(tot['ratio_to_fp32'], '.3f')} x fp32, {_number(tot['ratio_to_fp16'], '.3f')} x fp16)")
@@ -155,6 +162,11 @@ def run_info(args) -> None:
 def _block(block: dict | None) -> str:
     """An info cell: '-' for whole rows, else the layout and size ('shuffled 16')."""
     return "-" if block is None else f"{block['layout']} {block['size']}"
+
+
+def _stored(tensor: dict) -> str:
+    """An info cell: a tensor's bytes, or the group whose bytes hold it."""
+    return f"group {tensor['group']}" if tensor["group"] is not None else _number(tensor["bytes"], ",")
 
 
 def _number(value: float | None, spec: str) -> str:

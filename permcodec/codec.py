@@ -30,7 +30,7 @@ from .init.modules import attach_spec
 
 def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.DEFAULT_LEVEL,
            scheme: str | None = None, metadata: dict[str, str] | None = None, progress: bool = False,
-           fallbacks: list | None = None) -> bytes:
+           fallbacks: list | None = None, raw_groups: bool = True) -> bytes:
     """The .pc bytes of a module, checkpoint dict ``{"state_dict", "init"}`` or state_dict.
 
     ``level`` ("fast", "default", "max"; see ``schemes.LEVELS``) sets which index
@@ -38,7 +38,10 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.D
     forces one scheme ("delta", "exact", "multiset", "sparse") for every permuted tensor.
     Raises NotAPermutationError for a tensor of the spec that is not a per-row
     permutation of its init, unless ``raw_fallback``: then it is stored
-    losslessly and a ``Fallback`` is appended to ``fallbacks``.
+    losslessly and a ``Fallback`` is appended to ``fallbacks``. Small raw tensors
+    of one dtype share a group record (format revision 1.7), unless not
+    ``raw_groups``: then every raw tensor has a record of its own, as decoders
+    of earlier revisions need.
     """
     if isinstance(obj, Mapping):
         refuse_baseline(obj.get("config"), "this checkpoint", raw_fallback)
@@ -47,7 +50,7 @@ def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.D
     level = schemes.level_named(level)
     if scheme is not None:
         schemes.index_scheme(scheme)
-    return encode_state(state, spec, level, scheme, raw_fallback, fallbacks, metadata, progress)
+    return encode_state(state, spec, level, scheme, raw_fallback, fallbacks, metadata, progress, raw_groups)
 
 
 def mid_run_synced(checkpoint: Mapping, init) -> Mapping:

@@ -26,7 +26,7 @@ from . import arrays, backend, parallel, perm, small_tensors
 from .bits import NUMPY_DTYPES, array_from_bytes, sha256_of, tensor_from_bytes
 from .devices import checked_device
 from .errors import FormatError, IntegrityError, MemoryLimitError, PermcodecError, SpecError, is_out_of_memory
-from .format import container, records, schemes
+from .format import container, groups, records, schemes
 from .format.container import Limits
 from .init.initspec import InitSpec, TensorInit
 from .progress import progress as progress_lines
@@ -105,9 +105,10 @@ SMALL_RAW_MAX = 1 << 12
 
 
 def small_raw(record: dict) -> bool:
-    """Whether ``decode_small_raw`` takes this record: a small raw tensor that numpy holds in host order."""
-    return record["kind"] == "raw" and record["dtype"] in NUMPY_DTYPES and sys.byteorder == "little" \
-        and math.prod(record["shape"]) <= SMALL_RAW_MAX
+    """Whether ``decode_small_raw`` takes this record: a small raw tensor of its own section (not a group
+    member) that numpy holds in host order."""
+    return record["kind"] == "raw" and "group" not in record and record["dtype"] in NUMPY_DTYPES \
+        and sys.byteorder == "little" and math.prod(record["shape"]) <= SMALL_RAW_MAX
 
 
 def decode_small_raw(items: list[tuple[dict, bytes]], verify: bool) -> list[np.ndarray | None]:
@@ -139,6 +140,52 @@ def decode_small_raw(items: list[tuple[dict, bytes]], verify: bool) -> list[np.n
             except MemoryError:  # the one-tensor path raises it, naming the tensor
                 pass
     return decoded
+
+
+def decode_group(group: dict, section: bytes, verify: bool) -> bytearray:
+    """A group record's element bytes, every member's back to back (specs/format.md Section 6.4), once the
+    section's CRC-32 and, if ``verify``, their SHA-256 have been checked."""
+    container.check_section(group, section)
+    what = records.label(group)
+    with memory_errors_named(group):
+        data = schemes.RAW_CODECS[group["codec"]].decode(section, container.DTYPE_SIZES[group["dtype"]],
+                                                         records.elements(group), what)
+        if not valid_elements(group["dtype"], data):
+            raise FormatError(f"{what}: bool tensor holds bytes other than 0 and 1")
+        if verify and hashlib.sha256(data).digest() != group["sha256"]:
+            raise IntegrityError(f"{what}: decoded bits do not match the stored SHA-256")
+    return data
+
+
+def member_arrays(members: list[dict], data: bytearray) -> list[np.ndarray]:
+    """The numpy arrays of members of one group, views of their elements in ``data``, the group's bytes
+    (``decode_group``); a SpecError for bfloat16, which numpy lacks."""
+    dtype = members[0]["dtype"]
+    if dtype not in NUMPY_DTYPES:
+        array_from_bytes(b"", dtype, (0,), f"tensor {members[0]['name']!r}")  # raises its SpecError
+    flat = np.frombuffer(data, NUMPY_DTYPES[dtype]) if data else np.empty(0, NUMPY_DTYPES[dtype])
+    return [flat[member["start"]:member["start"] + math.prod(member["shape"])].reshape(member["shape"])
+            for member in members]
+
+
+def member_array(member: dict, data: bytearray) -> np.ndarray:
+    """``member_arrays`` of one member."""
+    return member_arrays([member], data)[0]
+
+
+def member_tensor(member: dict, data: bytearray, device) -> "torch.Tensor":
+    """A group member's tensor on ``device`` (on the CPU it shares ``data``'s memory where numpy holds it)."""
+    import torch
+
+    if member["dtype"] in NUMPY_DTYPES and sys.byteorder == "little":
+        array = torch.from_numpy(member_array(member, data))
+        return array if str(device) == "cpu" else array.to(device)
+    from .dtypes import TORCH_DTYPES
+
+    itemsize = container.DTYPE_SIZES[member["dtype"]]
+    start = member["start"] * itemsize
+    piece = bytes(data[start:start + math.prod(member["shape"]) * itemsize])
+    return tensor_from_bytes(piece, TORCH_DTYPES[member["dtype"]], member["shape"]).to(device)
 
 
 # A callback this thread runs once a tensor's values are rebuilt, before they are hashed (``_take_in_parallel``
@@ -205,8 +252,8 @@ class memory_errors_named:  # noqa: N801 - used as a context manager, like conte
         if isinstance(err, (MemoryError, RuntimeError)) and not isinstance(err, MemoryLimitError) \
                 and is_out_of_memory(err):
             detail = str(err).splitlines()[0] if str(err) else "no details"
-            raise MemoryLimitError(f"tensor {self.record['name']!r}: not enough memory for its "
-                                   f"{math.prod(self.record['shape']):,} elements ({type(err).__name__}: "
+            raise MemoryLimitError(f"{records.label(self.record)}: not enough memory for its "
+                                   f"{records.elements(self.record):,} elements ({type(err).__name__}: "
                                    f"{detail})") from None
         return False
 
@@ -284,7 +331,7 @@ class PCFile:
         self.verify = verify
         size, self._read_at = positional_reader(source)
         self.header, self._data_start = read_header(size, self._read_at, limits)
-        self._records = {record["name"]: record for record in self.header["tensors"]}
+        self._records = {record["name"]: record for record in groups.tensor_records(self.header["tensors"])}
         self._inits: dict[str, TensorInit] = {}  # tensor_init of each permuted record, once it was decoded
 
     @property
@@ -304,7 +351,7 @@ class PCFile:
             self._stream.close()
 
     def keys(self) -> list[str]:
-        """The tensor names, in file order."""
+        """The tensor names, in file order (the order they were encoded in, group members included)."""
         return list(self._records)
 
     def metadata(self) -> dict[str, str]:
@@ -312,26 +359,64 @@ class PCFile:
         return dict(self.header["metadata"])
 
     def record(self, name: str) -> dict:
-        """The header record of tensor ``name`` (checked at open), as a dict: see specs/format.md Section 6."""
+        """The header record of tensor ``name`` (checked at open), as a dict: see specs/format.md Section 6. A
+        member of a group record (Section 6.4) has one made at open: ``kind`` "raw", its ``name``, ``dtype``,
+        ``shape`` and ``codec``, ``group`` (the index of its group record in ``header["tensors"]``) and
+        ``start`` (the index of its first element among the group's)."""
         try:
             return self._records[name]
         except KeyError:
             raise KeyError(f"no tensor {name!r} in this file") from None
 
     def read_section(self, name: str) -> bytes:
-        """The raw section bytes of tensor ``name`` (not yet checked: ``get_tensor`` checks them)."""
-        record = self.record(name)
+        """The raw section bytes of tensor ``name``, or of its group for a group member (not yet checked:
+        ``get_tensor`` checks them)."""
+        record = self._section_record(name)
         return self._read_at(self._data_start + record["offset"], record["length"])
 
+    def _section_record(self, name: str) -> dict:
+        """The header record whose section holds tensor ``name``: its own, or its group's."""
+        record = self.record(name)
+        return self.header["tensors"][record["group"]] if "group" in record else record
+
     def get_tensor(self, name: str) -> "torch.Tensor":
-        """The tensor ``name``, rebuilt bit-exactly on this file's device (its hash checked if ``verify``)."""
-        return decode_record(self.record(name), self._section(name), self._device, self.verify,
-                             self._tensor_init(name))
+        """The tensor ``name``, rebuilt bit-exactly on this file's device (its hash checked if ``verify``; a
+        group member's by decoding its whole group)."""
+        record = self.record(name)
+        if "group" in record:
+            return member_tensor(record, self._group_bytes(name), self._device)
+        return decode_record(record, self._section(name), self._device, self.verify, self._tensor_init(name))
 
     def get_array(self, name: str) -> np.ndarray:
         """The tensor ``name`` as a numpy array, rebuilt on the CPU without importing torch (its hash checked if
         ``verify``). A bfloat16 tensor raises SpecError: numpy has no such dtype; use ``get_tensor``."""
-        return decode_record_array(self.record(name), self._section(name), self.verify, self._tensor_init(name))
+        record = self.record(name)
+        if "group" in record:
+            return member_array(record, self._group_bytes(name))
+        return decode_record_array(record, self._section(name), self.verify, self._tensor_init(name))
+
+    def _group_bytes(self, name: str) -> bytearray:
+        """The element bytes of the group that holds tensor ``name`` (``decode_group``)."""
+        group = self._section_record(name)
+        with memory_errors_named(group):
+            section = self.read_section(name)
+        return decode_group(group, section, self.verify)
+
+    def _group_outcomes(self, index: int, from_array: Callable, from_member: Callable) -> dict:
+        """The outcome of every member of group record ``index``, its group decoded once, or the group's error
+        for all: on the CPU, ``from_array`` of its ``member_arrays`` where numpy holds its dtype in host order,
+        else ``from_member(member, group_bytes)`` of each."""
+        members = [self.record(name) for name in self.header["tensors"][index]["names"]]
+        try:
+            data = self._group_bytes(members[0]["name"])
+        except Exception as error:  # kept, to be raised in file order
+            return {member["name"]: _Outcome(error=error) for member in members}
+        if members[0]["dtype"] in NUMPY_DTYPES and sys.byteorder == "little" and \
+                engine_for(self._device) is arrays.NUMPY:
+            return {member["name"]: _Outcome(from_array(array))
+                    for member, array in zip(members, member_arrays(members, data))}
+        return {member["name"]: _Outcome.of(lambda member: from_member(member, data), member)
+                for member in members}
 
     def _section(self, name: str) -> bytes:
         """``read_section``, with running out of memory for its copy named as the tensor's (MemoryLimitError)."""
@@ -401,21 +486,23 @@ def decode_all(f: PCFile, progress: bool = False) -> "dict[str, torch.Tensor]":
     """Every tensor of an open file, in file order."""
     import torch
 
-    return _every(f, f.get_tensor, progress, torch.from_numpy)
+    return _every(f, f.get_tensor, progress, torch.from_numpy, lambda member, data: member_tensor(member, data,
+                                                                                                 f._device))
 
 
 def decode_all_arrays(f: PCFile, progress: bool = False) -> dict[str, np.ndarray]:
     """Every tensor of an open file as a numpy array, in file order, without torch (see ``PCFile.get_array``)."""
-    return _every(f, f.get_array, progress, lambda array: array)
+    return _every(f, f.get_array, progress, lambda array: array, member_array)
 
 
-def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable) -> dict:
+def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable, from_member: Callable) -> dict:
     """``get`` of every tensor, in file order, decoded by WORKERS threads (the caller is one of them).
 
     The compiled kernels, numpy's sorts, zstd and SHA-256 release the GIL, so
     one thread's Python overlaps another's kernels: each thread takes the next
     job, largest first, so that the last to end are the small ones. A job is
-    one tensor, or the small raw tensors together (``decode_small_raw``). The
+    one tensor, the small raw tensors together (``decode_small_raw``), or a
+    group record's members (``from_member`` of each, the group decoded once). The
     small permuted tensors of the commonest kinds are decoded apart, by one
     kernel (``small_tensors``): part of them on the shared pool while the
     threads take the jobs, the rest by the caller once it finds no job left.
@@ -430,7 +517,7 @@ def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable) -> di
     pool_share = small_tensors.POOL_SHARE if len(batched) < len(elements) else small_tensors.POOL_SHARE_ALONE
     batch = f._start_batch(batched, pool_share) if batched else None
     apart = set(batched) if batch is not None else set()
-    jobs = _jobs(f, [name for name in elements if name not in apart], elements, get, from_array)
+    jobs = _jobs(f, [name for name in elements if name not in apart], elements, get, from_array, from_member)
     done = _take_in_parallel(jobs, lambda job: bar.update(job.elements), batch.decode_rest if batch else None)
     if batch is not None:
         done.update(_outcomes(batched, batch.finish(), from_array))
@@ -465,17 +552,23 @@ class _Job(NamedTuple):
     fills_the_cores: bool = False
 
 
-def _jobs(f: PCFile, names: list[str], elements: dict[str, int], get: Callable, from_array: Callable) -> list[_Job]:
-    """One job per tensor of ``names``, largest first, then one for all their ``small_raw`` ones (all Python:
-    the caller takes it first)."""
-    tiny = [name for name in names if f._small_raw(name)]
-    apart = set(tiny)
+def _jobs(f: PCFile, names: list[str], elements: dict[str, int], get: Callable, from_array: Callable,
+          from_member: Callable) -> list[_Job]:
+    """One job per tensor of ``names``, largest first, then one per group record of theirs, and one for all their
+    ``small_raw`` ones (these all Python: the caller takes them first)."""
+    group_of = {name: f.record(name)["group"] for name in names if "group" in f.record(name)}
+    tiny = [name for name in names if name not in group_of and f._small_raw(name)]
+    apart = set(tiny) | set(group_of)
     in_pieces = _kernels_run_in_pieces(f)
     jobs = sorted((_Job([name], elements[name], lambda name=name: {name: _Outcome.of(get, name)},
                         elements[name] >= HELPER_MIN_ELEMENTS,
                         in_pieces and f.record(name)["kind"] == "permuted" and parallel.splits(elements[name]))
                    for name in names if name not in apart),
                   key=lambda job: job.elements, reverse=True)
+    for index in dict.fromkeys(group_of.values()):
+        members = f.header["tensors"][index]["names"]
+        jobs.append(_Job(members, sum(elements[name] for name in members),
+                         lambda index=index: f._group_outcomes(index, from_array, from_member), False))
     if tiny:
         jobs.append(_Job(tiny, sum(elements[name] for name in tiny),
                          lambda: _outcomes(tiny, f._decode_small_raw(tiny), from_array), False))

@@ -7,6 +7,7 @@ every other tensor raw, by the raw codec. See specs/format.md.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from . import perm
 from .bits import sha256_of, tensor_bytes
 from .dtypes import dtype_name
 from .errors import NotAPermutationError, SpecError
-from .format import container, schemes
+from .format import container, groups, schemes
 from .init.initspec import InitSpec, TensorInit
 from .init.modules import attached_spec, refuse_aliased
 from .init.philox import RNG_NAME
@@ -107,6 +108,18 @@ def encode_raw(tensor: torch.Tensor, zstd_level: int) -> bytes:
     return schemes.RAW_CODEC.encode(tensor_bytes(tensor), tensor.element_size(), zstd_level)
 
 
+def encode_group(names: list[str], state: dict[str, torch.Tensor], positions: dict[str, int],
+                 zstd_level: int) -> tuple[dict, bytes]:
+    """(record, section) of a group of raw tensors of one dtype (specs/format.md Section 6.4): their bytes back
+    to back, as one tensor; ``positions`` gives each name's place in the file's tensor order."""
+    tensors = [state[name] for name in names]
+    data = b"".join(tensor_bytes(tensor) for tensor in tensors)
+    record = {"kind": "group", "dtype": dtype_name(tensors[0], names[0]), "names": list(names),
+              "shapes": [list(tensor.shape) for tensor in tensors], "positions": [positions[name] for name in names],
+              "sha256": hashlib.sha256(data).digest(), "codec": schemes.RAW_CODEC.id}
+    return record, schemes.RAW_CODEC.encode(data, tensors[0].element_size(), zstd_level)
+
+
 @dataclass(frozen=True)
 class Fallback:
     """A tensor of the init spec that was stored raw because it is not a permutation."""
@@ -147,15 +160,38 @@ def encode_permuted(name: str, tensor: torch.Tensor, record: TensorInit, level: 
 
 def encode_state(state: dict[str, torch.Tensor], spec: InitSpec, level: schemes.Level, scheme: str | None,
                  raw_fallback: bool, fallbacks: list | None, metadata: dict[str, str] | None,
-                 progress: bool) -> bytes:
-    """The .pc bytes of a checked state_dict and spec (see ``codec.encode`` for the options)."""
-    records, sections = [], []
+                 progress: bool, raw_groups: bool = True) -> bytes:
+    """The .pc bytes of a checked state_dict and spec (see ``codec.encode`` for the options): the permuted
+    tensors first, then the raw ones, the small ones of a dtype in group records (``format.groups``) if
+    ``raw_groups``."""
     bar = progress_lines(sum(t.numel() for t in state.values()), "encode", "weights", progress)
+    permuted = {}
     for name, tensor in state.items():
-        record, section = encode_tensor(name, tensor, spec, level, scheme, raw_fallback, fallbacks)
+        if name in spec:
+            coded = encode_if_permuted(name, tensor, spec[name], level, scheme, raw_fallback, fallbacks)
+            if coded is not None:
+                permuted[name] = coded
+                bar.update(tensor.numel())
+    raw = [name for name in state if name not in permuted]
+    planned = groups.plan_groups([(name, dtype_name(state[name], name), state[name].numel()) for name in raw]) \
+        if raw_groups else []
+    group_from = {members[0]: members for members in planned}
+    grouped = {name for members in planned for name in members}
+    positions = {name: position for position, name in enumerate(state)}
+    records, sections = [], []
+    for name, tensor in state.items():
+        if name in permuted:
+            record, section = permuted[name]
+        elif name in group_from:
+            record, section = encode_group(group_from[name], state, positions, level.zstd_level)
+        elif name in grouped:
+            continue
+        else:
+            record, section = raw_record(name, tensor), encode_raw(tensor, level.zstd_level)
         records.append(record)
         sections.append(section)
-        bar.update(tensor.numel())
+        if name not in permuted:
+            bar.update(sum(state[member].numel() for member in group_from.get(name, [name])))
     bar.close()
     return container.pack(records, sections, canonical_metadata(metadata))
 
@@ -166,15 +202,15 @@ def canonical_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
     return dict(sorted((metadata or {}).items()))
 
 
-def encode_tensor(name: str, tensor: torch.Tensor, spec: InitSpec, level: schemes.Level, scheme: str | None,
-                  raw_fallback: bool, fallbacks: list | None) -> tuple[dict, bytes]:
-    """(record, section): permuted where the spec names the tensor, raw otherwise or as an allowed fallback."""
-    if name in spec:
-        try:
-            return encode_permuted(name, tensor, spec[name], level, scheme)
-        except NotPermuted as why:
-            refuse_or_note(name, why, raw_fallback, fallbacks)
-    return raw_record(name, tensor), encode_raw(tensor, level.zstd_level)
+def encode_if_permuted(name: str, tensor: torch.Tensor, record: TensorInit, level: schemes.Level,
+                       scheme: str | None, raw_fallback: bool, fallbacks: list | None) -> tuple[dict, bytes] | None:
+    """(record, section) of a tensor the spec names, or None where it is to be stored raw (an allowed
+    fallback: it is not a permutation of its init)."""
+    try:
+        return encode_permuted(name, tensor, record, level, scheme)
+    except NotPermuted as why:
+        refuse_or_note(name, why, raw_fallback, fallbacks)
+    return None
 
 
 def refuse_or_note(name: str, why: NotPermuted, raw_fallback: bool, fallbacks: list | None) -> None:

@@ -15,7 +15,7 @@ from .bits import tensor_bytes
 from .decoder import memory_errors_named, safe_open, tensor_init
 from .errors import IntegrityError
 from .format.container import Limits
-from .format.records import schemes_of
+from .format.records import elements, is_group, schemes_of
 
 if TYPE_CHECKING:
     import torch
@@ -40,27 +40,41 @@ def describe(path, limits: Limits | None = None) -> dict:
     config and final test accuracy where the file carries them."""
     with safe_open(path, limits=limits) as f:
         records = [f.record(name) for name in f.keys()]
+        group_indexes = [index for index, record in enumerate(f.header["tensors"]) if is_group(record)]
+        groups = [group_figures(f.header["tensors"][index]) for index in group_indexes]
         metadata = f.metadata()
-    tensors = [tensor_figures(record) for record in records]
-    return {"file_bytes": os.path.getsize(path), "tensors": tensors,
+    group_number = {index: number for number, index in enumerate(group_indexes)}
+    tensors = [tensor_figures(record, group_number.get(record.get("group"))) for record in records]
+    return {"file_bytes": os.path.getsize(path), "tensors": tensors, "groups": groups,
             "totals": totals(tensors, os.path.getsize(path)), "metadata": metadata,
             "config": json_value(metadata, "permcodec.config"), "test_acc": stored_test_accuracy(metadata)}
 
 
-def tensor_figures(record: dict) -> dict:
+def tensor_figures(record: dict, group: int | None = None) -> dict:
+    """A tensor's line of ``info``. A group member (``group``: its group's number, counting the file's group
+    records from 0) has no bytes of its own: its group's are in ``group_figures``."""
     numel = math.prod(record["shape"])
     permuted = record["kind"] == "permuted"
     bound = bound_bits(record) if permuted else None
+    stored = record.get("length")
     return {
         "name": record["name"], "kind": record["kind"], "dtype": record["dtype"], "shape": record["shape"],
         "scheme": schemes_of(record) if permuted else record["codec"],
-        "block": record.get("block"),
-        "bytes": record["length"], "bits_per_weight": ratio(8 * record["length"], numel),
+        "block": record.get("block"), "group": group,
+        "bytes": stored, "bits_per_weight": ratio(8 * stored, numel) if stored is not None else None,
         "bound_bits": bound, "bound_bits_per_weight": ratio(bound, numel) if permuted else None,
         "ratio_to_bound": ratio(8 * record["length"], bound) if permuted else None,
-        "ratio_to_fp32": ratio(record["length"], 4 * numel), "ratio_to_fp16": ratio(record["length"], 2 * numel),
+        "ratio_to_fp32": ratio(stored, 4 * numel) if stored is not None else None,
+        "ratio_to_fp16": ratio(stored, 2 * numel) if stored is not None else None,
         "init": record.get("init"),
     }
+
+
+def group_figures(group: dict) -> dict:
+    """A group record's line of ``info``: its dtype, members, elements and bytes."""
+    numel = elements(group)
+    return {"dtype": group["dtype"], "names": group["names"], "elements": numel, "bytes": group["length"],
+            "bits_per_element": ratio(8 * group["length"], numel)}
 
 
 def totals(tensors: list[dict], file_bytes: int) -> dict:

@@ -276,15 +276,17 @@ def test_safe_open_reads_one_tensor_lazily():
     spec = init_(model, 8)
     trained(model, spec)
     data = bytearray(permcodec.encode(model))
-    data[-1] ^= 0xFF  # damage only the last section
+    data[-1] ^= 0xFF  # damage only the last section: 1.weight's (the biases are a group, where 0.bias was)
     stream = CountingStream(bytes(data))
     f = permcodec.PCFile(stream)
     assert f.keys() == ["0.weight", "0.bias", "1.weight", "1.bias"]
     header_reads = len(stream.reads)
     assert bits_equal(f.get_tensor("0.weight"), model[0].weight.detach())
     assert stream.reads[header_reads:] == [f.record("0.weight")["length"]]
-    with pytest.raises(IntegrityError, match="tensor '1.bias': section CRC-32 mismatch"):
-        f.get_tensor("1.bias")
+    assert bits_equal(f.get_tensor("1.bias"), model[1].bias.detach())
+    assert stream.reads[header_reads + 1:] == [f.header["tensors"][1]["length"]]  # the group's section alone
+    with pytest.raises(IntegrityError, match="tensor '1.weight': section CRC-32 mismatch"):
+        f.get_tensor("1.weight")
 
 
 def test_safe_open_on_a_path(tmp_path):
@@ -333,8 +335,11 @@ def test_raw_fallback_stores_losslessly_and_reports():
     assert fallbacks == [codec.Fallback("1.weight", 1, "its values differ from the initial values of that row")]
     assert_same_state(permcodec.decode(data), model.state_dict())
     assert spec.to_dict() == spec_before  # the spec is unchanged; only the storage kind differs
-    kinds = {r["name"]: r["kind"] for r in permcodec.PCFile(io.BytesIO(data)).header["tensors"]}
+    f = permcodec.PCFile(io.BytesIO(data))
+    kinds = {name: f.record(name)["kind"] for name in f.keys()}
     assert kinds == {"0.weight": "permuted", "0.bias": "raw", "1.weight": "raw", "1.bias": "raw"}
+    assert [r["kind"] for r in f.header["tensors"]] == ["permuted", "group"]  # the raw fallback is small too
+    assert f.header["tensors"][1]["names"] == ["0.bias", "1.weight", "1.bias"]
 
 
 def test_wrong_dtype_is_not_a_permutation():

@@ -247,8 +247,10 @@ def one_dominant_tensor() -> bytes:
 
 def slowed_rebuild(monkeypatch, name: str, events: list, seconds: float = 0.3):
     """``decoder.decode_permuted`` with tensor ``name``'s rebuild held for ``seconds``; ``events`` records
-    ("rebuilt", each name) as its rebuild returns, and "small raw" as the small raw tensors' loop starts."""
+    ("rebuilt", each name) as its rebuild returns, and "small raw" as the small raw tensors' loop, or a group
+    record's decoding, starts (the biases of one_dominant_tensor are a group)."""
     real_permuted, real_raw = decoder.decode_permuted, decoder.PCFile._decode_small_raw
+    real_group = decoder.PCFile._group_outcomes
 
     def permuted(record, *args):
         values = real_permuted(record, *args)
@@ -262,7 +264,12 @@ def slowed_rebuild(monkeypatch, name: str, events: list, seconds: float = 0.3):
         return real_raw(self, names)
 
     monkeypatch.setattr(decoder, "decode_permuted", permuted)
+    def group(self, *args):
+        events.append("small raw")
+        return real_group(self, *args)
+
     monkeypatch.setattr(decoder.PCFile, "_decode_small_raw", small_raw)
+    monkeypatch.setattr(decoder.PCFile, "_group_outcomes", group)
 
 
 def within(seconds: float, work):

@@ -42,8 +42,9 @@ DISTS = {"convs.0.weight": ("uniform", {"low": -0.5, "high": 2.0}), "convs.1.wei
          "normal.weight": ("he_normal", {})}
 
 
-def small_model_bytes(seed: int = 3, scheme: str = "exact") -> bytes:
-    """SmallConvs with the pools of DISTS (else he_uniform), every row of each weight in a new order."""
+def small_model_bytes(seed: int = 3, scheme: str = "exact", raw_groups: bool = False) -> bytes:
+    """SmallConvs with the pools of DISTS (else he_uniform), every row of each weight in a new order; its raw
+    tensors in records of their own (the lane of decode_small_raw), unless ``raw_groups`` (test_groups.py)."""
     model = SmallConvs()
     spec = permcodec.init_(model, seed)
     records = []
@@ -61,7 +62,7 @@ def small_model_bytes(seed: int = 3, scheme: str = "exact") -> bytes:
         state[record.name] = torch.gather(rows, 1, torch.argsort(torch.rand(rows.shape, generator=generator), 1)
                                           ).reshape(record.shape)
     state["bn.running_mean"] = torch.rand(16, generator=generator)
-    return permcodec.encode(state, spec, scheme=scheme)
+    return permcodec.encode(state, spec, scheme=scheme, raw_groups=raw_groups)
 
 
 @pytest.fixture(scope="module", params=["exact", "delta"])
@@ -491,11 +492,11 @@ def test_the_raw_codec_decodes_many_sections_as_it_decodes_one():
 
 
 def raw_only_bytes() -> bytes:
-    """A 5,000-float tensor, decoded alone, before two of 16 floats, the small raw loop's."""
+    """A 5,000-float tensor, decoded alone, before two of 16 floats, the small raw loop's (records of their own)."""
     generator = torch.Generator().manual_seed(0)
     state = {"big": torch.randn(5000, generator=generator), "bn.running_mean": torch.randn(16, generator=generator),
              "bn.running_var": torch.rand(16, generator=generator)}
-    return permcodec.encode(state, InitSpec([]))
+    return permcodec.encode(state, InitSpec([]), raw_groups=False)
 
 
 def short_of_memory_for(real, name: str, left: list[int]):

@@ -200,7 +200,8 @@ class Fixture:
     data: bytes
     header: dict
     sections: list
-    expect: tuple  # the golden tensors: (name, dtype, shape, sha256)
+    expect: tuple  # the golden tensors in file order: (name, dtype, shape, sha256)
+    record_shas: list  # per record the golden sha256, or for a group record the list of its members'
 
 
 def load_fixtures() -> list[Fixture]:
@@ -212,9 +213,11 @@ def load_fixtures() -> list[Fixture]:
         start = container.PREAMBLE_SIZE + header_length
         header = msgpack.unpackb(data[container.PREAMBLE_SIZE:start], raw=False)
         sections = [data[start + r["offset"]:start + r["offset"] + r["length"]] for r in header["tensors"]]
-        expect = tuple((r["name"], r["dtype"], tuple(r["shape"]), bytes.fromhex(digests[path.stem][r["name"]]))
-                       for r in header["tensors"])
-        fixtures.append(Fixture(path.stem, data, header, sections, expect))
+        golden = {name: bytes.fromhex(digest) for name, digest in digests[path.stem].items()}
+        record_shas = [[golden[name] for name in r["names"]] if r["kind"] == "group" else golden[r["name"]]
+                       for r in header["tensors"]]
+        fixtures.append(Fixture(path.stem, data, header, sections, claims(header["tensors"], record_shas),
+                                record_shas))
     return fixtures
 
 
@@ -242,17 +245,47 @@ def with_layout(records: list, sections: list) -> list:
 
 
 def claims(records: list, shas=None) -> tuple:
-    """What a successful decode must return for these records: their dtype, shape and a sha256."""
+    """What a successful decode must return for these records, in the file's tensor order (specs/format.md
+    6.4: group members at their positions, the other records in the slots left): each tensor's name, dtype,
+    shape and a sha256. ``shas`` aligns with ``records``: a sha256 or None each, for a group record the list of
+    its members' (or None)."""
     shas = shas or [None] * len(records)
-    out = []
+    plain, members = [], []
     for record, sha in zip(records, shas):
-        if not isinstance(record, dict):
-            out.append((None, None, None, None))
+        if not group_record(record):
+            shape = record.get("shape") if isinstance(record, dict) else None
+            plain.append((record.get("name"), record.get("dtype"), as_tuple(shape), sha)
+                         if isinstance(record, dict) else (None, None, None, None))
             continue
-        shape = record.get("shape")
-        shape = tuple(shape) if isinstance(shape, list) else shape
-        out.append((record.get("name"), record.get("dtype"), shape, sha))
-    return tuple(out)
+        member_shas = sha if isinstance(sha, list) else [None] * len(record["names"])
+        members += [(position, (name, record.get("dtype"), as_tuple(shape), member_sha)) for name, shape, position,
+                    member_sha in zip(record["names"], record["shapes"], record["positions"], member_shas)]
+    return tuple(in_tensor_order(plain, members))
+
+
+def as_tuple(shape):
+    return tuple(shape) if isinstance(shape, list) else shape
+
+
+def group_record(record) -> bool:
+    """Whether ``record`` is a group record with names, shapes and positions of one length (any other decodes
+    to nothing: the decoder must refuse it)."""
+    return isinstance(record, dict) and record.get("kind") == "group" and all(
+        isinstance(record.get(key), list) for key in ("names", "shapes", "positions")) and \
+        len(record["names"]) == len(record["shapes"]) == len(record["positions"])
+
+
+def in_tensor_order(plain: list, members: list) -> list:
+    """The claims of the plain records and of the group members (position, claim) in the file's tensor order;
+    where the positions cannot be an order (the decoder must refuse the file), plain then members."""
+    count = len(plain) + len(members)
+    slots = [None] * count
+    for position, claim in members:
+        if type(position) is not int or not 0 <= position < count or slots[position] is not None:
+            return plain + [claim for _, claim in members]
+        slots[position] = claim
+    rest = iter(plain)
+    return [slot if slot is not None else next(rest) for slot in slots]
 
 
 def header_records(data: bytes) -> list:
@@ -271,9 +304,11 @@ def declared_elements(data: bytes) -> int:
     is not a list of non-negative integers counts 0; a header that cannot be read, 0)."""
     total = 0
     for record in header_records(data):
-        shape = record.get("shape") if isinstance(record, dict) else None
-        if isinstance(shape, list) and all(type(size) is int and size >= 0 for size in shape):
-            total += math.prod(shape)
+        shapes = record.get("shapes") if group_record(record) else [record.get("shape")] \
+            if isinstance(record, dict) else []
+        for shape in shapes:
+            if isinstance(shape, list) and all(type(size) is int and size >= 0 for size in shape):
+                total += math.prod(shape)
     return total
 
 
@@ -382,8 +417,20 @@ def claims_of_header(raw: bytes, fixture: Fixture, verify: bool) -> tuple:
         assert isinstance(records, list)
     except Exception:  # noqa: BLE001 - a header this parser cannot read must not decode at all
         return fixture.expect
-    golden = [sha for *_, sha in fixture.expect]
-    return claims(records, golden if verify and len(records) == len(golden) else None)
+    golden = fixture.record_shas
+    if not verify or len(records) != len(golden):
+        return claims(records)
+    return claims(records, [(sha if same_member_bytes(record, original) else None) if group_record(record) else
+                            (None if isinstance(sha, list) else sha)
+                            for record, original, sha in zip(records, fixture.header["tensors"], golden)])
+
+
+def same_member_bytes(edited: dict, original: dict) -> bool:
+    """Whether each member of the edited group record holds the bytes it held in the golden file: a group's
+    hash covers the bytes of all its members at once, so a header that moves the boundaries between them
+    (other shapes, or another element size) still passes it."""
+    return group_record(original) and edited["shapes"] == original["shapes"] and \
+        container.DTYPE_SIZES.get(edited.get("dtype")) == container.DTYPE_SIZES[original["dtype"]]
 
 
 EDIT_VALUES = [None, True, 0, 1, -1, 2**20 + 1, 2**31 - 1, 2**32, 2**64 - 1, 1.0, float("nan"), "", "x", "delta",
@@ -443,7 +490,7 @@ def edit_header(rng, fixture: Fixture, verify: bool) -> Case:
 
 def reorder_records(rng, fixture: Fixture, verify: bool) -> Case:
     """Records (with their sections) shuffled, dropped, duplicated or cross-wired; layout recomputed."""
-    pairs = list(zip(fixture.header["tensors"], fixture.sections, (e[3] for e in fixture.expect)))
+    pairs = list(zip(fixture.header["tensors"], fixture.sections, fixture.record_shas))
     action = rng.randrange(4)
     if action == 0:
         rng.shuffle(pairs)
@@ -451,8 +498,7 @@ def reorder_records(rng, fixture: Fixture, verify: bool) -> Case:
         del pairs[rng.randrange(len(pairs))]
     elif action == 2:
         copies = rng.choice([2, 8, 64])
-        pairs = [({**record, "name": f"{record['name']}#{k}"}, section, sha)
-                 for k in range(copies) for record, section, sha in pairs[:2]]
+        pairs = [(renamed(record, k), section, sha) for k in range(copies) for record, section, sha in pairs[:2]]
     else:  # record i gets section j
         i, j = rng.randrange(len(pairs)), rng.randrange(len(pairs))
         pairs[i] = (pairs[i][0], pairs[j][1], pairs[i][2])
@@ -461,6 +507,13 @@ def reorder_records(rng, fixture: Fixture, verify: bool) -> Case:
     name = ["shuffle", "drop", "replicate", "crosswire"][action]
     return Case(f"crc-fixed:{name}_records", assemble(pack_header(records), b"".join(p[1] for p in pairs)),
                 claims(records, shas), verify)
+
+
+def renamed(record: dict, copy: int) -> dict:
+    """A record's copy with its tensor names, or its members', made its own."""
+    if record["kind"] == "group":
+        return {**record, "names": [f"{name}#{copy}" for name in record["names"]]}
+    return {**record, "name": f"{record['name']}#{copy}"}
 
 
 def damage_case(seed: int, index: int, fixtures: list[Fixture], half: str = "lowered") -> Case:

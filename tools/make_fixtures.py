@@ -193,28 +193,77 @@ def sparse_scheme_cases():
     return model, spec
 
 
-# name -> (model builder, encode options). Version 1 files first written with
-# scheme "delta" keep it, so rewriting them reproduces the committed bytes.
+def raw_groups():
+    """The worked example of specs/format.md Section 6.4: Appendix A's Linear(3, 2), then a BatchNorm1d(2)."""
+    linear, _ = tiny_linear()
+    model = nn.Sequential(linear, nn.BatchNorm1d(2))
+    spec = InitSpec([TensorInit("0." + r.name, r.shape, r.seed, r.stream, r.dist, r.params, r.block)
+                     for r in init_(nn.Linear(3, 2), seed=7)])
+    attach_spec(model, spec)
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([1.0, 0.5]))
+        model[1].bias.copy_(torch.tensor([0.25, -1.0]))
+        model[1].running_mean.copy_(torch.tensor([0.0, 2.0]))
+        model[1].running_var.copy_(torch.tensor([1.0, 4.0]))
+        model[1].num_batches_tracked.fill_(3)
+    return model, spec
+
+
+def grouped_dtypes():
+    """Groups of every dtype, interleaved with permuted and raw records: -0.0, NaN payloads, empty and 0-D
+    members, a dtype with one small tensor (a raw record), a tensor too large for a group, and small float32
+    tensors of 69,632 elements in all (two groups)."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    spec = init_(model, seed=12, dist="uniform", low=-1.0, high=1.0)
+    permute_rows(model, spec, seed=7)
+    weights = dict(model.state_dict())
+    nan32 = torch.tensor([0x7FC00001], dtype=torch.int32).view(torch.float32)
+    nan64 = torch.tensor([0x7FF8000000000001], dtype=torch.int64).view(torch.float64)
+    state = {
+        "f32.nan": nan32, "0.weight": weights["0.weight"], "f16.a": torch.tensor([1.5, -0.0, 65504.0]).half(),
+        "0.bias": weights["0.bias"], "f64.a": torch.tensor([1e300, -0.0]).double(),
+        "f16.empty": torch.zeros(0, 3).half(),
+        "bf16.a": torch.tensor([[3.0], [-2.5]], dtype=torch.bfloat16), "f64.nan": nan64,
+        "i64.a": torch.tensor([-(2**62), 7]), "1.weight": weights["1.weight"], "i64.scalar": torch.tensor(3),
+        "i32.a": torch.tensor([-(2**31), 2**31 - 1], dtype=torch.int32), "bf16.scalar": torch.tensor(0.5).bfloat16(),
+        "i32.b": torch.tensor([[1, 2, 3]], dtype=torch.int32), "i16.a": torch.tensor([-32768], dtype=torch.int16),
+        "i16.b": torch.tensor([32767, 0], dtype=torch.int16), "i8.a": torch.tensor([-128, 127], dtype=torch.int8),
+        "i8.b": torch.zeros(0, dtype=torch.int8), "u8.alone": torch.arange(5, dtype=torch.uint8),
+        "bool.a": torch.tensor([True, False, True]), "1.bias": weights["1.bias"], "bool.b": torch.tensor(False),
+        "f32.scalar": torch.tensor(-0.0), "f16.large": torch.arange(4097).half(),
+    }
+    for i in range(17):
+        state[f"f32.block{i}"] = torch.full((64, 64), float(i))
+    return state, spec
+
+
+# name -> (model builder, encode options).# name -> (model builder, encode options). Version 1 files first written with
+# scheme "delta" keep it, and files of revisions before 1.7 are written without
+# group records, so rewriting them reproduces the committed bytes.
+BEFORE_GROUPS = {"raw_groups": False}
 CASES = {
-    "tiny_linear": (tiny_linear, {"scheme": "delta"}),
-    "conv_layers": (conv_layers, {"scheme": "delta"}),
-    "sparse_ties": (sparse_ties, {"scheme": "delta"}),
-    "shared_ties": (shared_ties, {"scheme": "delta"}),
-    "raw_dtypes": (raw_dtypes, {"scheme": "delta"}),
-    "tiny_exact": (tiny_linear, {"scheme": "exact"}),
-    "conv_layers_exact": (conv_layers, {"scheme": "exact", "level": "max"}),
-    "wide_rows_fast": (wide_rows, {"level": "fast"}),
-    "sparse_multiset": (sparse_ties, {"scheme": "multiset"}),
-    "shared_multiset": (shared_ties, {"scheme": "multiset", "level": "fast"}),
+    "tiny_linear": (tiny_linear, {"scheme": "delta", **BEFORE_GROUPS}),
+    "conv_layers": (conv_layers, {"scheme": "delta", **BEFORE_GROUPS}),
+    "sparse_ties": (sparse_ties, {"scheme": "delta", **BEFORE_GROUPS}),
+    "shared_ties": (shared_ties, {"scheme": "delta", **BEFORE_GROUPS}),
+    "raw_dtypes": (raw_dtypes, {"scheme": "delta", **BEFORE_GROUPS}),
+    "tiny_exact": (tiny_linear, {"scheme": "exact", **BEFORE_GROUPS}),
+    "conv_layers_exact": (conv_layers, {"scheme": "exact", "level": "max", **BEFORE_GROUPS}),
+    "wide_rows_fast": (wide_rows, {"level": "fast", **BEFORE_GROUPS}),
+    "sparse_multiset": (sparse_ties, {"scheme": "multiset", **BEFORE_GROUPS}),
+    "shared_multiset": (shared_ties, {"scheme": "multiset", "level": "fast", **BEFORE_GROUPS}),
     # revision 1.4: block-local permutations and level pools
-    "tiny_blocks": (tiny_blocks, {"scheme": "exact"}),
-    "block_layouts": (block_layouts, {"level": "max"}),
-    "block_layouts_delta": (block_layouts, {"scheme": "delta"}),
-    "level_pools": (level_pools, {"level": "max"}),
-    "shuffled_ties_delta": (shuffled_ties, {"scheme": "delta"}),
+    "tiny_blocks": (tiny_blocks, {"scheme": "exact", **BEFORE_GROUPS}),
+    "block_layouts": (block_layouts, {"level": "max", **BEFORE_GROUPS}),
+    "block_layouts_delta": (block_layouts, {"scheme": "delta", **BEFORE_GROUPS}),
+    "level_pools": (level_pools, {"level": "max", **BEFORE_GROUPS}),
+    "shuffled_ties_delta": (shuffled_ties, {"scheme": "delta", **BEFORE_GROUPS}),
     # revision 1.6: scheme sparse
-    "sparse_sparse": (sparse_ties, {"scheme": "sparse"}),
-    "sparse_scheme_cases": (sparse_scheme_cases, {"scheme": "sparse", "level": "fast"}),
+    "sparse_sparse": (sparse_ties, {"scheme": "sparse", **BEFORE_GROUPS}),
+    "sparse_scheme_cases": (sparse_scheme_cases, {"scheme": "sparse", "level": "fast", **BEFORE_GROUPS}),
+    # revision 1.7: group records
+    "raw_groups": (raw_groups, {"scheme": "delta"}),
+    "grouped_dtypes": (grouped_dtypes, {"level": "max"}),
 }
 
 

@@ -5,16 +5,23 @@ looking at the reference implementation (`permcodec/`), its tests or its tools.
 It depends on numpy, msgpack and zstandard plus the standard library (hashlib,
 zlib, struct); it does not use torch.
 
-It reads format version 1, revision 1.6: the index schemes `delta`, `exact`
+It reads format version 1, revision 1.7: the index schemes `delta`, `exact`
 (swap code), `multiset` and `sparse` (zeros as one class, the other elements by
 the swap code; format.md Sections 8-11a; the rANS arrangement coder of Section 9
 is done with exact Python ints), the raw codec `shuffle-zstd`
 (Section 13), block records (format.md 6.2 and 7.1: a permuted tensor coded in
-one or two parts, each a matrix of blocks coded as a tensor of whole rows) and
-the `levels` distribution with its row orders (rng.md 6.7, 6.8).
+one or two parts, each a matrix of blocks coded as a tensor of whole rows), the
+`levels` distribution with its row orders (rng.md 6.7, 6.8) and group records
+(format.md 6.4, revision 1.7: several raw tensors of one dtype coded back to
+back as one raw tensor, each member keeping its index in the file's tensor
+order).
 
 `decode_file(path)` returns `{name: numpy.ndarray}` with the stored shape and a
-numpy dtype matching the record's `dtype`.  numpy has no bfloat16, so a
+numpy dtype matching the record's `dtype`, its keys in the file's tensor order
+(format.md 6.4: group members at their `positions`, the permuted and raw
+records in the indexes left, in the order of the `tensors` list).  A group is
+decoded once and its SHA-256 checked over the group's bytes before it is split
+into its members.  numpy has no bfloat16, so a
 `bfloat16` tensor is returned as a `uint16` array holding the raw bfloat16 bits
 (the upper half of the equivalent float32 bits).  `bool` tensors are returned
 as numpy `bool_`.
@@ -73,6 +80,9 @@ COMMON_KEYS = {"name", "kind", "dtype", "shape", "offset", "length", "crc32", "s
 PERMUTED_KEYS = COMMON_KEYS | {"init", "scheme", "scheme_params"}
 BLOCK_RECORD_KEYS = COMMON_KEYS | {"init", "block", "parts"}  # 6.2, revision 1.4
 RAW_KEYS = COMMON_KEYS | {"codec"}
+# Section 6.4, group records (revision 1.7): neither `name` nor `shape`.
+GROUP_KEYS = {"kind", "dtype", "names", "shapes", "positions", "codec",
+              "offset", "length", "crc32", "sha256"}
 INIT_KEYS = {"rng", "seed", "stream", "dist", "params"}
 
 # Section 6.2, block records (revision 1.4).
@@ -589,15 +599,87 @@ def check_blocks(where: str, block, parts, shape, length: int) -> None:
         _fail(where, f"the parts' lengths add up to {total}, not the record's length {length}")
 
 
-def check_record(rec, expected_offset: int) -> None:
-    """format.md 6.1-6.3 for one record (the init part by rng.md 7)."""
+def check_shape(where: str, shape) -> None:
+    """format.md 6.1 `shape` and the per-tensor limits of Section 15 (a record's
+    shape, or a group member's, 6.4)."""
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        _fail(where, "shape must be an array of ints >= 0")
+    if len(shape) > LIMIT_DIMS or any(d > LIMIT_DIM for d in shape):
+        _fail(where, "shape exceeds limits")
+    # Section 15: each zero dimension counts as 1 here, so that an empty tensor
+    # cannot imply huge rows (e.g. [2^20, 0] still has 2^20 rows to walk).
+    if math.prod(max(d, 1) for d in shape) > LIMIT_ELEMENTS_PER_TENSOR:
+        _fail(where, "element count exceeds limit")
+
+
+def check_section_fields(where: str, rec: dict, expected_offset: int) -> None:
+    """format.md 6.1: `offset`, `length`, `crc32` and `sha256` of any record."""
+    for f in ("offset", "length", "crc32"):
+        if not _is_int(rec[f]) or rec[f] < 0:
+            _fail(where, f"field {f!r} must be an int >= 0")
+    if rec["crc32"] >= 2**32:
+        _fail(where, "crc32 must be < 2^32")
+    if rec["offset"] != expected_offset:
+        _fail(where, f"offset {rec['offset']} != expected {expected_offset}")
+    if not isinstance(rec["sha256"], bytes) or len(rec["sha256"]) != 32:
+        _fail(where, "sha256 must be 32 bytes of bin")
+
+
+def group_where(index: int, rec: dict) -> str:
+    """How errors name a group record: its index in `tensors` and first member."""
+    names = rec.get("names") if isinstance(rec, dict) else None
+    if isinstance(names, list) and names and isinstance(names[0], str):
+        return f"group record {index} ({names[0]!r}, {len(names)} member(s))"
+    return f"group record {index}"
+
+
+def check_group_record(rec: dict, expected_offset: int, index: int) -> None:
+    """format.md 6.4 for one group record, except what needs the whole file
+    (names unique across the file, positions < T and distinct across groups:
+    check_records)."""
+    where = f"group record {index}"
+    _check_keys(where, rec, GROUP_KEYS)
+    names, shapes, positions = rec["names"], rec["shapes"], rec["positions"]
+    for field, value in (("names", names), ("shapes", shapes), ("positions", positions)):
+        if not isinstance(value, list):
+            _fail(where, f"field {field!r} must be an array, got {type(value).__name__}")
+    if not len(names) == len(shapes) == len(positions):
+        _fail(where, f"names, shapes and positions must have one length, got "
+                     f"{len(names)}, {len(shapes)} and {len(positions)}")
+    if not names:
+        _fail(where, "a group needs at least one member (names is empty)")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            _fail(where, f"names[{i}] must be a non-empty string, got {name!r}")
+    where = group_where(index, rec)
+    if not isinstance(rec["dtype"], str) or rec["dtype"] not in DTYPES:
+        _fail(where, f"unknown dtype {rec['dtype']!r}")
+    for name, shape in zip(names, shapes):
+        check_shape(f"{where} member {name!r}", shape)
+    for i, pos in enumerate(positions):
+        if not _is_int(pos) or pos < 0:
+            _fail(where, f"positions[{i}] (member {names[i]!r}) must be an int >= 0, got {pos!r}")
+    # 6.4 Limits: the group decodes as one array of N elements
+    N = sum(element_count(shape) for shape in shapes)
+    if N > LIMIT_ELEMENTS_PER_TENSOR:
+        _fail(where, f"the group's {N} elements exceed the elements-per-tensor limit")
+    check_section_fields(where, rec, expected_offset)
+    if rec["codec"] != "shuffle-zstd":
+        _fail(where, f"unknown codec {rec['codec']!r}")
+
+
+def check_record(rec, expected_offset: int, index: int = 0) -> None:
+    """format.md 6.1-6.4 for one record (the init part by rng.md 7)."""
     if not isinstance(rec, dict):
         raise ValueError("header: tensor record is not a map")
+    kind = rec.get("kind")
+    if kind == "group":  # 6.4, revision 1.7: no `name`, no `shape`
+        check_group_record(rec, expected_offset, index)
+        return
     name = rec.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError("header: tensor record with missing or empty name")
     where = f"tensor {name!r}"
-    kind = rec.get("kind")
     blocked = kind == "permuted" and ("block" in rec or "parts" in rec)
     if blocked:
         _check_keys(where, rec, BLOCK_RECORD_KEYS)
@@ -610,23 +692,8 @@ def check_record(rec, expected_offset: int) -> None:
     if not isinstance(rec["dtype"], str) or rec["dtype"] not in DTYPES:
         _fail(where, f"unknown dtype {rec['dtype']!r}")
     shape = rec["shape"]
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        _fail(where, "shape must be an array of ints >= 0")
-    if len(shape) > LIMIT_DIMS or any(d > LIMIT_DIM for d in shape):
-        _fail(where, "shape exceeds limits")
-    # Section 15: each zero dimension counts as 1 here, so that an empty tensor
-    # cannot imply huge rows (e.g. [2^20, 0] still has 2^20 rows to walk).
-    if math.prod(max(d, 1) for d in shape) > LIMIT_ELEMENTS_PER_TENSOR:
-        _fail(where, "element count exceeds limit")
-    for f in ("offset", "length", "crc32"):
-        if not _is_int(rec[f]) or rec[f] < 0:
-            _fail(where, f"field {f!r} must be an int >= 0")
-    if rec["crc32"] >= 2**32:
-        _fail(where, "crc32 must be < 2^32")
-    if rec["offset"] != expected_offset:
-        _fail(where, f"offset {rec['offset']} != expected {expected_offset}")
-    if not isinstance(rec["sha256"], bytes) or len(rec["sha256"]) != 32:
-        _fail(where, "sha256 must be 32 bytes of bin")
+    check_shape(where, shape)
+    check_section_fields(where, rec, expected_offset)
     if kind == "permuted":
         if rec["dtype"] != "float32":
             _fail(where, "permuted tensors must be float32")
@@ -642,25 +709,68 @@ def check_record(rec, expected_offset: int) -> None:
 
 
 def check_records(tensors: list) -> int:
-    """Check all records and file-level limits; return data_size."""
+    """Check all records and file-level limits; return data_size.
+
+    Revision 1.7: the file holds T tensors, one per permuted or raw record and
+    one per group member; names are unique across records and members; every
+    member's position is < T and no other member's (6.4)."""
     if len(tensors) > LIMIT_TENSORS:
         raise ValueError("header: too many tensors")
-    offset, total_elements, names, streams = 0, 0, set(), set()
-    for rec in tensors:
-        check_record(rec, offset)
-        if rec["name"] in names:
-            raise ValueError(f"header: duplicate tensor name {rec['name']!r}")
-        names.add(rec["name"])
+    offset, total_elements, names, streams, T = 0, 0, set(), set(), 0
+    for index, rec in enumerate(tensors):
+        check_record(rec, offset, index)
+        if rec["kind"] == "group":
+            where = group_where(index, rec)
+            members = list(zip(rec["names"], rec["shapes"]))
+        else:
+            where = "header"
+            members = [(rec["name"], rec["shape"])]
+        for name, shape in members:
+            if name in names:
+                _fail(where, f"duplicate tensor name {name!r}")
+            names.add(name)
+            total_elements += element_count(shape)
+        T += len(members)
+        if T > LIMIT_TENSORS:  # 6.4 Limits: the tensors-per-file limit counts T
+            raise ValueError(f"header: too many tensors (more than {LIMIT_TENSORS})")
         if rec["kind"] == "permuted":
             key = (rec["init"]["seed"], rec["init"]["stream"])
             if key in streams:
                 raise ValueError(f"tensor {rec['name']!r}: (seed, stream) {key} reused")
             streams.add(key)
-        total_elements += element_count(rec["shape"])
         offset += rec["length"]
     if total_elements > LIMIT_ELEMENTS_PER_FILE:
         raise ValueError("header: elements per file exceed limit")
+    taken = {}  # position -> member name
+    for index, rec in enumerate(tensors):
+        if rec["kind"] != "group":
+            continue
+        where = group_where(index, rec)
+        for name, pos in zip(rec["names"], rec["positions"]):
+            if pos >= T:
+                _fail(where, f"member {name!r}: position {pos} is not below T = {T}, "
+                             f"the file's tensor count")
+            if pos in taken:
+                _fail(where, f"member {name!r}: position {pos} is also member "
+                             f"{taken[pos]!r}'s")
+            taken[pos] = name
     return offset
+
+
+def tensor_order(tensors: list) -> list[str]:
+    """format.md 6.4, tensor order: member i of a group is tensor positions[i]
+    of 0..T-1; the permuted and raw records fill the indexes left, in the order
+    of the `tensors` list.  Records already checked by check_records."""
+    singles = [rec["name"] for rec in tensors if rec["kind"] != "group"]
+    T = len(singles) + sum(len(rec["names"]) for rec in tensors if rec["kind"] == "group")
+    order = [None] * T
+    for rec in tensors:
+        if rec["kind"] == "group":
+            for name, pos in zip(rec["names"], rec["positions"]):
+                order[pos] = name
+    rest = iter(singles)
+    # positions are < T and distinct, so exactly len(singles) indexes are left
+    return [name if name is not None else next(rest) for name in order]
 
 
 # ==========================================================================
@@ -778,14 +888,36 @@ def check_permutation(where: str, b: np.ndarray, n: int) -> None:
         _fail(where, "decoded ranks are not a permutation")
 
 
-def decode_raw(where: str, rec: dict, section: bytes) -> np.ndarray:
-    dtype, size = DTYPES[rec["dtype"]]
-    count = element_count(rec["shape"])
+def unshuffle_raw(where: str, dtype_name: str, count: int, section: bytes) -> np.ndarray:
+    """Section 13: one zstd frame of count*S shuffled bytes -> the count*S bytes
+    in element order (byte k of element i was output byte k*count + i)."""
+    size = DTYPES[dtype_name][1]
     shuffled = zstd_decompress(where, section, count * size)
-    data = np.frombuffer(shuffled, dtype=np.uint8).reshape(size, count).T.copy()
-    if rec["dtype"] == "bool" and data.size and data.max() > 1:
+    data = np.frombuffer(shuffled, dtype=np.uint8).reshape(size, count).T.reshape(-1).copy()
+    if dtype_name == "bool" and data.size and data.max() > 1:
         _fail(where, "bool tensor holds a byte other than 0 or 1")
-    return data.reshape(-1).view(dtype).reshape(rec["shape"])
+    return data
+
+
+def decode_raw(where: str, rec: dict, section: bytes) -> np.ndarray:
+    data = unshuffle_raw(where, rec["dtype"], element_count(rec["shape"]), section)
+    return data.view(DTYPES[rec["dtype"]][0]).reshape(rec["shape"])
+
+
+def decode_group(where: str, rec: dict, section: bytes) -> list[np.ndarray]:
+    """Section 6.4: decode the group's N elements as one raw tensor, check the
+    SHA-256 of the group's bytes, then split them into the members (member i is
+    elements s_i .. s_i + N_i - 1), in the order of `names`."""
+    dtype, size = DTYPES[rec["dtype"]]
+    counts = [element_count(shape) for shape in rec["shapes"]]
+    data = unshuffle_raw(where, rec["dtype"], sum(counts), section)
+    if hashlib.sha256(data.tobytes()).digest() != rec["sha256"]:
+        _fail(where, "SHA-256 of the group's decoded bytes does not match")
+    members, start = [], 0
+    for count, shape in zip(counts, rec["shapes"]):
+        members.append(data[start * size:(start + count) * size].view(dtype).reshape(shape))
+        start += count
+    return members
 
 
 # ==========================================================================
@@ -1167,14 +1299,21 @@ def tensor_bytes(arr: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr).tobytes()
 
 
-def decode_section(rec: dict, buf: bytes, data_start: int) -> np.ndarray:
-    where = f"tensor {rec['name']!r}"
+def read_section(where: str, rec: dict, buf: bytes, data_start: int) -> bytes:
+    """A record's section bytes, its length and CRC-32 checked (Section 15)."""
     start = data_start + rec["offset"]
     section = buf[start:start + rec["length"]]
     if len(section) != rec["length"]:
         _fail(where, "truncated section")
     if zlib.crc32(section) != rec["crc32"]:
         _fail(where, "section CRC-32 mismatch")
+    return section
+
+
+def decode_section(rec: dict, buf: bytes, data_start: int) -> np.ndarray:
+    """Decode one permuted or raw record and check its SHA-256."""
+    where = f"tensor {rec['name']!r}"
+    section = read_section(where, rec, buf, data_start)
     if rec["kind"] == "permuted" and "block" in rec:
         arr = decode_blocks(where, rec, section)
     elif rec["kind"] == "permuted":
@@ -1194,6 +1333,7 @@ def decode_section(rec: dict, buf: bytes, data_start: int) -> np.ndarray:
 def decode_file(path) -> dict[str, np.ndarray]:
     """Decode every tensor of a `.pc` file; raise ValueError on any violation.
 
+    The dict lists the tensors in the file's tensor order (format.md 6.4).
     bfloat16 tensors come back as uint16 arrays of their raw bits.
     """
     with open(path, "rb") as fh:
@@ -1207,7 +1347,15 @@ def decode_file(path) -> dict[str, np.ndarray]:
     if len(buf) > expected:
         raise ValueError("unexpected bytes after the last section")
     data_start = PREAMBLE_SIZE + header_length
-    return {rec["name"]: decode_section(rec, buf, data_start) for rec in header["tensors"]}
+    decoded = {}
+    for index, rec in enumerate(header["tensors"]):
+        if rec["kind"] == "group":  # 6.4: decoded once, then split
+            where = group_where(index, rec)
+            section = read_section(where, rec, buf, data_start)
+            decoded.update(zip(rec["names"], decode_group(where, rec, section)))
+        else:
+            decoded[rec["name"]] = decode_section(rec, buf, data_start)
+    return {name: decoded[name] for name in tensor_order(header["tensors"])}
 
 
 def main(argv=None) -> int:

@@ -24,8 +24,9 @@ import msgpack
 from ..errors import FormatError, IntegrityError, LimitError, UnsupportedVersionError
 from ..init.distparams import MAX_LEVELS
 from ..keys import key_mismatch
+from . import groups
 from .limits import Limits, limits_or_default
-from .records import DTYPE_SIZES, check_record  # noqa: F401 (DTYPE_SIZES: the dtypes a record may name)
+from .records import DTYPE_SIZES, check_record, elements, is_group, label  # noqa: F401 (DTYPE_SIZES: for readers)
 
 MAGIC = b"\x89PCODEC\n"
 FORMAT_NAME = "permcodec"
@@ -175,24 +176,31 @@ def unpack_header(raw: bytes, limits: Limits):
 
 
 def check_tensor_list(tensors, limits: Limits) -> None:
-    """Every record checked; names unique, sections back to back, the total element count capped."""
+    """Every record checked; names unique, sections back to back, group members in places of their own, the
+    tensor and total element counts capped."""
     if not isinstance(tensors, list):
         raise FormatError("header tensors must be a list")
     if len(tensors) > limits.max_tensors:
         raise LimitError(f"{len(tensors)} tensors exceed the limit of {limits.max_tensors}")
-    names, total, offset = set(), 0, 0
+    names, total, offset, has_groups = set(), 0, 0, False
     for index, record in enumerate(tensors):
         check_record(record, index, limits)
-        if record["name"] in names:
-            raise FormatError(f"tensor name {record['name']!r} appears twice")
-        names.add(record["name"])
+        has_groups = has_groups or is_group(record)
+        for name in record["names"] if is_group(record) else (record["name"],):
+            if name in names:
+                raise FormatError(f"tensor name {name!r} appears twice")
+            names.add(name)
+        if len(names) > limits.max_tensors:
+            raise LimitError(f"the groups' members bring the tensors past the limit of {limits.max_tensors}")
         if record["offset"] != offset:
-            raise FormatError(f"tensor {record['name']!r}: section offset {record['offset']}, expected {offset} "
-                              f"(sections are back to back in tensor order)")
+            raise FormatError(f"{label(record)}: section offset {record['offset']}, expected {offset} "
+                              f"(sections are back to back in record order)")
         offset += record["length"]
-        total += math.prod(record["shape"])
+        total += elements(record)
         if total > limits.max_total_elements:
             raise LimitError(f"total element count exceeds the limit of {limits.max_total_elements}")
+    if has_groups:
+        groups.check_positions(tensors, len(names))
 
 
 def data_size(header: dict) -> int:
@@ -203,9 +211,9 @@ def data_size(header: dict) -> int:
 def check_section(record: dict, section: bytes) -> bytes:
     """The section of ``record`` after its length and CRC-32 check."""
     if len(section) != record["length"]:
-        raise FormatError(f"tensor {record['name']!r}: section truncated ({len(section)} of "
+        raise FormatError(f"{label(record)}: section truncated ({len(section)} of "
                           f"{record['length']} bytes)")
     if crc32(section) != record["crc32"]:
-        raise IntegrityError(f"tensor {record['name']!r}: section CRC-32 mismatch (stored {record['crc32']:#010x},"
+        raise IntegrityError(f"{label(record)}: section CRC-32 mismatch (stored {record['crc32']:#010x},"
                              f" computed {crc32(section):#010x})")
     return section

@@ -19,7 +19,7 @@ from .schemes import INDEX_SCHEMES, RAW_CODECS
 
 DTYPE_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4,
                "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
-KINDS = ("permuted", "raw")
+KINDS = ("permuted", "raw")  # a tensor's kind; a group record (format rev 1.7) holds raw tensors
 COMMON_RECORD_KEYS = {"name", "kind", "dtype", "shape", "offset", "length", "crc32", "sha256"}
 RECORD_KEYS = {"permuted": COMMON_RECORD_KEYS | {"init", "scheme", "scheme_params"},
                "raw": COMMON_RECORD_KEYS | {"codec"}}
@@ -27,6 +27,10 @@ RECORD_KEYS = {"permuted": COMMON_RECORD_KEYS | {"init", "scheme", "scheme_param
 # of equal blocks in place of scheme and scheme_params.
 BLOCK_RECORD_KEYS = COMMON_RECORD_KEYS | {"init", "block", "parts"}
 PART_KEYS = {"scheme", "scheme_params", "length"}
+# A group record (format rev 1.7): raw tensors of one dtype in one section, each keeping its place in the file's
+# tensor order through ``positions``.
+SECTION_KEYS = {"offset", "length", "crc32", "sha256"}
+GROUP_KEYS = SECTION_KEYS | {"kind", "dtype", "codec", "names", "shapes", "positions"}
 INIT_KEYS = {"rng", "seed", "stream", "dist", "params"}
 
 
@@ -46,8 +50,28 @@ def _is_uint(value, end: int = UINT64_END) -> bool:
     return type(value) is int and 0 <= value < end  # msgpack gives exact ints; bool is not one
 
 
+def is_group(record: dict) -> bool:
+    """Whether a record is a group record (format rev 1.7), which holds raw tensors instead of being one."""
+    return record["kind"] == "group"
+
+
+def label(record: dict) -> str:
+    """How a message names a checked record: 'tensor NAME', or a group by its size and first member."""
+    if is_group(record):
+        return f"group of {len(record['names'])} raw tensors from {record['names'][0]!r}"
+    return f"tensor {record['name']!r}"
+
+
+def elements(record: dict) -> int:
+    """The elements of a checked record's tensor, or of all its members for a group."""
+    return sum(map(math.prod, record["shapes"])) if is_group(record) else math.prod(record["shape"])
+
+
 def check_record(record, index: int, limits: Limits) -> None:
     """Every field of one record; permuted records get their ``init`` map normalized (float params as floats)."""
+    if isinstance(record, dict) and record.get("kind") == "group":
+        check_group_record(record, index, limits)
+        return
     if not isinstance(record, dict) or not COMMON_RECORD_KEYS <= record.keys():
         found = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise FormatError(f"tensor record {index} must be a map with keys {sorted(COMMON_RECORD_KEYS)}, "
@@ -71,9 +95,18 @@ def check_common_fields(record: dict, where: str, limits: Limits) -> None:
     """kind, dtype, shape (within the limits), offset, length, crc32, sha256."""
     if not isinstance(record["kind"], str) or record["kind"] not in KINDS:
         raise FormatError(f"{where}: kind must be one of {', '.join(KINDS)}, found {record['kind']!r}")
-    if not isinstance(record["dtype"], str) or record["dtype"] not in DTYPE_SIZES:
-        raise FormatError(f"{where}: unknown dtype {record['dtype']!r}")
+    check_dtype(record["dtype"], where)
     check_shape(record["shape"], where, limits)
+    check_section_fields(record, where)
+
+
+def check_dtype(dtype, where: str) -> None:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise FormatError(f"{where}: unknown dtype {dtype!r}")
+
+
+def check_section_fields(record: dict, where: str) -> None:
+    """offset, length, crc32 and sha256: where a record's section lies and what it holds."""
     if not (_is_uint(record["offset"]) and _is_uint(record["length"])):
         key = "length" if _is_uint(record["offset"]) else "offset"
         raise FormatError(f"{where}: {key} must be a non-negative 64-bit integer, found {record[key]!r}")
@@ -103,6 +136,35 @@ def check_raw_fields(record: dict, where: str) -> None:
     if not isinstance(record["codec"], str) or record["codec"] not in RAW_CODECS:
         raise FormatError(f"{where}: unknown raw codec {record['codec']!r} (expected "
                           f"{' or '.join(map(repr, RAW_CODECS))})")
+
+
+def check_group_record(record: dict, index: int, limits: Limits) -> None:
+    """A group record: its key set; names, shapes and positions, one entry of each per member; the dtype, codec
+    and section fields; the group's elements within the per-tensor cap, as it decodes as one array."""
+    found = key_mismatch(record, GROUP_KEYS)
+    if found:
+        raise FormatError(f"tensor record {index}: a group record must have keys {sorted(GROUP_KEYS)}, "
+                          f"found {found}")
+    names, shapes, positions = record["names"], record["shapes"], record["positions"]
+    if not (isinstance(names, list) and isinstance(shapes, list) and isinstance(positions, list)) or not names \
+            or not len(names) == len(shapes) == len(positions):
+        raise FormatError(f"tensor record {index}: a group's names, shapes and positions must be lists of one "
+                          f"entry per member, at least one, found {_summary(names)}, {_summary(shapes)} and "
+                          f"{_summary(positions)}")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise FormatError(f"tensor record {index}: a group's names must be non-empty strings, found {name!r}")
+    where = label(record)
+    check_dtype(record["dtype"], where)
+    check_raw_fields(record, where)
+    check_section_fields(record, where)
+    for name, shape, position in zip(names, shapes, positions):
+        check_shape(shape, f"tensor {name!r}", limits)
+        if not _is_uint(position):
+            raise FormatError(f"tensor {name!r}: position must be a non-negative integer, found {position!r}")
+    if elements(record) > limits.max_tensor_elements:
+        raise LimitError(f"{where}: {elements(record)} elements exceed the limit of {limits.max_tensor_elements} "
+                         f"(a group decodes as one array)")
 
 
 def check_permuted_fields(record: dict, where: str) -> None:

@@ -18,7 +18,12 @@ def permuted_records(info: dict) -> list[dict]:
 
 
 def raw_records(info: dict) -> list[dict]:
-    return [t for t in info["tensors"] if t["kind"] != "permuted" and t["bits_per_weight"] is not None]
+    """describe()'s raw tensors of records of their own that have a bits per element, then one bar's entry per
+    group record (its members have no bytes of their own)."""
+    own = [t for t in info["tensors"] if t["kind"] != "permuted" and t["bits_per_weight"] is not None]
+    return own + [{"name": f"group {number} ({len(group['names'])} tensors)",
+                   "bits_per_weight": group["bits_per_element"]}
+                  for number, group in enumerate(info.get("groups", [])) if group["bits_per_element"] is not None]
 
 
 def zstd_bits_per_weight(tensors: list[torch.Tensor], dtype: torch.dtype) -> float | None:

@@ -91,10 +91,9 @@ def summary(path, log=None) -> dict:
 
 
 def raw_matrices(info: dict) -> list[dict]:
-    """The raw 2-D float tensors with elements: their rows' profiles are drawn too (the issue's Fig. 2 asks)."""
-    from .bits import raw_records
-
-    return [t for t in raw_records(info) if len(t["shape"]) == 2 and 0 not in t["shape"]
+    """The raw 2-D float tensors with elements (group members too): their rows' profiles are drawn too (the
+    issue's Fig. 2 asks)."""
+    return [t for t in info["tensors"] if t["kind"] != "permuted" and len(t["shape"]) == 2 and 0 not in t["shape"]
             and t["dtype"] in ("float32", "float16", "bfloat16", "float64")]
 
 
