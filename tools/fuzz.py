@@ -429,8 +429,9 @@ def same_member_bytes(edited: dict, original: dict) -> bool:
     """Whether each member of the edited group record holds the bytes it held in the golden file: a group's
     hash covers the bytes of all its members at once, so a header that moves the boundaries between them
     (other shapes, or another element size) still passes it."""
-    return group_record(original) and edited["shapes"] == original["shapes"] and \
-        container.DTYPE_SIZES.get(edited.get("dtype")) == container.DTYPE_SIZES[original["dtype"]]
+    dtype = edited.get("dtype")
+    return group_record(original) and edited["shapes"] == original["shapes"] and isinstance(dtype, str) and \
+        container.DTYPE_SIZES.get(dtype) == container.DTYPE_SIZES[original["dtype"]]
 
 
 EDIT_VALUES = [None, True, 0, 1, -1, 2**20 + 1, 2**31 - 1, 2**32, 2**64 - 1, 1.0, float("nan"), "", "x", "delta",
