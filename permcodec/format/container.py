@@ -185,13 +185,12 @@ def check_tensor_list(tensors, limits: Limits) -> None:
     names, total, offset, has_groups = set(), 0, 0, False
     for index, record in enumerate(tensors):
         check_record(record, index, limits)
-        has_groups = has_groups or is_group(record)
-        for name in record["names"] if is_group(record) else (record["name"],):
+        grouped = record["kind"] == "group"
+        has_groups = has_groups or grouped
+        for name in record["names"] if grouped else (record["name"],):
             if name in names:
                 raise FormatError(f"tensor name {name!r} appears twice")
             names.add(name)
-        if len(names) > limits.max_tensors:
-            raise LimitError(f"the groups' members bring the tensors past the limit of {limits.max_tensors}")
         if record["offset"] != offset:
             raise FormatError(f"{label(record)}: section offset {record['offset']}, expected {offset} "
                               f"(sections are back to back in record order)")
@@ -200,6 +199,8 @@ def check_tensor_list(tensors, limits: Limits) -> None:
         if total > limits.max_total_elements:
             raise LimitError(f"total element count exceeds the limit of {limits.max_total_elements}")
     if has_groups:
+        if len(names) > limits.max_tensors:
+            raise LimitError(f"the groups' members bring the tensors past the limit of {limits.max_tensors}")
         groups.check_positions(tensors, len(names))
 
 

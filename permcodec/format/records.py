@@ -64,15 +64,15 @@ def label(record: dict) -> str:
 
 def elements(record: dict) -> int:
     """The elements of a checked record's tensor, or of all its members for a group."""
-    return sum(map(math.prod, record["shapes"])) if is_group(record) else math.prod(record["shape"])
+    return math.prod(record["shape"]) if record["kind"] != "group" else sum(map(math.prod, record["shapes"]))
 
 
 def check_record(record, index: int, limits: Limits) -> None:
     """Every field of one record; permuted records get their ``init`` map normalized (float params as floats)."""
-    if isinstance(record, dict) and record.get("kind") == "group":
-        check_group_record(record, index, limits)
-        return
-    if not isinstance(record, dict) or not COMMON_RECORD_KEYS <= record.keys():
+    if not isinstance(record, dict) or not COMMON_RECORD_KEYS <= record.keys() or record["kind"] == "group":
+        if isinstance(record, dict) and record.get("kind") == "group":
+            check_group_record(record, index, limits)
+            return
         found = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise FormatError(f"tensor record {index} must be a map with keys {sorted(COMMON_RECORD_KEYS)}, "
                           f"found {found}")
