@@ -143,6 +143,24 @@ def test_hostile_files_hold_block_records_of_every_layout_scheme_and_size(hostil
     assert empty >= {(0, 2**20), (2**20, 0), (0, 2**31 - 1), (2**31 - 1, 0)}
 
 
+def test_hostile_files_hold_group_records_with_valid_and_broken_positions(hostile_cases):
+    """Format rev 1.7: a raw record made a group of two members, at valid positions or at positions a decoder
+    must refuse (each fault), the members' elements split every way (an empty member too)."""
+    valid, faults, empty_member = 0, set(), False
+    for case in hostile_cases:
+        for record in fuzz.header_records(case.data):
+            if isinstance(record, dict) and record.get("kind") == "group":
+                first, second = record["positions"]
+                empty_member = empty_member or [0] in record["shapes"]
+                if case.must_fail and "position" in case.must_fail:
+                    faults.add(type(second).__name__ if type(second) is not int else "duplicate" if first == second
+                               else "negative" if second < 0 else "past_end")
+                else:
+                    valid += 1
+    assert valid >= 20 and faults == {"duplicate", "float", "bool", "negative", "past_end"} and empty_member, \
+        (valid, faults)
+
+
 def test_hostile_files_hold_valid_and_broken_levels_records(hostile_cases):
     valid, broken = 0, set()
     for record in generated_records(hostile_cases):

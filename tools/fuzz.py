@@ -1344,15 +1344,18 @@ def hostile_files(draw, verify=None, half: str = "lowered"):
         if layout_fault:
             key, value = layout_fault
             record[key] = max(0, record[key] + int(value)) if value in ("+1", "-1") else value
+    grouped = as_group(draw, records) if draw(st.integers(0, 3)) == 0 else None  # in about one file of four
     header = {"format": "permcodec", "version": 1, "tensors": records, "metadata": draw(METADATA)}
     fault = draw(FILE_FAULTS)
     value = draw(FILE_FAULT_VALUES[fault]) if fault in FILE_FAULT_VALUES else None
     rng = random.Random(draw(SEEDS))
     header_bytes, data_area, preamble = file_with_fault(header, b"".join(m[1] for m in made), fault, value, rng)
     verify = draw(st.integers(0, 7)) > 0 if verify is None else verify
-    shas = [m[2] if m[2] is not None else (r.get("sha256") if verify else None) for m, r in zip(made, records)]
+    shas = [None if group_record(r) else m[2] if m[2] is not None else (r.get("sha256") if verify else None)
+            for m, r in zip(made, records)]  # a group's members: the bytes of each are not known here
     expect = claims(records, shas)
     rejected = [f"tensor {i}'s section is a {m[4]!r} zstd frame" for i, m in enumerate(made) if m[4] in REJECTED_FRAMES]
+    rejected += [f"a group member's position is {grouped}"] if grouped else []
     if fault == "tensors":  # the records were replaced: a decode may only return what the new list claims
         expect, rejected = (claims(value) if isinstance(value, list) else ()), []
     data = assemble(header_bytes, data_area, **preamble)
@@ -1360,9 +1363,39 @@ def hostile_files(draw, verify=None, half: str = "lowered"):
         assume(declared_elements(data) <= MAX_DECLARED)
     tags = set(sizes) | {tag for (record, *_), size in zip(made, sizes) if size != "empty_block"
                          for tag in record_tags(record)}
-    generator = "hostile" + "".join(f":{tag}" for tag in ("big", "empty_long", "empty_block", "block", "levels")
-                                    if tag in tags)
+    tags |= {"group"} if grouped is not None else set()
+    generator = "hostile" + "".join(f":{tag}" for tag in ("big", "empty_long", "empty_block", "block", "levels",
+                                                          "group") if tag in tags)
     return Case(generator, data, expect, verify, "; ".join(rejected) or None, half)
+
+
+POSITION_FAULTS = [None, None, None, "duplicate", "past_end", "negative", "float", "bool"]
+
+
+def as_group(draw, records: list) -> str | None:
+    """One raw record of ``records`` turned, in place, into a group record of two members that split its
+    elements (its section unchanged), at drawn positions among the file's tensors: "" where they are valid, the
+    fault that makes them invalid, or None where no record could be turned."""
+    raw = [i for i, r in enumerate(records) if r.get("kind") == "raw" and isinstance(r.get("shape"), list)
+           and all(type(size) is int and size >= 0 for size in r["shape"])]
+    if not raw:
+        return None
+    index = raw[draw(st.integers(0, len(raw) - 1))]
+    record = records[index]
+    elements = math.prod(record["shape"])
+    first = draw(st.integers(0, elements)) if elements < 2**31 else 0
+    count = len(records) + 1
+    positions = draw(st.lists(st.integers(0, count - 1), min_size=2, max_size=2, unique=True))
+    fault = draw(st.sampled_from(POSITION_FAULTS))
+    if fault == "duplicate":
+        positions[1] = positions[0]
+    elif fault is not None:
+        positions[1] = {"past_end": count, "negative": -1, "float": float(positions[1]), "bool": True}[fault]
+    name = record.get("name")
+    records[index] = {"kind": "group", "dtype": record.get("dtype"), "names": [f"{name}.a", f"{name}.b"],
+                      "shapes": [[first], [elements - first]], "positions": positions,
+                      **{key: record[key] for key in ("codec", "offset", "length", "crc32", "sha256") if key in record}}
+    return fault or ""
 
 
 def record_tags(record: dict) -> set:
