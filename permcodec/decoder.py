@@ -84,12 +84,16 @@ def decode_permuted(record: dict, section: bytes, xp, init: TensorInit | None = 
 
 def decode_raw(record: dict, section: bytes) -> bytearray:
     """The element bytes (little-endian, C order) of a raw record, in a bytearray of their own."""
-    name, dtype = record["name"], record["dtype"]
-    itemsize = container.DTYPE_SIZES[dtype]
-    data = schemes.RAW_CODECS[record["codec"]].decode(section, itemsize, math.prod(record["shape"]),
-                                                      f"tensor {name!r}")
+    return raw_elements(record["codec"], section, record["dtype"], math.prod(record["shape"]),
+                        f"tensor {record['name']!r}")
+
+
+def raw_elements(codec_id: str, section: bytes, dtype: str, count: int, what: str) -> bytearray:
+    """The ``count`` elements of ``dtype`` a raw codec's section holds, as bytes (a raw record's, or a group's
+    members' back to back), once each is checked to be a valid value of ``dtype``."""
+    data = schemes.RAW_CODECS[codec_id].decode(section, container.DTYPE_SIZES[dtype], count, what)
     if not valid_elements(dtype, data):
-        raise FormatError(f"tensor {name!r}: bool tensor holds bytes other than 0 and 1")
+        raise FormatError(f"{what}: bool tensor holds bytes other than 0 and 1")
     return data
 
 
@@ -148,10 +152,7 @@ def decode_group(group: dict, section: bytes, verify: bool) -> bytearray:
     container.check_section(group, section)
     what = records.label(group)
     with memory_errors_named(group):
-        data = schemes.RAW_CODECS[group["codec"]].decode(section, container.DTYPE_SIZES[group["dtype"]],
-                                                         records.elements(group), what)
-        if not valid_elements(group["dtype"], data):
-            raise FormatError(f"{what}: bool tensor holds bytes other than 0 and 1")
+        data = raw_elements(group["codec"], section, group["dtype"], records.elements(group), what)
         if verify and hashlib.sha256(data).digest() != group["sha256"]:
             raise IntegrityError(f"{what}: decoded bits do not match the stored SHA-256")
     return data
@@ -159,7 +160,8 @@ def decode_group(group: dict, section: bytes, verify: bool) -> bytearray:
 
 def member_arrays(members: list[dict], data: bytearray) -> list[np.ndarray]:
     """The numpy arrays of members of one group, views of their elements in ``data``, the group's bytes
-    (``decode_group``); a SpecError for bfloat16, which numpy lacks."""
+    (``decode_group``), for a caller that hands out all of them at once; a SpecError for bfloat16, which numpy
+    lacks."""
     dtype = members[0]["dtype"]
     if dtype not in NUMPY_DTYPES:
         array_from_bytes(b"", dtype, (0,), f"tensor {members[0]['name']!r}")  # raises its SpecError
@@ -168,24 +170,23 @@ def member_arrays(members: list[dict], data: bytearray) -> list[np.ndarray]:
             for member in members]
 
 
+def member_bytes(member: dict, data: bytearray) -> bytearray:
+    """A group member's element bytes, copied out of ``data``, its group's bytes: what it returns holds no more
+    memory than the member's own."""
+    itemsize = container.DTYPE_SIZES[member["dtype"]]
+    start = member["start"] * itemsize
+    return data[start:start + math.prod(member["shape"]) * itemsize]
+
+
 def member_array(member: dict, data: bytearray) -> np.ndarray:
-    """``member_arrays`` of one member."""
-    return member_arrays([member], data)[0]
+    """A group member's numpy array, in memory of its own, from its group's bytes ``data``."""
+    return array_from_bytes(member_bytes(member, data), member["dtype"], member["shape"],
+                            f"tensor {member['name']!r}")
 
 
 def member_tensor(member: dict, data: bytearray, device) -> "torch.Tensor":
-    """A group member's tensor on ``device`` (on the CPU it shares ``data``'s memory where numpy holds it)."""
-    import torch
-
-    if member["dtype"] in NUMPY_DTYPES and sys.byteorder == "little":
-        array = torch.from_numpy(member_array(member, data))
-        return array if str(device) == "cpu" else array.to(device)
-    from .dtypes import TORCH_DTYPES
-
-    itemsize = container.DTYPE_SIZES[member["dtype"]]
-    start = member["start"] * itemsize
-    piece = bytes(data[start:start + math.prod(member["shape"]) * itemsize])
-    return tensor_from_bytes(piece, TORCH_DTYPES[member["dtype"]], member["shape"]).to(device)
+    """A group member's tensor on ``device``, in memory of its own, from its group's bytes ``data``."""
+    return raw_tensor(member, member_bytes(member, data), device)
 
 
 # A callback this thread runs once a tensor's values are rebuilt, before they are hashed (``_take_in_parallel``
@@ -221,12 +222,20 @@ def decode_record(record: dict, section: bytes, device, verify: bool,
     decoded = decode_checked(record, section, xp, verify, init)
     if record["kind"] == "permuted":
         return torch.from_numpy(decoded) if on_cpu else decoded
-    if on_cpu and record["dtype"] in NUMPY_DTYPES and sys.byteorder == "little":
+    return raw_tensor(record, decoded, device)
+
+
+def raw_tensor(record: dict, data: bytearray, device) -> "torch.Tensor":
+    """A raw record's (or group member's) tensor on ``device`` from its element bytes ``data``, which it may
+    keep (on the CPU it shares them where numpy holds the dtype)."""
+    import torch
+
+    if str(device) == "cpu" and record["dtype"] in NUMPY_DTYPES and sys.byteorder == "little":
         # numpy builds a small array in a third of torch's time; torch takes only native byte order from it
-        return torch.from_numpy(array_from_bytes(decoded, record["dtype"], record["shape"], record["name"]))
+        return torch.from_numpy(array_from_bytes(data, record["dtype"], record["shape"], record["name"]))
     from .dtypes import TORCH_DTYPES
 
-    return tensor_from_bytes(decoded, TORCH_DTYPES[record["dtype"]], record["shape"]).to(device)
+    return tensor_from_bytes(data, TORCH_DTYPES[record["dtype"]], record["shape"]).to(device)
 
 
 def decode_record_array(record: dict, section: bytes, verify: bool, init: TensorInit | None = None) -> np.ndarray:
@@ -333,6 +342,8 @@ class PCFile:
         self.header, self._data_start = read_header(size, self._read_at, limits)
         self._records = {record["name"]: record for record in groups.tensor_records(self.header["tensors"])}
         self._inits: dict[str, TensorInit] = {}  # tensor_init of each permuted record, once it was decoded
+        self._last_group: tuple[int, bytearray] | None = None  # see _shared_group_bytes
+        self._last_group_lock = threading.Lock()
 
     @property
     def device(self) -> "torch.device":
@@ -384,7 +395,7 @@ class PCFile:
         group member's by decoding its whole group)."""
         record = self.record(name)
         if "group" in record:
-            return member_tensor(record, self._group_bytes(name), self._device)
+            return member_tensor(record, self._shared_group_bytes(name), self._device)
         return decode_record(record, self._section(name), self._device, self.verify, self._tensor_init(name))
 
     def get_array(self, name: str) -> np.ndarray:
@@ -392,20 +403,34 @@ class PCFile:
         ``verify``). A bfloat16 tensor raises SpecError: numpy has no such dtype; use ``get_tensor``."""
         record = self.record(name)
         if "group" in record:
-            return member_array(record, self._group_bytes(name))
+            return member_array(record, self._shared_group_bytes(name))
         return decode_record_array(record, self._section(name), self.verify, self._tensor_init(name))
 
     def _group_bytes(self, name: str) -> bytearray:
-        """The element bytes of the group that holds tensor ``name`` (``decode_group``)."""
+        """The element bytes of the group that holds tensor ``name`` (``decode_group``), in a buffer of their own."""
         group = self._section_record(name)
         with memory_errors_named(group):
             section = self.read_section(name)
         return decode_group(group, section, self.verify)
 
+    def _shared_group_bytes(self, name: str) -> bytearray:
+        """``_group_bytes``, kept for the next call where the group holds at most SHARED_GROUP_BYTES: reading a
+        group's members one by one (``get_tensor`` of each name, the safetensors way) then decodes the group
+        once, not once per member. Callers copy out what they return and never write the buffer."""
+        index = self.record(name)["group"]
+        with self._last_group_lock:
+            if self._last_group is not None and self._last_group[0] == index:
+                return self._last_group[1]
+        data = self._group_bytes(name)
+        if len(data) <= SHARED_GROUP_BYTES:
+            with self._last_group_lock:
+                self._last_group = (index, data)
+        return data
+
     def _group_outcomes(self, index: int, from_array: Callable, from_member: Callable) -> dict:
         """The outcome of every member of group record ``index``, its group decoded once, or the group's error
-        for all: on the CPU, ``from_array`` of its ``member_arrays`` where numpy holds its dtype in host order,
-        else ``from_member(member, group_bytes)`` of each."""
+        for all: on the CPU, ``from_array`` of its ``member_arrays`` (views of one new buffer, handed out
+        together) where numpy holds its dtype in host order, else ``from_member(member, group_bytes)`` of each."""
         members = [self.record(name) for name in self.header["tensors"][index]["names"]]
         try:
             data = self._group_bytes(members[0]["name"])
@@ -472,6 +497,11 @@ class PCFile:
         return InitSpec(tensor_init(record) for record in self.header["tensors"] if record["kind"] == "permuted")
 
 
+# The most bytes of a decoded group a PCFile keeps for the next member read (the reference encoder's groups hold
+# at most 65,536 elements, 512 KiB of float64).
+SHARED_GROUP_BYTES = 1 << 22
+
+
 def safe_open(path, device="cpu", verify: bool = True, limits: Limits | None = None) -> PCFile:
     """Open a .pc file for lazy per-tensor reads; use as a context manager."""
     stream = open(path, "rb")
@@ -524,10 +554,20 @@ def _every(f: PCFile, get: Callable, progress: bool, from_array: Callable, from_
         bar.update(sum(elements[name] for name in batched))
     decoded = {}
     for name in elements:
-        outcome = done[name] if name in done else _Outcome.of(get, name)
-        decoded[name] = outcome.value()
+        if name not in done:
+            done.update(_left_over(f, name, get, from_array, from_member))
+        decoded[name] = done[name].value()
     bar.close()
     return decoded
+
+
+def _left_over(f: PCFile, name: str, get: Callable, from_array: Callable, from_member: Callable) -> dict:
+    """The outcome of a tensor no job decoded (one failed before it), with its group's other members', so that
+    a group is decoded once here too."""
+    record = f.record(name)
+    if "group" in record:
+        return f._group_outcomes(record["group"], from_array, from_member)
+    return {name: _Outcome.of(get, name)}
 
 
 def _batched(f: PCFile, elements: dict[str, int]) -> list[str]:

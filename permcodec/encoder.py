@@ -165,15 +165,16 @@ def encode_state(state: dict[str, torch.Tensor], spec: InitSpec, level: schemes.
     tensors first, then the raw ones, the small ones of a dtype in group records (``format.groups``) if
     ``raw_groups``."""
     bar = progress_lines(sum(t.numel() for t in state.values()), "encode", "weights", progress)
-    permuted = {}
+    permuted, raw_dtypes = {}, {}
     for name, tensor in state.items():
-        if name in spec:
-            coded = encode_if_permuted(name, tensor, spec[name], level, scheme, raw_fallback, fallbacks)
-            if coded is not None:
-                permuted[name] = coded
-                bar.update(tensor.numel())
-    raw = [name for name in state if name not in permuted]
-    planned = groups.plan_groups([(name, dtype_name(state[name], name), state[name].numel()) for name in raw]) \
+        coded = encode_if_permuted(name, tensor, spec[name], level, scheme, raw_fallback, fallbacks) \
+            if name in spec else None
+        if coded is not None:
+            permuted[name] = coded
+            bar.update(tensor.numel())
+        else:  # a dtype the format cannot hold is refused here, in file order
+            raw_dtypes[name] = dtype_name(tensor, name)
+    planned = groups.plan_groups([(name, dtype, state[name].numel()) for name, dtype in raw_dtypes.items()]) \
         if raw_groups else []
     group_from = {members[0]: members for members in planned}
     grouped = {name for members in planned for name in members}

@@ -25,6 +25,7 @@ from permcodec.format import container, groups
 from permcodec.format.container import Limits
 from permcodec.format.schemes import RAW_CODEC
 from permcodec.inspection import describe
+from permcodec.init.initspec import InitSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import make_fixtures  # noqa: E402
@@ -188,11 +189,12 @@ def test_the_encoder_groups_small_tensors_by_dtype_in_file_order():
     assert groups.plan_groups(raw) == [["a", "b", "c"]]  # int64 and float16 have one each; 4,097 is too large
 
 
-def test_a_group_holds_65536_elements_at_most():
+def test_a_group_holds_65536_elements_at_most_and_two_tensors_at_least():
     at_limit = [(f"t{i}", "float32", 4096) for i in range(16)]
-    assert groups.plan_groups(at_limit) == [[name for name, _, _ in at_limit]]
-    assert groups.plan_groups(at_limit + [("one_more", "float32", 1)]) == [[name for name, _, _ in at_limit],
-                                                                          ["one_more"]]
+    names = [name for name, _, _ in at_limit]
+    assert groups.plan_groups(at_limit) == [names]
+    assert groups.plan_groups(at_limit + [("one_more", "float32", 1)]) == [names]  # alone: a raw record
+    assert groups.plan_groups(at_limit + [("a", "float32", 1), ("b", "float32", 2)]) == [names, ["a", "b"]]
 
 
 # ---------------------------------------------------------------- what a decoder must reject (6.4)
@@ -317,13 +319,13 @@ def test_members_read_from_many_threads_have_the_bits_of_one_thread():
     names = [name for name in f.keys() if "group" in f.record(name)] * 4
     barrier = threading.Barrier(8)
 
-    def read(name):
-        if names.index(name) < 8:
+    def read(index):
+        if index < 8:  # the first eight calls start together, one on each thread
             barrier.wait()
-        return tensor_bits(f.get_tensor(name))
+        return tensor_bits(f.get_tensor(names[index]))
 
     with ThreadPoolExecutor(8) as pool:
-        found = list(pool.map(read, names))
+        found = list(pool.map(read, range(len(names))))
     assert found == [tensor_bits(state[name]) for name in names]
 
 
@@ -336,3 +338,49 @@ def test_decode_all_on_threads_takes_each_group_once(monkeypatch):
     assert same_bits(permcodec.decode(data), state)
     assert sorted(calls) == sorted(r["names"][0] for r in permcodec.PCFile(data).header["tensors"]
                                    if r["kind"] == "group")
+
+
+# ---------------------------------------------------------------- cost bounded by the group, once
+
+def scalars_file(count: int, damaged_int64: bool = False) -> bytes:
+    """``count`` float32 scalars (one group) and two int64 tensors (a second group), its last byte flipped if
+    ``damaged_int64`` (the int64 group's section is the last)."""
+    state = {f"s{i}": torch.tensor(float(i)) for i in range(count)}
+    state.update({"i.a": torch.tensor([1, 2]), "i.b": torch.tensor([3])})
+    data = bytearray(permcodec.encode(state, InitSpec([])))
+    data[-1] ^= 1 if damaged_int64 else 0
+    return bytes(data)
+
+
+def counted_group_decodes(monkeypatch) -> list:
+    calls, real = [], decoder.decode_group
+    monkeypatch.setattr(decoder, "decode_group", lambda group, *args: calls.append(group["names"][0]) or
+                        real(group, *args))
+    return calls
+
+
+def buffer_under(array: np.ndarray):
+    """The memory a numpy array lies in, under its chain of views."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array.base if array.base is not None else array
+
+
+def test_reading_a_group_s_members_one_by_one_decodes_it_once_and_keeps_none_of_it(monkeypatch):
+    f = permcodec.PCFile(scalars_file(2000))
+    calls = counted_group_decodes(monkeypatch)
+    tensors = {name: f.get_tensor(name) for name in f.keys()}
+    arrays = {name: f.get_array(name) for name in f.keys()}
+    assert calls == ["s0", "i.a", "s0", "i.a"]  # the last group read is kept for the next member
+    assert all(t.untyped_storage().nbytes() == t.nbytes for t in tensors.values())  # a copy of its own bytes
+    assert all(len(buffer_under(a)) == a.nbytes for a in arrays.values())
+    assert [float(tensors[f"s{i}"]) for i in (0, 1999)] == [0.0, 1999.0] and arrays["i.a"].tolist() == [1, 2]
+
+
+def test_after_a_failure_decode_all_still_decodes_each_group_once(monkeypatch):
+    """Even a group too large to be kept between reads (as if each were): the members left are decoded by group."""
+    monkeypatch.setattr(decoder, "SHARED_GROUP_BYTES", 0)
+    calls = counted_group_decodes(monkeypatch)
+    with pytest.raises(IntegrityError, match="group of 2 raw tensors from 'i.a': section CRC-32 mismatch"):
+        permcodec.decode(scalars_file(2000, damaged_int64=True))
+    assert sorted(calls) == ["i.a", "s0"]

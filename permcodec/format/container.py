@@ -26,7 +26,7 @@ from ..init.distparams import MAX_LEVELS
 from ..keys import key_mismatch
 from . import groups
 from .limits import Limits, limits_or_default
-from .records import DTYPE_SIZES, check_record, elements, is_group, label  # noqa: F401 (DTYPE_SIZES: for readers)
+from .records import DTYPE_SIZES, check_record, elements, label  # noqa: F401 (DTYPE_SIZES: for readers)
 
 MAGIC = b"\x89PCODEC\n"
 FORMAT_NAME = "permcodec"

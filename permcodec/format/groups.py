@@ -20,15 +20,11 @@ from ..errors import FormatError
 from .records import is_group
 
 # The reference encoder's rule (informative, Section 6.4): raw tensors of at most MEMBER_MAX elements, grouped by
-# dtype where a dtype has at least MIN_MEMBERS of them, in groups of at most MAX_ELEMENTS elements.
+# dtype in groups of at most MAX_ELEMENTS elements and at least MIN_MEMBERS tensors (a tensor left alone keeps a
+# raw record, whose header entry is the smaller).
 MEMBER_MAX = 1 << 12
 MIN_MEMBERS = 2
 MAX_ELEMENTS = 1 << 16
-
-
-def tensor_count(tensors: list[dict]) -> int:
-    """The file's tensors: one per permuted or raw record, one per member of each group."""
-    return sum(len(record["names"]) if is_group(record) else 1 for record in tensors)
 
 
 def check_positions(tensors: list[dict], count: int) -> None:
@@ -62,14 +58,12 @@ def tensor_records(tensors: list[dict]) -> list[dict]:
     position, the permuted and raw records in the slots left, in header order."""
     if not any(is_group(record) for record in tensors):
         return list(tensors)
-    slots: list[dict | None] = [None] * tensor_count(tensors)
-    plain = []
-    for index, record in enumerate(tensors):
-        if not is_group(record):
-            plain.append(record)
-            continue
-        for member, position in zip(member_records(record, index), record["positions"]):
-            slots[position] = member
+    plain = [record for record in tensors if not is_group(record)]
+    placed = [(position, member) for index, record in enumerate(tensors) if is_group(record)
+              for member, position in zip(member_records(record, index), record["positions"])]
+    slots: list[dict | None] = [None] * (len(plain) + len(placed))
+    for position, member in placed:
+        slots[position] = member
     records = iter(plain)
     return [slot if slot is not None else next(records) for slot in slots]
 
@@ -81,17 +75,15 @@ def plan_groups(raw: Iterable[tuple[str, str, int]]) -> list[list[str]]:
     for name, dtype, elements in raw:
         if elements <= MEMBER_MAX:
             small.setdefault(dtype, []).append((name, elements))
-    groups = []
+    chunks = []
     for members in small.values():
-        if len(members) < MIN_MEMBERS:
-            continue
-        group, size = [], 0
+        chunk, size = [], 0
         for name, elements in members:
-            if group and size + elements > MAX_ELEMENTS:
-                groups.append(group)
-                group, size = [], 0
-            group.append(name)
+            if chunk and size + elements > MAX_ELEMENTS:
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append(name)
             size += elements
-        groups.append(group)
-    return groups
+        chunks.append(chunk)
+    return [chunk for chunk in chunks if len(chunk) >= MIN_MEMBERS]
 
