@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from . import arrays, perm
 from .bits import tensor_bytes
-from .decoder import memory_errors_named, safe_open, tensor_init
+from .decoder import safe_open, tensor_init
+from .raw_decoding import memory_errors_named
 from .errors import IntegrityError
 from .format.container import Limits
 from .format.records import elements, is_group, schemes_of

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import permcodec
-from permcodec import IntegrityError, decoder, parallel, small_tensors
+from permcodec import IntegrityError, decoder, parallel, raw_decoding, small_tensors
 from permcodec.format import _rans_numba, _small_numba, container
 from permcodec.format.schemes.shuffle_zstd import SHUFFLE_ZSTD
 from permcodec.init.distributions import make_params
@@ -652,7 +652,7 @@ def test_a_hash_that_runs_out_of_memory_in_the_raw_loop_leaves_the_tensor_to_get
                 raise MemoryError
             return real_hashlib.sha256(data)
 
-    monkeypatch.setattr(decoder, "hashlib", ShortOfMemoryOnce)
+    monkeypatch.setattr(raw_decoding, "hashlib", ShortOfMemoryOnce)
     gets = one_at_a_time_calls(monkeypatch)
     assert bits(permcodec.decode(data)) == expected
     assert "wide.bias" in gets and hashed[0] == 1024 * 4
