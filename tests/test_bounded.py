@@ -26,7 +26,7 @@ from permcodec.init import distributions
 
 LONGEST = 2**31 - 1
 SHAPES = {"no-rows": (0, LONGEST), "empty-rows": (LONGEST, 0)}
-KINDS = ("delta", "exact", "multiset", "sparse", "raw")
+KINDS = ("delta", "exact", "multiset", "sparse", "raw", "group")
 FIXTURE_FOR_WARMUP = Path(__file__).parent / "fixtures" / "tiny_linear.pc"
 ADDRESS_SPACE = 2 << 30
 # The cap: 2 GiB of address space in all, or, where the warmed process already maps more (a CUDA build of torch
@@ -72,14 +72,22 @@ CHILD = textwrap.dedent("""
 
 
 def empty_model(shape, kind: str):
-    """A module whose one tensor has ``shape``: a Linear weight (permuted) or a buffer (raw)."""
-    if kind == "raw":
+    """A module whose one tensor has ``shape``: a Linear weight (permuted) or a buffer (raw); for "group", two
+    buffers of that shape, which the encoder stores in one group record."""
+    if kind in ("raw", "group"):
         module = nn.Module()
         module.register_buffer("weight", torch.empty(shape))
+        if kind == "group":
+            module.register_buffer("other", torch.empty(shape))
         return module, None
     layer = nn.Linear(shape[1], shape[0], bias=False)  # weight [out, in] = shape; nothing is allocated
     spec = permcodec.init_(layer, seed=1, dist="uniform")
     return layer, spec
+
+
+def encode_options(kind: str) -> dict:
+    """What encode is asked for a file of ``kind``: a permuted tensor's scheme; nothing for raw and group."""
+    return {} if kind in ("raw", "group") else {"scheme": kind}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +97,7 @@ def empty_files(tmp_path_factory):
     for label, shape in SHAPES.items():
         for kind in KINDS:
             module, spec = empty_model(shape, kind)
-            options = {} if kind == "raw" else {"scheme": kind}
+            options = encode_options(kind)
             path = folder / f"{label}-{kind}.pc"
             permcodec.save(module.state_dict(), path, init=spec or permcodec.InitSpec(), **options)
             paths.append(str(path))
@@ -105,7 +113,7 @@ def test_encode_writes_each_empty_tensor_with_the_kind_asked_for(empty_files):
         with permcodec.safe_open(path) as f:
             record = f.record("weight")
         kind = path.rsplit("-", 1)[1].removesuffix(".pc")
-        assert record.get("scheme", record["kind"]) == kind
+        assert ("group" if "group" in record else record.get("scheme", record["kind"])) == kind
         assert tuple(record["shape"]) == shape_of(path)
 
 
@@ -120,7 +128,7 @@ def test_every_entry_point_reads_empty_tensor_files_in_2_s_under_2_gib(empty_fil
         assert "crashed" not in outcome and "refused" not in outcome, f"{where}: {outcome}"
         assert outcome["seconds"] <= SECONDS, f"{where}: {outcome['seconds']:.2f} s"
         if outcome["label"] in ("load", "safe_open"):
-            assert [tuple(shape) for shape in outcome["result"].values()] == [shape_of(outcome["path"])], where
+            assert {tuple(shape) for shape in outcome["result"].values()} == {shape_of(outcome["path"])}, where
         else:
             assert outcome["result"] == 0, f"{where}: {outcome['stderr']}"
 
@@ -180,7 +188,7 @@ def test_encoding_empty_tensors_is_bounded_too(tmp_path):
             for kind in T.KINDS:
                 started = time.perf_counter()
                 module, spec = T.empty_model(shape, kind)
-                options = {{}} if kind == "raw" else {{"scheme": kind}}
+                options = T.encode_options(kind)
                 permcodec.encode(module.state_dict(), init=spec or permcodec.InitSpec(), **options)
                 print(shape, kind, round(time.perf_counter() - started, 3))
     """)
