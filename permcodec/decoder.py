@@ -458,7 +458,7 @@ def _jobs(f: PCFile, names: list[str], elements: dict[str, int], get: Callable, 
           from_member: Callable) -> list[_Job]:
     """One job per tensor of ``names``, largest first, then one per group record of theirs, and one for all their
     ``small_raw`` ones (these all Python: the caller takes them first)."""
-    group_of = {name: f.record(name)["group"] for name in names if "group" in f.record(name)}
+    group_of = {name: record["group"] for name in names if "group" in (record := f.record(name))}
     tiny = [name for name in names if name not in group_of and f._small_raw(name)]
     apart = set(tiny) | set(group_of)
     in_pieces = _kernels_run_in_pieces(f)

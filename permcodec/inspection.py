@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from . import arrays, perm
 from .bits import tensor_bytes
 from .decoder import safe_open, tensor_init
-from .raw_decoding import memory_errors_named
 from .errors import IntegrityError
 from .format.container import Limits
 from .format.records import elements, is_group, schemes_of
+from .raw_decoding import memory_errors_named
 
 if TYPE_CHECKING:
     import torch
@@ -30,9 +30,9 @@ def bound_bits(record: dict) -> float:
         return perm.pools_of(tensor_init(record), arrays.NUMPY).bound_bits()
 
 
-def ratio(numerator: float, denominator: float) -> float | None:
-    """numerator / denominator, or None where the denominator is 0 (shown as '-')."""
-    return numerator / denominator if denominator else None
+def ratio(numerator: float | None, denominator: float) -> float | None:
+    """numerator / denominator, or None where the denominator is 0 or the numerator is None (shown as '-')."""
+    return numerator / denominator if denominator and numerator is not None else None
 
 
 def describe(path, limits: Limits | None = None) -> dict:
@@ -57,16 +57,16 @@ def tensor_figures(record: dict, group: int | None = None) -> dict:
     numel = math.prod(record["shape"])
     permuted = record["kind"] == "permuted"
     bound = bound_bits(record) if permuted else None
-    stored = record.get("length")
+    stored = record.get("length")  # None for a group member
+    bits = None if stored is None else 8 * stored
     return {
         "name": record["name"], "kind": record["kind"], "dtype": record["dtype"], "shape": record["shape"],
         "scheme": schemes_of(record) if permuted else record["codec"],
         "block": record.get("block"), "group": group,
-        "bytes": stored, "bits_per_weight": ratio(8 * stored, numel) if stored is not None else None,
+        "bytes": stored, "bits_per_weight": ratio(bits, numel),
         "bound_bits": bound, "bound_bits_per_weight": ratio(bound, numel) if permuted else None,
-        "ratio_to_bound": ratio(8 * record["length"], bound) if permuted else None,
-        "ratio_to_fp32": ratio(stored, 4 * numel) if stored is not None else None,
-        "ratio_to_fp16": ratio(stored, 2 * numel) if stored is not None else None,
+        "ratio_to_bound": ratio(bits, bound) if permuted else None,
+        "ratio_to_fp32": ratio(stored, 4 * numel), "ratio_to_fp16": ratio(stored, 2 * numel),
         "init": record.get("init"),
     }
 

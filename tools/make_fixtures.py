@@ -238,33 +238,40 @@ def grouped_dtypes():
 
 
 # name -> (model builder, encode options).# name -> (model builder, encode options). Version 1 files first written with
-# scheme "delta" keep it, and files of revisions before 1.7 are written without
-# group records, so rewriting them reproduces the committed bytes.
-BEFORE_GROUPS = {"raw_groups": False}
+# scheme "delta" keep it, and the cases before FIRST_WITH_GROUPS (revisions up to
+# 1.6) are written without group records, so rewriting them reproduces the
+# committed bytes.
 CASES = {
-    "tiny_linear": (tiny_linear, {"scheme": "delta", **BEFORE_GROUPS}),
-    "conv_layers": (conv_layers, {"scheme": "delta", **BEFORE_GROUPS}),
-    "sparse_ties": (sparse_ties, {"scheme": "delta", **BEFORE_GROUPS}),
-    "shared_ties": (shared_ties, {"scheme": "delta", **BEFORE_GROUPS}),
-    "raw_dtypes": (raw_dtypes, {"scheme": "delta", **BEFORE_GROUPS}),
-    "tiny_exact": (tiny_linear, {"scheme": "exact", **BEFORE_GROUPS}),
-    "conv_layers_exact": (conv_layers, {"scheme": "exact", "level": "max", **BEFORE_GROUPS}),
-    "wide_rows_fast": (wide_rows, {"level": "fast", **BEFORE_GROUPS}),
-    "sparse_multiset": (sparse_ties, {"scheme": "multiset", **BEFORE_GROUPS}),
-    "shared_multiset": (shared_ties, {"scheme": "multiset", "level": "fast", **BEFORE_GROUPS}),
+    "tiny_linear": (tiny_linear, {"scheme": "delta"}),
+    "conv_layers": (conv_layers, {"scheme": "delta"}),
+    "sparse_ties": (sparse_ties, {"scheme": "delta"}),
+    "shared_ties": (shared_ties, {"scheme": "delta"}),
+    "raw_dtypes": (raw_dtypes, {"scheme": "delta"}),
+    "tiny_exact": (tiny_linear, {"scheme": "exact"}),
+    "conv_layers_exact": (conv_layers, {"scheme": "exact", "level": "max"}),
+    "wide_rows_fast": (wide_rows, {"level": "fast"}),
+    "sparse_multiset": (sparse_ties, {"scheme": "multiset"}),
+    "shared_multiset": (shared_ties, {"scheme": "multiset", "level": "fast"}),
     # revision 1.4: block-local permutations and level pools
-    "tiny_blocks": (tiny_blocks, {"scheme": "exact", **BEFORE_GROUPS}),
-    "block_layouts": (block_layouts, {"level": "max", **BEFORE_GROUPS}),
-    "block_layouts_delta": (block_layouts, {"scheme": "delta", **BEFORE_GROUPS}),
-    "level_pools": (level_pools, {"level": "max", **BEFORE_GROUPS}),
-    "shuffled_ties_delta": (shuffled_ties, {"scheme": "delta", **BEFORE_GROUPS}),
+    "tiny_blocks": (tiny_blocks, {"scheme": "exact"}),
+    "block_layouts": (block_layouts, {"level": "max"}),
+    "block_layouts_delta": (block_layouts, {"scheme": "delta"}),
+    "level_pools": (level_pools, {"level": "max"}),
+    "shuffled_ties_delta": (shuffled_ties, {"scheme": "delta"}),
     # revision 1.6: scheme sparse
-    "sparse_sparse": (sparse_ties, {"scheme": "sparse", **BEFORE_GROUPS}),
-    "sparse_scheme_cases": (sparse_scheme_cases, {"scheme": "sparse", "level": "fast", **BEFORE_GROUPS}),
+    "sparse_sparse": (sparse_ties, {"scheme": "sparse"}),
+    "sparse_scheme_cases": (sparse_scheme_cases, {"scheme": "sparse", "level": "fast"}),
     # revision 1.7: group records
     "raw_groups": (raw_groups, {"scheme": "delta"}),
     "grouped_dtypes": (grouped_dtypes, {"level": "max"}),
 }
+FIRST_WITH_GROUPS = "raw_groups"
+
+
+def encode_options(name: str) -> dict:
+    """Case ``name``'s encode options, with group records only from revision 1.7's first case on."""
+    names = list(CASES)
+    return {**CASES[name][1], "raw_groups": names.index(name) >= names.index(FIRST_WITH_GROUPS)}
 
 
 def digests_of(state: dict) -> dict[str, str]:
@@ -283,10 +290,9 @@ def differences(expected: dict, found: dict) -> list[str]:
 
 def write_fixture(name: str, path: Path) -> dict[str, str]:
     """Encode case ``name`` to ``path``; the hashes of the tensors that went in."""
-    build, options = CASES[name]
     torch.manual_seed(0)  # the raw biases come from torch's default generator
-    obj, spec = build()
-    codec.save(obj, path, init=spec, **options)
+    obj, spec = CASES[name][0]()
+    codec.save(obj, path, init=spec, **encode_options(name))
     return digests_of(state_of(obj))
 
 
