@@ -99,7 +99,7 @@ def add_decode(sub) -> None:
 def run_decode(args) -> None:
     from pathlib import Path
 
-    from . import decoder
+    from . import decoder, scheduler
     from .decoded_files import check_decode_output, write_decoded
 
     output = check_decode_output(args.output or Path(args.input).with_suffix(".safetensors"), args.force)
@@ -107,9 +107,9 @@ def run_decode(args) -> None:
         # numpy rebuilds every tensor a .safetensors output on the CPU needs, so this common case never imports
         # torch (about a second of start-up); .pt files, other devices and bfloat16 tensors go through torch.
         if output.suffix.lower() == ".safetensors" and args.device == "cpu" and f.numpy_holds_all():
-            tensors = decoder.decode_all_arrays(f, progress=not args.quiet)
+            tensors = scheduler.decode_all_arrays(f, progress=not args.quiet)
         else:
-            tensors = decoder.decode_all(f, progress=not args.quiet)
+            tensors = scheduler.decode_all(f, progress=not args.quiet)
         spec, metadata = f.init_spec(), f.metadata()
     write_decoded(output, tensors, spec, metadata)
     print(f"wrote {output} ({len(tensors)} tensors)", file=sys.stderr)

@@ -6,7 +6,7 @@
     with permcodec.safe_open("m.pc") as f:
         w = f.get_tensor("layers.0.weight")       # reads only that tensor's bytes
 
-The work is done in ``encoder`` and ``decoder``; this module checks the
+The work is done in ``encoder``, ``decoder`` and ``scheduler``; this module checks the
 arguments and names the entry points. See specs/format.md.
 """
 
@@ -19,13 +19,14 @@ from torch import nn
 
 from .atomicfile import atomic_write_bytes, check_output_path
 from .bits import sha256_of, tensor_bytes  # noqa: F401 (part of the codec's API)
-from .decoder import PCFile, decode_all, safe_open  # noqa: F401 (safe_open: part of the codec's API)
+from .decoder import PCFile, safe_open  # noqa: F401 (safe_open: part of the codec's API)
 from .encoder import Fallback, encode_state, refuse_baseline, state_and_spec  # noqa: F401 (Fallback: what encode reports)
 from .errors import SpecError
 from .format import schemes
 from .format.container import Limits
 from .init.initspec import InitSpec
 from .init.modules import attach_spec
+from .scheduler import decode_all
 
 
 def encode(obj, init=None, *, raw_fallback: bool = False, level: str = schemes.DEFAULT_LEVEL,

@@ -118,6 +118,14 @@ def decode_group(group: dict, section: bytes, verify: bool) -> bytearray:
     return data
 
 
+def member_error(error: Exception, name: str) -> Exception:
+    """``error``, raised by decoding a group, as raised for its member ``name``: a permcodec error of the same class
+    whose message names the member first; any other error as it came."""
+    if not isinstance(error, PermcodecError):
+        return error
+    return type(error)(f"tensor {name!r}, in the {error}")
+
+
 def member_arrays(members: list[dict], data: bytearray) -> list[np.ndarray]:
     """The numpy arrays of members of one group, views of their elements in ``data``, the group's bytes
     (``decode_group``), for a caller that hands out all of them at once; a SpecError for bfloat16, which numpy

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import permcodec
-from permcodec import SpecError, arrays, decoder
+from permcodec import SpecError, arrays, decoder, scheduler
 from permcodec.bits import tensor_bytes
 from permcodec.decoded_files import write_decoded
 from permcodec.format import container
@@ -170,7 +170,7 @@ def test_cli_decode_to_safetensors_without_torch_writes_the_torch_paths_bytes(tm
                           capture_output=True, text=True, timeout=120)
     with permcodec.safe_open(FIXTURES / f"{name}.pc") as f:
         expected = tmp_path / "torch.safetensors"
-        write_decoded(expected, decoder.decode_all(f), f.init_spec(), f.metadata())
+        write_decoded(expected, scheduler.decode_all(f), f.init_spec(), f.metadata())
         uses_torch = not f.numpy_holds_all()  # bfloat16 tensors go through torch
     assert done.stdout.strip().splitlines()[-1] == f"exit 0 torch {uses_torch}", done.stderr
     assert out.read_bytes() == expected.read_bytes()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import permcodec
-from permcodec import decoder, parallel, perm
+from permcodec import decoder, parallel, perm, scheduler
 from permcodec.format import rans
 
 THREADS = 8
@@ -250,7 +250,7 @@ def slowed_rebuild(monkeypatch, name: str, events: list, seconds: float = 0.3):
     ("rebuilt", each name) as its rebuild returns, and "small raw" as the small raw tensors' loop, or a group
     record's decoding, starts (the biases of one_dominant_tensor are a group)."""
     real_permuted, real_raw = decoder.decode_permuted, decoder.PCFile._decode_small_raw
-    real_group = decoder.PCFile._group_outcomes
+    real_group = scheduler.group_outcomes
 
     def permuted(record, *args):
         values = real_permuted(record, *args)
@@ -264,12 +264,12 @@ def slowed_rebuild(monkeypatch, name: str, events: list, seconds: float = 0.3):
         return real_raw(self, names)
 
     monkeypatch.setattr(decoder, "decode_permuted", permuted)
-    def group(self, *args):
+    def group(f, *args):
         events.append("small raw")
-        return real_group(self, *args)
+        return real_group(f, *args)
 
     monkeypatch.setattr(decoder.PCFile, "_decode_small_raw", small_raw)
-    monkeypatch.setattr(decoder.PCFile, "_group_outcomes", group)
+    monkeypatch.setattr(scheduler, "group_outcomes", group)
 
 
 def within(seconds: float, work):
@@ -332,7 +332,7 @@ def test_a_dominant_tensor_that_fails_before_its_rebuild_leaves_the_caller_to_ra
     f.record("0.weight")["crc32"] ^= 1
     f.record("1.weight")["sha256"] = bytes(32)
     with pytest.raises(permcodec.IntegrityError, match=r"^tensor '0\.weight': section CRC-32 mismatch"):
-        within(60, lambda: permcodec.codec.decode_all(f))
+        within(60, lambda: scheduler.decode_all(f))
 
 
 def test_an_interrupt_while_the_caller_waits_stops_every_thread_taking(monkeypatch):
@@ -361,7 +361,7 @@ def test_decode_all_raises_the_first_failure_in_file_order():
     for name in f.keys():
         f.record(name)["sha256"] = bytes(32)  # as if both stored hashes disagreed with the rebuilt bits
     with pytest.raises(permcodec.IntegrityError, match=r"^tensor '0\.weight': decoded bits do not match"):
-        permcodec.codec.decode_all(f)
+        scheduler.decode_all(f)
 
 
 def test_an_exception_beyond_errors_in_one_thread_stops_the_others_taking(monkeypatch):
@@ -384,5 +384,5 @@ def test_an_exception_beyond_errors_in_one_thread_stops_the_others_taking(monkey
 
     monkeypatch.setattr(permcodec.PCFile, "get_tensor", interrupted)
     with pytest.raises(SystemExit):
-        permcodec.codec.decode_all(f)
+        scheduler.decode_all(f)
     assert len(taken) == 2

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import permcodec
-from permcodec import IntegrityError, decoder, parallel, raw_decoding, small_tensors
+from permcodec import IntegrityError, decoder, parallel, raw_decoding, scheduler, small_tensors
 from permcodec.format import _rans_numba, _small_numba, container
 from permcodec.format.schemes.shuffle_zstd import SHUFFLE_ZSTD
 from permcodec.init.distributions import make_params
@@ -119,7 +119,7 @@ def test_decode_all_gives_the_bits_of_one_tensor_at_a_time(data, monkeypatch):
 def test_decode_all_arrays_gives_the_bits_and_dtypes_of_get_array(data, monkeypatch):
     f = permcodec.PCFile(data)
     called = one_at_a_time_calls(monkeypatch)
-    arrays = decoder.decode_all_arrays(permcodec.PCFile(data))
+    arrays = scheduler.decode_all_arrays(permcodec.PCFile(data))
     assert sorted(called) == ["column.weight", "normal.weight"]
     for name, array in arrays.items():
         one = f.get_array(name)
@@ -133,7 +133,7 @@ def test_batched_tensors_are_tensors_of_their_own(data, tmp_path):
     decoded["convs.0.weight"].fill_(7.0)
     after = bits(decoded)
     assert [name for name in before if before[name] != after[name]] == ["convs.0.weight"]
-    arrays = decoder.decode_all_arrays(permcodec.PCFile(data))
+    arrays = scheduler.decode_all_arrays(permcodec.PCFile(data))
     safetensors.numpy.save_file(arrays, tmp_path / "m.safetensors")
     loaded = safetensors.numpy.load_file(tmp_path / "m.safetensors")
     assert all(loaded[name].tobytes() == array.tobytes() for name, array in arrays.items())
@@ -206,7 +206,7 @@ def test_a_damaged_small_tensor_raises_what_get_tensor_raises(data, monkeypatch,
     alone = one_at_a_time_outcome(bad, verify)
     calls = small_tensors.batch_calls()
     assert outcome(lambda: permcodec.decode(bad, verify=verify)) == alone
-    assert outcome(lambda: decoder.decode_all_arrays(permcodec.PCFile(bad, verify=verify))) == alone
+    assert outcome(lambda: scheduler.decode_all_arrays(permcodec.PCFile(bad, verify=verify))) == alone
     assert small_tensors.batch_calls() == calls + 2
     if verify or damage is crc_broken:  # the damage is seen, and named (without the hash, it may not be)
         assert alone[0] != "bits" and alone[1].startswith(f"tensor {name!r}")
@@ -536,14 +536,14 @@ def as_bool(section: bytes, record: dict) -> None:
     record["dtype"] = "bool"  # a uint8 tensor's section and hash, read as bool
 
 
-@pytest.mark.parametrize("elements", [3, decoder.SMALL_RAW_MAX + 1])  # the raw loop's, and a tensor alone
+@pytest.mark.parametrize("elements", [3, raw_decoding.SMALL_RAW_MAX + 1])  # the raw loop's, and a tensor alone
 def test_a_bool_tensor_holding_other_bytes_is_refused(elements):
     model = nn.Linear(4, 2)
     spec = permcodec.init_(model, 0)
     state = {**model.state_dict(), "flags": torch.arange(elements, dtype=torch.uint8) % 3}
     data = rewritten(permcodec.encode(state, spec), "flags", as_bool)
     f = permcodec.PCFile(data)
-    assert f.record("flags")["dtype"] == "bool" and f._small_raw("flags") == (elements <= decoder.SMALL_RAW_MAX)
+    assert f.record("flags")["dtype"] == "bool" and f._small_raw("flags") == (elements <= raw_decoding.SMALL_RAW_MAX)
     message = r"^tensor 'flags': bool tensor holds bytes other than 0 and 1$"
     for decode in (permcodec.decode, lambda data: f.get_tensor("flags"), lambda data: f.get_array("flags")):
         with pytest.raises(permcodec.FormatError, match=message):
@@ -589,7 +589,7 @@ def test_a_section_that_cannot_be_read_fails_in_file_order(data, unreadable):
             return super().read(size)
 
     with pytest.raises(OSError, match=f"cannot read the section of {re.escape(unreadable[0])}$"):
-        decoder.decode_all(permcodec.PCFile(FlakyStream(data)))
+        scheduler.decode_all(permcodec.PCFile(FlakyStream(data)))
 
 
 @pytest.mark.parametrize("failures", [1, 2])
@@ -625,7 +625,7 @@ def test_without_threads_to_be_had_the_caller_decodes_every_tensor(data, monkeyp
     expected = bits(one_at_a_time(data))
     monkeypatch.setattr(parallel, "WORKERS", 2)
     monkeypatch.setattr(parallel, "shared_pool", lambda: NoThreads(1))  # the batch's pool piece cannot start
-    monkeypatch.setattr(decoder, "ThreadPoolExecutor", NoThreads)  # nor can a helper for wide.weight then
+    monkeypatch.setattr(scheduler, "ThreadPoolExecutor", NoThreads)  # nor can a helper for wide.weight then
     assert bits(permcodec.decode(data)) == expected
 
 

@@ -6,7 +6,7 @@ per small raw tensor.
 
 Each case (tools/bench_codec.py's) is encoded at level default and decoded with the check on and off,
 interleaved: --rounds rounds of 3 decodes each, in a shuffled order, the medians compared. For resnet50 the same
-weights are also encoded with every small raw tensor (at most decoder.SMALL_RAW_MAX elements: its BatchNorm
+weights are also encoded with every small raw tensor (at most raw_decoding.SMALL_RAW_MAX elements: its BatchNorm
 weights and statistics) concatenated into one float32 tensor of as many elements, decoded interleaved with the
 file as it is: a bound on what storing those tensors as one record could gain. Such a record would still be split
 into its tensors, each hashed: the row "as one, split and hashed" adds that work (a view, a SHA-256 and a torch
