@@ -280,7 +280,7 @@ class PCFile:
         try:
             data = self._group_bytes(name)
         except PermcodecError as error:
-            raise member_error(error, name) from error
+            raise member_error(error, name)  # its cause: the group's error
         if len(data) <= SHARED_GROUP_BYTES:
             with self._last_group_lock:
                 self._last_group = (index, data)

@@ -1,7 +1,8 @@
 """Raw tensors and group records from their decoded bytes: the raw codec's step, the small raw tensors of files
 before group records (``decode_small_raw``), a group's members, and out-of-memory errors named by tensor.
 
-Shared by ``decoder`` (one tensor at a time, and ``decode_all``'s jobs) and ``inspection``; no torch at import.
+Shared by ``decoder`` (one tensor at a time), ``scheduler`` (``decode_all``'s jobs) and ``inspection``; no torch
+at import.
 """
 
 from __future__ import annotations
@@ -123,7 +124,12 @@ def member_error(error: Exception, name: str) -> Exception:
     whose message names the member first; any other error as it came."""
     if not isinstance(error, PermcodecError):
         return error
-    return type(error)(f"tensor {name!r}, in the {error}")
+    try:
+        named = type(error)(f"tensor {name!r}, in the {error}")
+    except TypeError:  # a class whose constructor takes more than a message
+        return error
+    named.__cause__ = error  # the group's own error, with its traceback, on every path that names a member
+    return named
 
 
 def member_arrays(members: list[dict], data: bytearray) -> list[np.ndarray]:

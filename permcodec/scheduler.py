@@ -199,9 +199,9 @@ def _take_in_parallel(jobs: list[_Job], on_done: Callable[[_Job], None],
     ``when_none_left`` once it finds no job left, before it waits for the helpers' last ones.
 
     Where the largest job ``fills_the_cores`` and holds at least half the jobs' elements, the caller starts once
-    a helper has rebuilt that tensor's values (``decoder.after_rebuild``): its jobs then run beside the tensor's SHA-256, one
-    thread's work that otherwise ran last and alone, instead of slowing its kernels. Where the rest is larger,
-    the caller has enough to do beside the hashes, and waiting only idled its core."""
+    a helper has rebuilt that tensor's values (``decoder.after_rebuild``): its jobs then run beside the tensor's
+    SHA-256, one thread's work that otherwise ran last and alone, instead of slowing its kernels. Where the rest
+    is larger, the caller has enough to do beside the hashes, and waiting only idled its core."""
     left, lock, stop = deque(jobs), threading.Lock(), threading.Event()
     done: dict[str, _Outcome] = {}
     largest, largest_rebuilt = (jobs[0] if jobs else None), threading.Event()

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import permcodec
-from permcodec import FormatError, IntegrityError, LimitError, SpecError, cli, decoder
+from permcodec import FormatError, IntegrityError, LimitError, SpecError, cli, decoder, scheduler
 from permcodec.format import container, groups
 from permcodec.format.container import Limits
 from permcodec.format.schemes import RAW_CODEC
@@ -280,12 +280,15 @@ def test_a_damaged_group_is_refused_by_its_crc_for_each_member_and_for_the_file(
     f = permcodec.PCFile(damaged_example())
     assert f.get_tensor("0.weight").shape == (2, 3) and int(f.get_tensor("1.num_batches_tracked")) == 3
     message = "group of 5 raw tensors from '0.bias': section CRC-32 mismatch"
-    for name in ORDER[1:6]:  # each member's error names it, then its group
+    for name in ORDER[1:6]:  # each member's error names it, then its group, whose own error is its cause
         for get in (f.get_tensor, f.get_array):
-            with pytest.raises(IntegrityError, match=re.escape(f"tensor {name!r}, in the {message}")):
+            with pytest.raises(IntegrityError, match=re.escape(f"tensor {name!r}, in the {message}")) as caught:
                 get(name)
-    with pytest.raises(IntegrityError, match=re.escape(f"tensor {ORDER[1]!r}, in the {message}")):
-        permcodec.decode(damaged_example())
+            assert type(caught.value.__cause__) is IntegrityError and str(caught.value.__cause__).startswith(message)
+    for decode_all in (permcodec.decode, lambda data: scheduler.decode_all_arrays(permcodec.PCFile(data))):
+        with pytest.raises(IntegrityError, match=re.escape(f"tensor {ORDER[1]!r}, in the {message}")) as caught:
+            decode_all(damaged_example())
+        assert type(caught.value.__cause__) is IntegrityError and str(caught.value.__cause__).startswith(message)
 
 
 def test_a_group_whose_bits_differ_from_its_hash_is_refused_unless_verify_is_off():
@@ -383,6 +386,25 @@ def test_after_a_failure_decode_all_still_decodes_each_group_once(monkeypatch):
     """Even a group too large to be kept between reads (as if each were): the members left are decoded by group."""
     monkeypatch.setattr(decoder, "SHARED_GROUP_BYTES", 0)
     calls = counted_group_decodes(monkeypatch)
-    with pytest.raises(IntegrityError, match="group of 2 raw tensors from 'i.a': section CRC-32 mismatch"):
+    with pytest.raises(IntegrityError, match="tensor 'i.a', in the group of 2 raw tensors from 'i.a': section CRC-32 "
+                                             "mismatch"):
         permcodec.decode(scalars_file(2000, damaged_int64=True))
     assert sorted(calls) == ["i.a", "s0"]
+
+
+def test_a_member_error_keeps_the_class_and_cause_and_passes_what_it_cannot_rebuild():
+    from permcodec import raw_decoding
+    from permcodec.errors import MemoryLimitError
+
+    group_error = MemoryLimitError("group of 2 raw tensors from 'a': not enough memory for its 9 elements")
+    named = raw_decoding.member_error(group_error, "b")
+    assert type(named) is MemoryLimitError and named.__cause__ is group_error
+    assert str(named) == "tensor 'b', in the group of 2 raw tensors from 'a': not enough memory for its 9 elements"
+
+    class AtOffset(FormatError):
+        def __init__(self, message: str, offset: int):
+            super().__init__(message)
+            self.offset = offset
+
+    unusual, disk = AtOffset("group of 2 raw tensors from 'a': bad byte", 7), OSError("disk")
+    assert raw_decoding.member_error(unusual, "b") is unusual and raw_decoding.member_error(disk, "b") is disk

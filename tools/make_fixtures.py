@@ -1,16 +1,17 @@
 """Write the golden .pc files under tests/fixtures/ and the SHA-256 of every decoded tensor.
 
     python tools/make_fixtures.py            # write missing fixtures, add their expectations, check the rest
-    python tools/make_fixtures.py --rewrite  # rewrite every fixture and expectation (only for a new format version)
+    python tools/make_fixtures.py --rewrite  # rewrite every fixture and expectation (a scratch checkout only)
 
 The tests decode the committed files on every run and compare with the
 SHA-256 values in fixtures.json, so the format can never drift silently. By
 default nothing that exists is rewritten: a new fixture gets its file and an
 entry holding the hashes of the tensors it was encoded from (the decoder must
 agree with them); an existing entry is kept as it is, and if the current
-decoder disagrees with it the script prints the difference and exits 1. (The
-first five fixtures were written before each case seeded torch, so their raw
-biases differ from what a rewrite gives; their bytes are still the golden ones.)
+decoder disagrees with it the script prints the difference and exits 1. (Three
+of the first five fixtures, sparse_ties, shared_ties and raw_dtypes, were
+written before each case seeded torch, so their raw biases differ from what a
+rewrite gives; their bytes are still the golden ones.)
 """
 
 from __future__ import annotations
@@ -244,7 +245,8 @@ def grouped_dtypes():
 # raw_dtypes hold raw biases drawn from torch's default generator, which now
 # gives other values for them, and level "max" now codes one part of
 # block_layouts with scheme "sparse" (revision 1.6). Committed fixtures never
-# change, so --rewrite is for a new case's first file, or a scratch checkout.
+# change: a new case's file is written without --rewrite, and --rewrite belongs in
+# a scratch checkout (to see which cases an encoder change moves).
 CASES = {
     "tiny_linear": (tiny_linear, {"scheme": "delta"}),
     "conv_layers": (conv_layers, {"scheme": "delta"}),
@@ -334,7 +336,8 @@ def main() -> int:
             digests[name] = expected
     if problems:
         print("\n".join(problems), file=sys.stderr)
-        print("fixtures.json left unchanged; run with --rewrite only for a new format version", file=sys.stderr)
+        print("fixtures.json left unchanged; committed fixtures never change (--rewrite: a scratch checkout only)",
+              file=sys.stderr)
         return 1
     if digests != stored:
         table.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
