@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import permcodec
-from permcodec import FormatError, IntegrityError, LimitError, SpecError, cli, decoder, scheduler
+from permcodec import (FormatError, IntegrityError, LimitError, MemoryLimitError, SpecError, cli, decoder,
+                       raw_decoding, scheduler)
 from permcodec.format import container, groups
 from permcodec.format.container import Limits
 from permcodec.format.schemes import RAW_CODEC
@@ -393,9 +394,6 @@ def test_after_a_failure_decode_all_still_decodes_each_group_once(monkeypatch):
 
 
 def test_a_member_error_keeps_the_class_and_cause_and_passes_what_it_cannot_rebuild():
-    from permcodec import raw_decoding
-    from permcodec.errors import MemoryLimitError
-
     group_error = MemoryLimitError("group of 2 raw tensors from 'a': not enough memory for its 9 elements")
     named = raw_decoding.member_error(group_error, "b")
     assert type(named) is MemoryLimitError and named.__cause__ is group_error
